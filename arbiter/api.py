@@ -1,0 +1,99 @@
+"""The one NinjaAPI at /api: routers per app, domain errors mapped to one JSON shape."""
+
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+
+from arbiter.auth import api_auth
+from arbiter.errors import ArbiterError
+from arbiter.keys_api import router as keys_router
+from arbiter.status_api import router as status_router
+from arbiter.swaps_api import router as swaps_router
+from catalog.api import router as catalog_router
+from coordination.lock_api import router as lock_router
+from coordination.schedule_api import router as schedule_router
+from coordination.webhook_api import router as webhook_router
+
+api = NinjaAPI(
+    title="Arbiter API",
+    version="1",
+    description="Control plane and GPU arbiter for a small cluster of GPU hosts.",
+    auth=api_auth,
+    docs_url="/docs",
+    urls_namespace="api",
+)
+
+
+def error_response(request: HttpRequest, status: int, body: dict) -> HttpResponse:
+    return api.create_response(request, body, status=status)
+
+
+@api.exception_handler(ArbiterError)
+def on_arbiter_error(request: HttpRequest, exc: ArbiterError) -> HttpResponse:
+    response = error_response(request, exc.status, exc.as_body())
+    for name, value in exc.headers.items():  # e.g. Retry-After on a 423
+        response[name] = value
+    return response
+
+
+def _field_name(location: list) -> str:
+    # ninja reports ("body", "payload", "ttl_seconds"); callers know the field as
+    # "ttl_seconds", so drop the parameter source and the schema argument name.
+    parts = [str(part) for part in location]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] in ("payload", "data", "body"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+@api.exception_handler(NinjaValidationError)
+def on_validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    problems = [
+        {"field": _field_name(list(err.get("loc", []))), "message": err.get("msg", "invalid")}
+        for err in exc.errors
+    ]
+    first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+    body = {
+        "error": {
+            "type": "validation_error",
+            "message": f"{first['field']}: {first['message']}",
+            "field": first["field"],
+            "errors": problems,
+        }
+    }
+    return error_response(request, 422, body)
+
+
+@api.exception_handler(AuthenticationError)
+def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    body = {
+        "error": {
+            "type": "unauthorized",
+            "message": "authentication required: send `Authorization: Bearer <api key>` or log in",
+        }
+    }
+    response = error_response(request, 401, body)
+    response["WWW-Authenticate"] = 'Bearer realm="arbiter"'
+    return response
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    error_type = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(
+        request, exc.status_code, {"error": {"type": error_type, "message": str(exc)}}
+    )
+
+
+api.add_router("/", status_router)
+api.add_router("/", keys_router)
+api.add_router("/", catalog_router)
+# The lock router comes before the swap router: /swap/lock is not a swap id.
+api.add_router("/", lock_router)
+api.add_router("/", webhook_router)
+api.add_router("/", schedule_router)
+api.add_router("/", swaps_router)

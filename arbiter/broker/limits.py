@@ -1,0 +1,131 @@
+"""Bounds: per-model concurrency (429), a bounded wait queue (503), service activity.
+
+All counters live in one process and are touched only from its event loop, so plain
+dicts need no lock. A deployment with several broker processes bounds each of them.
+
+`ServiceActivity` is what eviction decides on: requests in flight per service and when
+the last one finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from arbiter.broker.errors import Busy, TooManyRequests
+
+DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_QUEUE_SIZE = 100
+DEFAULT_QUEUE_TIMEOUT = 600.0
+# What a 503 from a full queue or a timed-out wait suggests: a swap takes a while.
+QUEUE_RETRY_AFTER = 10
+
+
+def max_concurrency() -> int:
+    return int(getattr(settings, "ARBITER_BROKER_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY))
+
+
+def queue_size() -> int:
+    return int(getattr(settings, "ARBITER_BROKER_QUEUE_SIZE", DEFAULT_QUEUE_SIZE))
+
+
+def queue_timeout() -> float:
+    return float(getattr(settings, "ARBITER_BROKER_QUEUE_TIMEOUT", DEFAULT_QUEUE_TIMEOUT))
+
+
+class ConcurrencyLimits:
+    """Requests in flight per model; one past the limit is refused with 429."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+
+    def acquire(self, key: str, limit: int | None = None) -> None:
+        limit = max_concurrency() if limit is None else limit
+        current = self.in_flight.get(key, 0)
+        if current >= limit:
+            raise TooManyRequests(
+                f"{current} requests for {key} are in flight, the broker's limit is {limit}.",
+                code="concurrency_limit",
+                retry_after=1,
+                limit=limit,
+            )
+        self.in_flight[key] = current + 1
+
+    def release(self, key: str) -> None:
+        left = self.in_flight.get(key, 0) - 1
+        if left > 0:
+            self.in_flight[key] = left
+        else:
+            self.in_flight.pop(key, None)
+
+
+class WaitQueue:
+    """Requests waiting for a swap (their backend's, or a load), bounded per model."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, int] = {}
+
+    @contextmanager
+    def slot(self, key: str, size: int | None = None) -> Iterator[None]:
+        size = queue_size() if size is None else size
+        current = self.waiting.get(key, 0)
+        if current >= size:
+            raise Busy(
+                f"{current} requests for {key} are already waiting for a swap; the queue "
+                f"holds {size}.",
+                code="queue_full",
+                retry_after=QUEUE_RETRY_AFTER,
+            )
+        self.waiting[key] = current + 1
+        try:
+            yield
+        finally:
+            left = self.waiting.get(key, 0) - 1
+            if left > 0:
+                self.waiting[key] = left
+            else:
+                self.waiting.pop(key, None)
+
+    @property
+    def total(self) -> int:
+        return sum(self.waiting.values())
+
+
+@dataclass(frozen=True)
+class ActivitySnapshot:
+    """Plain copies of `ServiceActivity`, safe to hand to a thread (the planner)."""
+
+    in_flight: dict[str, int] = field(default_factory=dict)
+    last_finished: dict[str, float] = field(default_factory=dict)  # epoch seconds
+    unloaded: frozenset[str] = frozenset()
+
+
+class ServiceActivity:
+    """Requests in flight per service, when each one's last request finished, and the
+    services the broker unloaded (holding no memory until they are used again)."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+        self.last_finished: dict[str, float] = {}
+        self.unloaded: set[str] = set()
+
+    def started(self, service: str) -> None:
+        self.in_flight[service] = self.in_flight.get(service, 0) + 1
+        self.unloaded.discard(service)
+
+    def finished(self, service: str) -> None:
+        left = self.in_flight.get(service, 0) - 1
+        if left > 0:
+            self.in_flight[service] = left
+        else:
+            self.in_flight.pop(service, None)
+        self.last_finished[service] = time.time()
+
+    def snapshot(self) -> ActivitySnapshot:
+        return ActivitySnapshot(
+            dict(self.in_flight), dict(self.last_finished), frozenset(self.unloaded)
+        )

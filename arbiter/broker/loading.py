@@ -1,0 +1,332 @@
+"""On-demand loading: a request for a catalog model loaded nowhere starts ONE swap.
+
+Concurrent requests for the same model await the same future (in this process); the
+database's one-active-swap-per-host constraint guards across processes (a second
+process gets 409 from `create_swap` and joins the running swap instead). The broker
+swaps with `requested_by="broker"` and no lock token, so while someone else holds the
+lock `create_swap` raises Locked and nothing starts; the lock is also checked before
+anything is evicted.
+
+One load:
+1. plan (`plan_load`, in a thread): the lock, the host (the catalog's default host,
+   else the best fitting host with an enabled vLLM service), and what must be evicted
+   (`planner.plan_eviction`). A host already swapping is waited for; a swap already
+   loading this model is joined.
+2. evict: POST each chosen service's `unload_route`. The service the swap reloads needs
+   nothing: the swap stops its container and waits for the memory itself. On hosts
+   that measure their free memory, wait until the room is really there.
+3. `create_swap(...)`, then wait for the swap to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+from arbiter.broker import metrics
+from arbiter.broker.background import spawn
+from arbiter.broker.errors import (
+    Busy,
+    DoesNotFit,
+    LoadFailed,
+    LockHeld,
+    ModelNotLoadable,
+    from_arbiter_error,
+)
+from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
+from arbiter.broker.planner import EvictionPlan, HostMemory, Incoming, Resident, choose_host
+from arbiter.broker.planner import plan_eviction as plan_host
+from arbiter.broker.swapwait import SwapEnd, SwapWatcher
+from arbiter.engine.preflight import get_catalog_model, vllm_service
+from arbiter.engine.swap_store import active_swap_on, create_swap
+from arbiter.errors import ArbiterError, Conflict
+from arbiter.models import GpuSample, Host, Service
+from catalog.models import CatalogModel
+
+log = logging.getLogger(__name__)
+
+BLOCKED_RETRY_SECONDS = 1.0  # how often a load waiting for busy services re-plans
+UNLOAD_TIMEOUT = 30.0
+REQUESTED_BY = "broker"
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """A service to unload before the swap, and where to ask it."""
+
+    service: str
+    url: str
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """What a load does next: go (evict, then swap), join a swap, wait, or retry later."""
+
+    action: str  # "go" | "join" | "wait" | "blocked"
+    host: str = ""
+    swap_id: int | None = None
+    evict: tuple[Eviction, ...] = ()
+    plan: EvictionPlan | None = None
+    measured: bool = False
+
+
+# -- planning (synchronous ORM, run in a thread) ----------------------------------------
+def assert_lock_free() -> None:
+    """Raise Locked (423) when another party holds the swap lock; the broker has no token."""
+    from coordination.locks import assert_may_swap
+
+    with transaction.atomic():
+        assert_may_swap(None)
+
+
+def _measured_free(host: Host) -> int | None:
+    """MemAvailable on unified-memory hosts (GB10), from the sampler's latest tick."""
+    latest = GpuSample.objects.filter(host=host).order_by("-taken_at").first()
+    if latest is None or not latest.unified_memory or host.state != "live":
+        return None
+    return host.mem_available_mib
+
+
+def residents_of(host: Host, target: Service, activity: ActivitySnapshot) -> list[Resident]:
+    estimates = dict(CatalogModel.objects.values_list("served_name", "estimated_vram_mib"))
+    residents = []
+    for service in Service.objects.filter(host=host, in_inventory=True, disabled=False):
+        if service.health == "down" or service.name in activity.unloaded:
+            vram = 0  # nothing running (or the broker unloaded it and nobody used it since)
+        else:
+            vram = estimates.get(service.loaded_model) or service.vram_resident_mib
+        residents.append(
+            Resident(
+                service=service.name,
+                vram_mib=vram,
+                in_flight=activity.in_flight.get(service.name, 0),
+                last_finished=activity.last_finished.get(service.name),
+                can_coexist_with=tuple(service.can_coexist_with or ()),
+                evictable=bool(service.unload_route),
+                replaced=service.pk == target.pk,
+            )
+        )
+    return residents
+
+
+def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
+    """Decide the next step of loading `model_key` (see the module docstring)."""
+    assert_lock_free()
+    model = get_catalog_model(model_key)
+    if model.default_host_id is not None:
+        hosts = list(Host.objects.filter(pk=model.default_host_id, in_inventory=True))
+    else:
+        hosts = list(
+            Host.objects.filter(
+                in_inventory=True,
+                services__kind=Service.KIND_VLLM,
+                services__in_inventory=True,
+                services__disabled=False,
+            ).distinct()
+        )
+    plans: list[tuple[EvictionPlan, Host, list[Resident], bool]] = []
+    busy_swaps: list[int] = []
+    for host in hosts:
+        running = active_swap_on(host.pk)
+        if running is not None:
+            if running.model_key == model.key:
+                return LoadStep("join", host.name, swap_id=running.pk)
+            busy_swaps.append(running.pk)
+            continue
+        service = vllm_service(host)
+        if service is None:
+            continue
+        residents = residents_of(host, service, activity)
+        measured = _measured_free(host)
+        memory = HostMemory(host.name, host.vram_budget_mib, host.vram_margin_mib, measured)
+        incoming = Incoming(service.name, model.estimated_vram_mib, tuple(service.can_coexist_with))
+        plans.append(
+            (plan_host(memory, residents, incoming), host, residents, measured is not None)
+        )
+    best = choose_host(plan for plan, *_ in plans)
+    if best is not None:
+        _plan, host, _residents, measured = next(p for p in plans if p[0] is best)
+        urls = {
+            s.name: s.base_url.rstrip("/") + "/" + s.unload_route.lstrip("/")
+            for s in Service.objects.filter(host=host, name__in=best.evict)
+        }
+        evict = tuple(Eviction(name, urls[name]) for name in best.evict)
+        return LoadStep("go", host.name, evict=evict, plan=best, measured=measured)
+    if busy_swaps:
+        return LoadStep("wait", swap_id=busy_swaps[0])
+    blocked = [plan for plan, *_ in plans if plan.blocked]
+    if blocked:
+        return LoadStep("blocked", blocked[0].host, plan=blocked[0])
+    if plans:
+        raise DoesNotFit(
+            f"{model.key} does not fit: " + "; ".join(p.reason for p, *_ in plans),
+            code="insufficient_vram",
+            param="model",
+        )
+    raise ModelNotLoadable(
+        f"No host can load {model.key}: none has an enabled vLLM service.",
+        code="no_vllm_service",
+        param="model",
+    )
+
+
+def room_now(host_name: str, needed: int) -> bool:
+    """On a measuring host: is the room for `needed` MiB really there now?"""
+    host = Host.objects.get(name=host_name)
+    measured = _measured_free(host)
+    return measured is None or measured - host.vram_margin_mib >= needed
+
+
+def start_swap(model_key: str, host_name: str) -> tuple[int, bool]:
+    """Create the swap, or find the one in the way: (swap id, whether it loads our model)."""
+    try:
+        swap = create_swap(model_key, host_name, False, REQUESTED_BY)
+    except Conflict as conflict:
+        swap_id = conflict.extra.get("swap_id")
+        if swap_id is None:
+            raise
+        running = active_swap_on(Host.objects.get(name=host_name).pk)
+        return int(swap_id), running is not None and running.model_key == model_key
+    return swap.pk, True
+
+
+# -- the shared load -------------------------------------------------------------------
+def load_outcome(error: BaseException) -> str:
+    """The `arbiter_broker_loads_total` outcome label of a failed load."""
+    if isinstance(error, LockHeld):
+        return "locked"
+    if isinstance(error, Busy):
+        return "busy"
+    if isinstance(error, LoadFailed):
+        return "failed"
+    return "error"
+
+
+class Loads:
+    """One load per catalog model at a time; every request for it awaits the same one."""
+
+    def __init__(
+        self,
+        watcher: SwapWatcher,
+        activity: ServiceActivity,
+        client: Callable[[], httpx.AsyncClient],
+    ) -> None:
+        self.watcher = watcher
+        self.activity = activity
+        self.client = client
+        self.pending: dict[str, asyncio.Future[SwapEnd]] = {}
+
+    async def load(self, model_key: str, timeout: float) -> SwapEnd:
+        """Wait up to `timeout` for the model's load (starting it if nobody has)."""
+        load = self.pending.get(model_key)
+        if load is None:
+            load = spawn(self._load(model_key, time.monotonic() + timeout))
+            self.pending[model_key] = load
+            load.add_done_callback(lambda done: self._forget(model_key, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(load), max(0.0, timeout))
+        except TimeoutError:
+            raise Busy(
+                f"{model_key} is still loading; gave up waiting after {timeout:g} s.",
+                code="load_timeout",
+                retry_after=10,
+            ) from None
+
+    def _forget(self, model_key: str, done: asyncio.Future[SwapEnd]) -> None:
+        if self.pending.get(model_key) is done:
+            del self.pending[model_key]
+        if done.cancelled():
+            return
+        error = done.exception()  # retrieved, so an unawaited failure is not logged as lost
+        outcome = "complete" if error is None else load_outcome(error)
+        metrics.LOADS.labels(outcome).inc()
+
+    async def _load(self, model_key: str, deadline: float) -> SwapEnd:
+        while True:
+            try:
+                step = await sync_to_async(plan_load)(model_key, self.activity.snapshot())
+                if step.action == "go":
+                    await self._evict(step, deadline)
+                    swap_id, ours = await sync_to_async(start_swap)(model_key, step.host)
+                    if ours:
+                        log.info(
+                            "broker: loading %s on %s (swap %s)", model_key, step.host, swap_id
+                        )
+                        return await self._finish(model_key, swap_id, deadline)
+                    await self._wait(swap_id, deadline)  # someone else's swap got there first
+                elif step.action == "join":
+                    assert step.swap_id is not None
+                    return await self._finish(model_key, step.swap_id, deadline)
+                elif step.action == "wait":
+                    assert step.swap_id is not None
+                    await self._wait(step.swap_id, deadline)
+                else:  # blocked by busy services: they finish, then plan again
+                    if time.monotonic() + BLOCKED_RETRY_SECONDS > deadline:
+                        reason = step.plan.reason if step.plan else "busy"
+                        raise Busy(
+                            f"{model_key} cannot be loaded yet: {reason}.",
+                            code="vram_busy",
+                            retry_after=10,
+                        )
+                    await asyncio.sleep(BLOCKED_RETRY_SECONDS)
+            except ArbiterError as exc:
+                raise from_arbiter_error(exc) from exc
+
+    async def _wait(self, swap_id: int, deadline: float) -> SwapEnd:
+        try:
+            return await self.watcher.wait(swap_id, deadline - time.monotonic())
+        except TimeoutError:
+            raise Busy(
+                f"swap {swap_id} is still running.", code="load_timeout", retry_after=10
+            ) from None
+
+    async def _finish(self, model_key: str, swap_id: int, deadline: float) -> SwapEnd:
+        end = await self._wait(swap_id, deadline)
+        if not end.complete:
+            raise LoadFailed(
+                f"Loading {model_key} failed: swap {swap_id} ended {end.state}"
+                + (f": {end.error}" if end.error else "."),
+                code=f"swap_{end.state}",
+                retry_after=10,
+                swap_id=swap_id,
+            )
+        return end
+
+    async def _evict(self, step: LoadStep, deadline: float) -> None:
+        if not step.evict:
+            return
+        for eviction in step.evict:
+            log.info("broker: evicting %s on %s", eviction.service, step.host)
+            try:
+                response = await self.client().post(eviction.url, timeout=UNLOAD_TIMEOUT)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise LoadFailed(
+                    f"Could not unload {eviction.service} to make room: {type(exc).__name__}.",
+                    code="unload_failed",
+                    retry_after=10,
+                    service=eviction.service,
+                ) from exc
+            self.activity.unloaded.add(eviction.service)
+        if step.measured and step.plan is not None:
+            await self._wait_for_room(step.host, step.plan.needed_mib, deadline)
+
+    async def _wait_for_room(self, host: str, needed: int, deadline: float) -> None:
+        timeout = float(getattr(settings, "ARBITER_SWAP_MEMORY_FREE_TIMEOUT", 120.0))
+        until = min(deadline, time.monotonic() + timeout)
+        while not await sync_to_async(room_now)(host, needed):
+            if time.monotonic() >= until:
+                raise LoadFailed(
+                    f"The memory of the evicted services on {host} was not freed in time.",
+                    code="memory_not_freed",
+                    retry_after=10,
+                )
+            await asyncio.sleep(0.5)

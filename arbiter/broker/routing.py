@@ -1,0 +1,179 @@
+"""Routing decisions: which service answers a request, or what must happen first.
+
+Pure functions over a `RouteTable`: no database, no network, no clock. A decision is
+one of
+- `Forward`: send it to this service now;
+- `WaitForSwap`: the service that serves it is being swapped (or the model is being
+  loaded by someone else's swap): wait for that swap, then route again;
+- `Load`: the model is in the catalog but loaded nowhere: load it, then route again;
+or an error (unknown model 404, backend down 503 at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from arbiter.broker.errors import BackendUnavailable, ModelNotFound, RouteNotFound
+from arbiter.broker.table import CatalogEntry, RouteTable, ServiceRoute
+
+CAPABILITY_ROUTES = ("llm", "tts", "stt", "image")
+# /audio/* goes to the service with the first of these capabilities.
+AUDIO_CAPABILITIES = ("audio", "tts")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send the request to `service` at `path` (the path on the backend)."""
+
+    service: ServiceRoute
+    path: str
+    limit_key: str  # what the per-model concurrency limit counts
+    # The model name the backend knows, when the request named it otherwise (a catalog
+    # key): the broker rewrites the body's `model` to it.
+    served_model: str = ""
+
+
+@dataclass(frozen=True)
+class WaitForSwap:
+    """Wait for swap `swap_id` to finish, then route again."""
+
+    swap_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """Load the catalog model (one shared swap), then route again."""
+
+    entry: CatalogEntry
+
+
+Decision = Forward | WaitForSwap | Load
+
+
+def unavailable(service: ServiceRoute, retry_after: float) -> BackendUnavailable:
+    since = service.health_since.isoformat() if isinstance(service.health_since, datetime) else None
+    return BackendUnavailable(
+        f"The backend {service.name} on {service.host_name} failed its last health probe.",
+        code="backend_down",
+        retry_after=retry_after,
+        service=service.name,
+        host=service.host_name,
+        since=since,
+    )
+
+
+def _by_health(services: list[ServiceRoute]) -> list[ServiceRoute]:
+    # Up first, then unknown (not probed yet); stable by name within each.
+    return sorted(services, key=lambda s: (s.health != "up", s.name))
+
+
+def _pick(
+    candidates: list[ServiceRoute], path: str, limit_key: str, retry_after: float
+) -> Decision | None:
+    """Forward to the first usable candidate; wait for a swap of one; or 503 if all are down."""
+    if not candidates:
+        return None
+    ordered = _by_health(candidates)
+    for service in ordered:
+        if service.swap_id is None and not service.down:
+            return Forward(service, path, limit_key)
+    for service in ordered:
+        if service.swap_id is not None:
+            return WaitForSwap(service.swap_id, f"{service.name} is being swapped")
+    raise unavailable(ordered[0], retry_after)
+
+
+def route_model(table: RouteTable, model: str, path: str, retry_after: float) -> Decision:
+    """Route an OpenAI request by its `model` field; `path` is the request's own path."""
+    entry = table.catalog_entry(model)
+    names = {model} | ({entry.served_name} if entry else set())
+    limit_key = entry.served_name if entry else model
+    serving = [s for s in table.services if s.loaded_model and s.loaded_model in names]
+    decision = _pick(serving, path, limit_key, retry_after)
+    if isinstance(decision, Forward):
+        served = decision.service.loaded_model
+        return Forward(decision.service, path, limit_key, served if served != model else "")
+    if decision is not None:
+        return decision
+    for swap in table.swaps:
+        if swap.served_name in names or (entry and swap.model_key == entry.key):
+            return WaitForSwap(swap.id, f"{swap.model_key} is being loaded by swap {swap.id}")
+    if entry is not None:
+        return Load(entry)
+    # Generic HTTP backends do not report their models: one that declares this path
+    # takes any model name (a TTS server, say). vLLM ones report theirs, so an unknown
+    # model is never sent to them.
+    declared = [s for s in table.services if s.kind != "vllm" and path in s.request_paths]
+    decision = _pick(declared, path, limit_key, retry_after)
+    if decision is not None:
+        return decision
+    raise ModelNotFound(model)
+
+
+def route_capability(
+    table: RouteTable, capabilities: tuple[str, ...], path: str, retry_after: float
+) -> Decision:
+    """Route to the first enabled, healthy service with the first capability any has."""
+    for capability in capabilities:
+        having = [s for s in table.services if capability in s.capabilities]
+        if having:
+            decision = _pick(having, path, "", retry_after)
+            assert decision is not None
+            if isinstance(decision, Forward):
+                decision = Forward(decision.service, path, f"{capability}:{decision.service.name}")
+            return decision
+    raise RouteNotFound(
+        f"No enabled service has the capability {' or '.join(capabilities)}.",
+        code="capability_not_found",
+    )
+
+
+def list_models(table: RouteTable) -> dict[str, Any]:
+    """`GET /v1/models`: loaded models, then loading and loadable catalog models."""
+    data: list[dict[str, Any]] = []
+    listed: set[str] = set()
+    for service in table.services:
+        if not service.loaded_model:
+            continue
+        entry = table.catalog_entry(service.loaded_model)
+        info = {
+            "state": "loaded",
+            "service": service.name,
+            "host": service.host_name,
+            "health": service.health,
+            "catalog_key": entry.key if entry else None,
+        }
+        data.append(_model(service.loaded_model, entry.created if entry else 0, info))
+        listed.add(service.loaded_model)
+    for swap in table.swaps:
+        if swap.served_name and swap.served_name not in listed:
+            entry = table.catalog_entry(swap.served_name)
+            info = {"state": "loading", "swap_id": swap.id, "catalog_key": swap.model_key}
+            data.append(_model(swap.served_name, entry.created if entry else 0, info))
+            listed.add(swap.served_name)
+    for entry in table.catalog:
+        if entry.served_name in listed:
+            continue
+        info = {
+            "state": "loadable",
+            "catalog_key": entry.key,
+            "host": entry.default_host,
+            "kind": entry.kind,
+            "estimated_vram_mib": entry.estimated_vram_mib,
+        }
+        data.append(_model(entry.served_name, entry.created, info))
+        listed.add(entry.served_name)
+    return {"object": "list", "data": data}
+
+
+def _model(model_id: str, created: int, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "arbiter",
+        "arbiter": info,
+    }

@@ -1,0 +1,38 @@
+"""The engine loops that run inside the serving process: GPU sampling, health probes, swaps."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from arbiter.engine import ssh
+from arbiter.engine.probes import Prober
+from arbiter.engine.sampler import Sampler
+from arbiter.engine.swap_dispatch import SwapDispatcher
+
+log = logging.getLogger(__name__)
+RESTART_DELAY_SECONDS = 2.0
+
+
+async def _supervised(name: str, loop_factory: Callable[[], Awaitable[None]]) -> None:
+    """Run one loop forever; a crash is logged and the loop restarted, never silently lost."""
+    while True:
+        try:
+            await loop_factory()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting in %g s", name, RESTART_DELAY_SECONDS)
+            await asyncio.sleep(RESTART_DELAY_SECONDS)
+
+
+async def run_engine() -> None:
+    """Run every engine loop until cancelled."""
+    sampler, prober, swaps = Sampler(), Prober(), SwapDispatcher()
+    try:
+        await asyncio.gather(
+            _supervised("sampler", sampler.run_forever),
+            _supervised("prober", prober.run_forever),
+            _supervised("swaps", swaps.run_forever),
+        )
+    finally:
+        await ssh.get_pool().close()

@@ -1,0 +1,393 @@
+"""The swap state machine: one `SwapRunner` drives one swap from preflight to the end.
+
+    pending → preflight → stopping → launching → waiting_healthy → complete
+                    (any of them) → failed / cancelled
+
+Each step is restartable: a runner started with `resume=True` (the engine restarted
+mid-swap) picks the swap up in the state the database says and repeats or re-attaches
+that step — preflight and stopping are idempotent, a launch whose container already
+exists is not repeated, and the health wait follows the container's log again from
+the start, skipping the lines already stored. The runner keeps plain values only;
+everything in the database is re-read by id through `swap_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from arbiter.engine import ssh
+from arbiter.engine import swap_store as store
+from arbiter.engine.launch import (
+    ContainerState,
+    build_rm_argv,
+    build_state_argv,
+    build_stop_argv,
+    display,
+    launch_env,
+    parse_state,
+)
+from arbiter.engine.preflight import LaunchPlan, load_plan, preflight, replaced_containers
+from arbiter.engine.swap_log import SwapJournal, split_lines
+from arbiter.engine.swap_memory import MemoryNotFreed, MemoryWait
+from arbiter.errors import SshError
+from arbiter.models import Swap
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 0.5  # cancel requests are noticed within this (plus one DB read)
+HEARTBEAT_EVERY = 2  # watch ticks per heartbeat write
+HEALTH_POLL_INTERVAL = 0.5
+HEALTH_REQUEST_TIMEOUT = 2.0
+LAUNCH_TIMEOUT = 1800.0  # `docker run` may pull a large image first
+DOCKER_TIMEOUT = 60.0
+CANCEL_STOP_SECONDS = 10
+LOG_RETRY_DELAY = 1.0
+
+
+class SwapFailed(Exception):
+    """The swap cannot go on; the message is what the user reads in `error`."""
+
+
+class SwapLost(Exception):
+    """The swap left the state we expected (another worker, or it was finalised)."""
+
+
+class SwapRunner:
+    """Runs one swap to a final state (or until the engine stops)."""
+
+    def __init__(self, swap_id: int, *, resume: bool = False) -> None:
+        self.swap_id = swap_id
+        self.resume = resume
+        self.health_timeout = float(settings.ARBITER_SWAP_HEALTH_TIMEOUT)
+        self.memory_timeout = float(settings.ARBITER_SWAP_MEMORY_FREE_TIMEOUT)
+        self.state = ""
+        self.plan: LaunchPlan | None = None
+        self.argv: tuple[str, ...] = ()
+        self.journal = SwapJournal(swap_id)
+        self.launch_task: asyncio.Task | None = None
+        self.last_health = "not checked yet"
+
+    # -- the outer loop ----------------------------------------------------------------
+    async def run(self) -> str:
+        """Drive the swap; returns the final state ("" when interrupted by shutdown)."""
+        snap = await sync_to_async(store.snapshot)(self.swap_id)
+        await self.journal.load()
+        self.state = snap.state
+        self.argv = snap.launch_argv
+        if snap.state not in Swap.ACTIVE_STATES or snap.state == Swap.PENDING:
+            return snap.state if snap.state in Swap.FINAL_STATES else ""
+        if not self.resume:  # the dispatcher's claim moved it to preflight: say so
+            await self.journal.publish_state(
+                store.TransitionRecord(self.swap_id, snap.state, timezone.now(), "", "")
+            )
+        steps = asyncio.create_task(self._steps(snap), name=f"swap-{self.swap_id}")
+        watcher = asyncio.create_task(self._watch(), name=f"swap-{self.swap_id}-watch")
+        try:
+            await asyncio.wait({steps, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if steps.done():
+                return steps.result()
+            # The watcher returned: someone asked to cancel.
+            steps.cancel()
+            await asyncio.wait({steps})
+            if not steps.cancelled() and steps.exception() is None and steps.result():
+                return steps.result()  # it reached a final state before noticing
+            return await self._cancel()
+        finally:
+            # Shutdown (or the end): leave the state as it is for a later re-attach.
+            for task in (steps, watcher):
+                task.cancel()
+            await asyncio.gather(steps, watcher, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            tick += 1
+            if tick % HEARTBEAT_EVERY == 0:
+                wanted = await sync_to_async(store.heartbeat)(self.swap_id)
+            else:
+                wanted = await sync_to_async(store.cancel_requested)(self.swap_id)
+            if wanted:
+                return
+
+    async def _steps(self, snap: store.SwapSnapshot) -> str:
+        try:
+            if self.resume:
+                await self.say(f"Arbiter restarted: resuming this swap in state {snap.state}")
+            if self.state == Swap.PREFLIGHT:
+                await self.step_preflight(snap)
+                if snap.dry_run:
+                    return await self.finish(Swap.COMPLETE, detail="dry run: nothing executed")
+                await self.enter(Swap.STOPPING)
+            else:
+                await self.load_plan(snap)
+            if self.state == Swap.STOPPING:
+                await self.step_stopping()
+                await self.enter(Swap.LAUNCHING)
+                snap = await sync_to_async(store.snapshot)(self.swap_id)
+            if self.state == Swap.LAUNCHING:
+                await self.step_launch()
+                await self.enter(Swap.WAITING_HEALTHY)
+            if self.state == Swap.WAITING_HEALTHY:
+                await self.step_wait_healthy(snap.launching_at)
+                return await self.finish(
+                    Swap.COMPLETE, detail=f"{self.require_plan().served_name} is served"
+                )
+            raise SwapLost(f"unexpected state {self.state}")
+        except (SwapFailed, MemoryNotFreed) as failure:
+            return await self.fail(str(failure))
+        except SshError as error:
+            return await self.fail(f"{self.state}: {error.message}")
+        except SwapLost as lost:
+            log.warning("swap %s: %s; leaving it", self.swap_id, lost)
+            return ""
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug must still end the swap truthfully
+            log.exception("swap %s crashed in %s", self.swap_id, self.state)
+            return await self.fail(f"internal error in {self.state}: {error!r}")
+
+    # -- recording ---------------------------------------------------------------------
+    async def say(self, text: str) -> None:
+        await self.journal.say(text)
+
+    async def enter(self, state: str, detail: str = "", **fields: object) -> None:
+        record = await sync_to_async(store.record_transition)(
+            self.swap_id, state, detail=detail, **fields
+        )
+        if record is None:
+            raise SwapLost(f"could not move to {state}: the swap is no longer active")
+        self.state = state
+        await self.say(f"→ {state}" + (f": {detail}" if detail else ""))
+        await self.journal.publish_state(record)
+
+    async def finish(self, state: str, *, detail: str = "", error: str = "") -> str:
+        # The last line goes in before the final state, so a log reader that stops at
+        # the final state has seen everything.
+        await self.say(f"→ {state}" + (f": {error or detail}" if error or detail else ""))
+        record = await sync_to_async(store.record_transition)(
+            self.swap_id, state, detail=detail or error, error=error
+        )
+        if record is None:
+            raise SwapLost(f"could not move to {state}: the swap is no longer active")
+        self.state = state
+        await self.journal.publish_state(record)
+        return state
+
+    async def fail(self, reason: str) -> str:
+        log.info("swap %s failed: %s", self.swap_id, reason)
+        try:
+            return await self.finish(Swap.FAILED, error=reason)
+        except SwapLost:
+            return ""
+
+    # -- steps -------------------------------------------------------------------------
+    def require_plan(self) -> LaunchPlan:
+        if self.plan is None:
+            raise SwapFailed("the swap has no launch plan")
+        return self.plan
+
+    async def load_plan(self, snap: store.SwapSnapshot) -> None:
+        self.plan = await sync_to_async(load_plan)(snap.model_key, snap.host_name)
+        if self.plan is None:
+            raise SwapFailed(f"model {snap.model_key!r} is no longer in the catalog")
+        if not self.argv:
+            self.argv = self.plan.argv
+
+    async def check_fence(self) -> None:
+        """Refuse to touch the GPU once another party holds the swap lock."""
+        problem = await sync_to_async(store.fencing_problem)(self.swap_id)
+        if problem:
+            raise SwapFailed(problem)
+
+    async def step_preflight(self, snap: store.SwapSnapshot) -> None:
+        await self.check_fence()
+        result = await preflight(snap.model_key, snap.host_name)
+        self.plan = result.plan
+        self.argv = result.plan.argv if result.plan else ()
+        await sync_to_async(store.update_swap)(
+            self.swap_id, checks=result.as_dicts(), launch_argv=list(self.argv)
+        )
+        for check in result.checks:
+            await self.say(f"{'✓' if check.ok else '✗'} {check.name}: {check.detail}")
+        if not result.ok:
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in result.failed)
+            raise SwapFailed(f"pre-flight failed: {failed}")
+        if snap.dry_run:
+            for container in result.replaced:
+                await self.say(f"dry run: would stop and remove {container.name}")
+            await self.say(f"dry run: would run {display(self.argv)}")
+
+    async def step_stopping(self) -> None:
+        await self.check_fence()
+        plan = self.require_plan()
+        containers = await replaced_containers(plan)
+        memory = MemoryWait(plan, self.memory_timeout, say=self.say)
+        await memory.take_baseline()
+        for container in containers:
+            if container.running:
+                await self.say(f"stopping {container.name}")
+                await self.docker(build_stop_argv(container.name), DOCKER_TIMEOUT + 30)
+        if not containers:
+            await self.say(f"nothing to stop on {plan.host_name}")
+        # The driver frees a stopped process's memory a little later; the container is
+        # removed only afterwards (its name must be free before the launch).
+        await memory.wait(stopped_any=any(c.running for c in containers))
+        for container in containers:
+            await self.say(f"removing {container.name}")
+            result = await ssh.run(
+                plan.target, build_rm_argv(container.name), timeout=DOCKER_TIMEOUT, check=False
+            )
+            if result.exit_status != 0 and "No such container" not in result.stderr:
+                raise SwapFailed(f"docker rm {container.name} failed: {result.stderr.strip()}")
+
+    async def step_launch(self) -> None:
+        await self.check_fence()
+        plan = self.require_plan()
+        if not self.argv:
+            raise SwapFailed("no launch command was computed")
+        if self.resume:
+            state = await self.container_state()
+            if state is not None:
+                await self.say(f"{plan.container_name} was started before the restart")
+                return
+        await self.say(f"$ {display(self.argv)}")
+        env = launch_env(plan.local)
+        # Shielded: a cancel waits for `docker run -d` to return (seconds, or an image
+        # pull) so the container it creates is known and can be removed.
+        self.launch_task = asyncio.ensure_future(
+            ssh.run(plan.target, list(self.argv), timeout=LAUNCH_TIMEOUT, env=env, check=False)
+        )
+        result = await asyncio.shield(self.launch_task)
+        await self.journal.add(
+            [("arbiter", f"docker: {line}") for line in split_lines(result.stderr)]
+        )
+        if result.exit_status != 0:
+            reason = result.stderr.strip() or "(no message)"
+            raise SwapFailed(f"docker run failed with status {result.exit_status}: {reason}")
+        await self.say(f"container {result.stdout.strip()[:12]} started")
+
+    async def step_wait_healthy(self, launching_at: datetime | None) -> None:
+        plan = self.require_plan()
+        started = launching_at or timezone.now()
+        deadline = (
+            time.monotonic() + self.health_timeout - (timezone.now() - started).total_seconds()
+        )
+        await self.say(
+            f"waiting for {plan.served_name!r} in {plan.url('/v1/models')} "
+            f"(timeout {self.health_timeout:g} s)"
+        )
+        follower = self.follow_logs()
+        try:
+            async with httpx.AsyncClient(timeout=HEALTH_REQUEST_TIMEOUT, trust_env=False) as client:
+                while True:
+                    if await self.served(client):
+                        break
+                    if follower.done():
+                        follower = await self.after_log_end(follower)
+                    if time.monotonic() >= deadline:
+                        await self.stop_follower(follower)
+                        await self.sync_logs()
+                        await self.docker(build_stop_argv(plan.container_name), DOCKER_TIMEOUT + 30)
+                        raise SwapFailed(
+                            f"{plan.served_name!r} was not served within "
+                            f"{self.health_timeout:g} s (last check: {self.last_health}); "
+                            f"container {plan.container_name} stopped"
+                        )
+                    await asyncio.sleep(HEALTH_POLL_INTERVAL)
+        finally:
+            await self.stop_follower(follower)
+        await self.sync_logs()
+
+    # -- helpers -----------------------------------------------------------------------
+    async def docker(self, argv: list[str], timeout: float) -> ssh.CommandResult:
+        return await ssh.run(self.require_plan().target, argv, timeout=timeout, check=False)
+
+    async def container_state(self) -> ContainerState | None:
+        plan = self.require_plan()
+        result = await self.docker(build_state_argv(plan.container_name), DOCKER_TIMEOUT)
+        if result.exit_status != 0:
+            return None
+        return parse_state(result.stdout)
+
+    async def served(self, client: httpx.AsyncClient) -> bool:
+        plan = self.require_plan()
+        try:
+            health = await client.get(plan.url(plan.health_path))
+            if not health.is_success:
+                self.last_health = f"{plan.health_path} answered HTTP {health.status_code}"
+                return False
+            models = await client.get(plan.url("/v1/models"))
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            self.last_health = f"{plan.health_path}: {type(error).__name__} {error}".strip()
+            return False
+        try:
+            data = models.json().get("data") or []
+            ids = [item.get("id") for item in data if isinstance(item, dict)]
+        except (ValueError, AttributeError):
+            ids = []
+        if plan.served_name in ids:
+            return True
+        self.last_health = f"/v1/models lists {ids!r}, not {plan.served_name!r}"
+        return False
+
+    async def after_log_end(self, follower: asyncio.Task) -> asyncio.Task:
+        """The followed log ended: the container exited (fail) or the SSH stream dropped."""
+        error = None if follower.cancelled() else follower.exception()
+        state = await self.container_state()
+        if state is not None and state.running:
+            if error is not None:
+                log.info("swap %s: log stream dropped (%s); following again", self.swap_id, error)
+                await asyncio.sleep(LOG_RETRY_DELAY)
+            return self.follow_logs()
+        await self.sync_logs()
+        if state is None:
+            raise SwapFailed(f"container {self.require_plan().container_name} disappeared")
+        raise SwapFailed(f"container exited with status {state.exit_code}")
+
+    async def stop_follower(self, follower: asyncio.Task) -> None:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await follower
+
+    async def sync_logs(self) -> None:
+        plan = self.require_plan()
+        await self.journal.sync(plan.target, plan.container_name)
+
+    def follow_logs(self) -> asyncio.Task:
+        plan = self.require_plan()
+        return asyncio.create_task(self.journal.follow(plan.target, plan.container_name))
+
+    async def _cancel(self) -> str:
+        """Cancelled on request: remove what this swap launched, then record it."""
+        if self.launch_task is not None:
+            with contextlib.suppress(Exception):
+                await self.launch_task
+        try:
+            if self.plan is not None and self.state in (Swap.LAUNCHING, Swap.WAITING_HEALTHY):
+                name = self.plan.container_name
+                await self.sync_logs()
+                await self.say(f"cancel: stopping and removing {name}")
+                await self.docker(build_stop_argv(name, CANCEL_STOP_SECONDS), DOCKER_TIMEOUT)
+                await self.docker(build_rm_argv(name), DOCKER_TIMEOUT)
+            return await self.finish(Swap.CANCELLED, detail="cancelled on request")
+        except SshError as error:
+            return await self.finish(
+                Swap.CANCELLED, detail=f"cancelled on request; cleanup failed: {error.message}"
+            )
+        except SwapLost:
+            return ""
+
+
+async def run_swap(swap_id: int, *, resume: bool = False) -> str:
+    """Run one swap to its end (tests and the dispatcher)."""
+    return await SwapRunner(swap_id, resume=resume).run()

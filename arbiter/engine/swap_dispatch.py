@@ -1,0 +1,88 @@
+"""The swap dispatcher: claims pending swaps and orphaned in-flight ones, runs each.
+
+Claims are conditional UPDATEs with a row count (`swap_store.claim_pending`,
+`claim_stale`), so several engine processes can run dispatchers on one database and
+each swap is run by exactly one. A swap whose heartbeat is stale was left by an engine
+that died: it is re-attached (`SwapRunner(resume=True)`), never failed for that alone.
+In the embedded single-process setup nobody else can own an in-flight swap, so on
+start every one of them is re-attached at once instead of after the stale delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from arbiter.engine import swap_store as store
+from arbiter.engine.swap import SwapRunner
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.5
+DEFAULT_STALE_SECONDS = 10.0  # a running swap beats every ~1 s
+
+
+class SwapDispatcher:
+    """One per engine process; `run_forever` is an engine loop."""
+
+    def __init__(self, interval: float = POLL_INTERVAL, stale_after: float | None = None) -> None:
+        self.interval = interval
+        self.stale_after = (
+            stale_after
+            if stale_after is not None
+            else float(getattr(settings, "ARBITER_SWAP_STALE_SECONDS", DEFAULT_STALE_SECONDS))
+        )
+        self.tasks: dict[int, asyncio.Task[str]] = {}
+        self._started = False
+
+    def _first_stale_after(self) -> float:
+        if getattr(settings, "ARBITER_PROCESS_COUNT", 1) == 1:
+            return 0.0
+        return self.stale_after
+
+    async def tick(self) -> list[int]:
+        """One round: reap finished runners, claim work, start runners; the ids started."""
+        for swap_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[swap_id]
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("swap %s runner crashed", swap_id, exc_info=task.exception())
+        stale_after = self.stale_after if self._started else self._first_stale_after()
+        self._started = True
+        resumed = await sync_to_async(store.claim_stale)(stale_after, set(self.tasks))
+        for swap_id in resumed:
+            log.info("re-attaching swap %s", swap_id)
+            self.start(swap_id, resume=True)
+        claimed = await sync_to_async(store.claim_pending)()
+        for swap_id in claimed:
+            self.start(swap_id)
+        return resumed + claimed
+
+    def start(self, swap_id: int, *, resume: bool = False) -> asyncio.Task[str]:
+        task = asyncio.create_task(
+            SwapRunner(swap_id, resume=resume).run(), name=f"swap-runner-{swap_id}"
+        )
+        self.tasks[swap_id] = task
+        return task
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:  # e.g. the database is locked: the next round retries
+                    log.exception("swap dispatch round failed")
+                await asyncio.sleep(self.interval)
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop running swaps where they are (a later engine re-attaches them)."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()

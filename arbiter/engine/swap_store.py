@@ -1,0 +1,287 @@
+"""Swap rows: creating them, moving their state, storing their log, claiming them.
+
+Synchronous ORM code only (the engine calls it through `sync_to_async`). Every state
+change is one conditional UPDATE plus its `SwapTransition` row in one transaction, so
+a swap is never in a state without the record of when it got there, and two workers
+can never both move the same swap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Max, Q
+from django.dispatch import Signal
+from django.utils import timezone
+
+from arbiter.engine.preflight import get_catalog_model, resolve_host, vllm_service
+from arbiter.errors import Conflict, InvalidInput, NotFound
+from arbiter.models import Swap, SwapLogLine, SwapTransition
+
+# Sent inside the transaction that records a swap's final state, with `swap_id`,
+# `state` and `dry_run`: receivers (the webhook outbox) write in that same transaction.
+swap_finished = Signal()
+
+RUNNING_STATES = tuple(s for s in Swap.ACTIVE_STATES if s != Swap.PENDING)
+
+
+def _conflict(running: Swap) -> Conflict:
+    return Conflict(
+        f"host {running.host.name} is busy: swap {running.pk} ({running.model_key}) is "
+        f"{running.state}",
+        field="host",
+        swap_id=running.pk,
+    )
+
+
+def active_swap_on(host_id: int) -> Swap | None:
+    return (
+        Swap.objects.select_related("host")
+        .filter(host_id=host_id, state__in=Swap.ACTIVE_STATES)
+        .first()
+    )
+
+
+def create_swap(
+    model_key: str,
+    host_name: str | None,
+    dry_run: bool,
+    requested_by: str,
+    lock_token: str | None = None,
+) -> Swap:
+    """Create a pending swap, or raise Locked (423) / NotFound / InvalidInput / Conflict.
+
+    The swap lock is checked first and in the same transaction as the insert, so no
+    grant can slip in between; the swap records the lock generation it was accepted
+    under (None when the lock was free). A dry run executes nothing, so it needs no lock.
+    One active swap per host is checked here and enforced by the database itself.
+    """
+    from coordination.locks import assert_may_swap
+
+    with transaction.atomic():
+        lock_generation = None if dry_run else assert_may_swap(lock_token)
+        model = get_catalog_model(model_key)
+        host = resolve_host(model, host_name)
+        service = vllm_service(host)
+        if service is None:
+            raise InvalidInput(
+                f"host: {host.name} has no enabled vLLM service to serve models", field="host"
+            )
+        running = active_swap_on(host.pk)
+        if running is not None:
+            raise _conflict(running)
+        try:
+            with transaction.atomic():  # a savepoint: the caller's transaction survives
+                swap = Swap.objects.create(
+                    model=model,
+                    model_key=model.key,
+                    host=host,
+                    service=service,
+                    dry_run=dry_run,
+                    requested_by=requested_by[:150],
+                    lock_generation=lock_generation,
+                )
+                SwapTransition.objects.create(swap=swap, state=Swap.PENDING, at=swap.created_at)
+        except IntegrityError as error:
+            # Another request created a swap for this host between our check and insert.
+            running = active_swap_on(host.pk)
+            if running is None:
+                raise
+            raise _conflict(running) from error
+    return swap
+
+
+def fencing_problem(swap_id: int) -> str:
+    """Why the swap may no longer touch the GPU, or "" when it may.
+
+    The lock generation is a fencing number: a swap accepted while the lock was free
+    (or under an earlier grant) must not run once someone else holds the lock.
+    """
+    from coordination.locks import current_lock
+
+    swap = Swap.objects.only("lock_generation", "dry_run").get(pk=swap_id)
+    lock = current_lock()
+    if swap.dry_run or not lock.held or lock.generation == swap.lock_generation:
+        return ""
+    accepted = (
+        "while the lock was free"
+        if swap.lock_generation is None
+        else f"under lock generation {swap.lock_generation}"
+    )
+    return (
+        f"the swap lock is now held by {lock.holder!r} (generation {lock.generation}); "
+        f"this swap was accepted {accepted}"
+    )
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """A state a swap entered, as plain values for the event."""
+
+    swap_id: int
+    state: str
+    at: datetime
+    detail: str
+    error: str
+
+    @property
+    def final(self) -> bool:
+        return self.state in Swap.FINAL_STATES
+
+
+def record_transition(
+    swap_id: int,
+    state: str,
+    *,
+    detail: str = "",
+    error: str = "",
+    from_states: tuple[str, ...] = Swap.ACTIVE_STATES,
+    **fields: object,
+) -> TransitionRecord | None:
+    """Move an active swap to `state`; None when it is no longer in `from_states`."""
+    with transaction.atomic():
+        now = timezone.now()
+        updates: dict[str, object] = {"state": state, "heartbeat_at": now, **fields}
+        if error:
+            updates["error"] = error
+        final = state in Swap.FINAL_STATES
+        if final:
+            updates["finished_at"] = now
+        if not Swap.objects.filter(pk=swap_id, state__in=from_states).update(**updates):
+            return None
+        SwapTransition.objects.create(swap_id=swap_id, state=state, at=now, detail=detail)
+        if final:
+            dry_run = Swap.objects.filter(pk=swap_id).values_list("dry_run", flat=True).get()
+            swap_finished.send(Swap, swap_id=swap_id, state=state, dry_run=dry_run)
+    return TransitionRecord(swap_id, state, now, detail, error)
+
+
+def update_swap(swap_id: int, **fields: object) -> None:
+    Swap.objects.filter(pk=swap_id).update(**fields)
+
+
+def store_log_lines(
+    swap_id: int, first_seq: int, lines: list[tuple[str, str]]
+) -> list[SwapLogLine]:
+    now = timezone.now()
+    rows = [
+        SwapLogLine(swap_id=swap_id, seq=first_seq + i, at=now, stream=stream, text=text)
+        for i, (stream, text) in enumerate(lines)
+    ]
+    return SwapLogLine.objects.bulk_create(rows)
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """Where a swap's stored log ends: the last seq, and lines per container stream."""
+
+    last_seq: int
+    stdout: int
+    stderr: int
+
+
+def log_position(swap_id: int) -> LogPosition:
+    lines = SwapLogLine.objects.filter(swap_id=swap_id)
+    totals = lines.aggregate(
+        last=Max("seq"),
+        stdout=Count("pk", filter=Q(stream="stdout")),
+        stderr=Count("pk", filter=Q(stream="stderr")),
+    )
+    return LogPosition(totals["last"] or 0, totals["stdout"], totals["stderr"])
+
+
+@dataclass(frozen=True)
+class SwapSnapshot:
+    """A swap as the engine needs it when it (re)starts running it."""
+
+    id: int
+    state: str
+    dry_run: bool
+    cancel_requested: bool
+    model_key: str
+    host_name: str
+    launch_argv: tuple[str, ...]
+    launching_at: datetime | None
+
+
+def snapshot(swap_id: int) -> SwapSnapshot:
+    swap = Swap.objects.select_related("host").get(pk=swap_id)
+    launching_at = (
+        SwapTransition.objects.filter(swap_id=swap_id, state=Swap.LAUNCHING)
+        .order_by("at")
+        .values_list("at", flat=True)
+        .first()
+    )
+    return SwapSnapshot(
+        id=swap.pk,
+        state=swap.state,
+        dry_run=swap.dry_run,
+        cancel_requested=swap.cancel_requested,
+        model_key=swap.model_key,
+        host_name=swap.host.name,
+        launch_argv=tuple(swap.launch_argv or ()),
+        launching_at=launching_at,
+    )
+
+
+def heartbeat(swap_id: int) -> bool:
+    """Mark the swap as alive; True when someone asked to cancel it."""
+    Swap.objects.filter(pk=swap_id).update(heartbeat_at=timezone.now())
+    return bool(Swap.objects.filter(pk=swap_id).values_list("cancel_requested", flat=True).first())
+
+
+def cancel_requested(swap_id: int) -> bool:
+    return bool(Swap.objects.filter(pk=swap_id).values_list("cancel_requested", flat=True).first())
+
+
+# -- claiming (the dispatcher) ---------------------------------------------------------
+def claim_pending(limit: int = 20) -> list[int]:
+    """Move pending swaps to preflight, each with a conditional UPDATE; the ones we won."""
+    claimed = []
+    pending = Swap.objects.filter(state=Swap.PENDING).order_by("created_at", "pk")
+    for swap_id in pending.values_list("pk", flat=True)[:limit]:
+        if record_transition(
+            swap_id, Swap.PREFLIGHT, from_states=(Swap.PENDING,), started_at=timezone.now()
+        ):
+            claimed.append(swap_id)
+    return claimed
+
+
+def claim_stale(stale_after: float, exclude: set[int]) -> list[int]:
+    """Take over in-flight swaps nobody has touched for `stale_after` seconds."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stale_after)
+    candidates = (
+        Swap.objects.filter(state__in=RUNNING_STATES)
+        .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
+        .exclude(pk__in=exclude)
+        .values_list("pk", "state", "heartbeat_at")
+    )
+    claimed = []
+    for swap_id, state, beat in candidates:
+        # The heartbeat we saw is part of the condition: if another worker took the
+        # swap over (or its owner came back) since, the row count is 0.
+        if Swap.objects.filter(pk=swap_id, state=state, heartbeat_at=beat).update(heartbeat_at=now):
+            claimed.append(swap_id)
+    return claimed
+
+
+# -- cancel (the API) ------------------------------------------------------------------
+def request_cancel(swap_id: int) -> Swap:
+    """Cancel a swap: at once while pending, else flag it for the engine (within ~1 s)."""
+    swap = Swap.objects.filter(pk=swap_id).first()
+    if swap is None:
+        raise NotFound(f"no swap with id {swap_id}", field="swap_id")
+    if swap.state in Swap.FINAL_STATES:
+        raise Conflict(f"swap {swap_id} is already {swap.state}", field="swap_id", state=swap.state)
+    if not record_transition(
+        swap_id,
+        Swap.CANCELLED,
+        from_states=(Swap.PENDING,),
+        detail="cancelled before it started",
+        cancel_requested=True,
+    ):
+        Swap.objects.filter(pk=swap_id, state__in=RUNNING_STATES).update(cancel_requested=True)
+    return Swap.objects.get(pk=swap_id)

@@ -1,0 +1,1 @@
+"""The simulated cluster: real SSH servers and real backend processes on loopback."""

@@ -1,0 +1,115 @@
+"""Read-only API routes over the cluster: status and endpoints."""
+
+from datetime import datetime
+
+from django.http import HttpRequest
+from ninja import Router, Schema
+
+from arbiter.models import Service
+from arbiter.status import cluster_status
+from coordination.lock_schemas import LockStateOut
+
+router = Router(tags=["status"])
+
+
+class GpuOut(Schema):
+    index: int
+    name: str
+    uuid: str
+    utilization_pct: float | None
+    memory_used_mib: float | None
+    memory_total_mib: float | None
+    temperature_c: float | None
+    power_w: float | None
+    unified_memory: bool
+    taken_at: datetime
+
+
+class HostOut(Schema):
+    name: str
+    address: str
+    sampling: str
+    simulated: bool
+    state: str
+    last_sample_at: datetime | None
+    missed_samples: int
+    last_error: str
+    mem_total_mib: int | None
+    mem_available_mib: int | None
+    gpus: list[GpuOut]
+
+
+class ServiceOut(Schema):
+    name: str
+    host: str
+    kind: str
+    base_url: str
+    capabilities: list[str]
+    health: str
+    health_since: datetime | None
+    last_probe_at: datetime | None
+    last_latency_ms: float | None
+    loaded_model: str
+    disabled: bool
+
+
+class SwapSummaryOut(Schema):
+    id: int
+    model: str
+    host: str
+    state: str
+    dry_run: bool
+    created_at: datetime
+    url: str
+
+
+class ClientUsageOut(Schema):
+    client: str
+    requests: int
+    errors: int
+    in_flight: int
+    bytes_out: int
+    by_model: dict[str, int]
+    last_seen: float  # epoch seconds
+
+
+class StatusOut(Schema):
+    hosts: list[HostOut]
+    services: list[ServiceOut]
+    swaps: list[SwapSummaryOut]  # swaps in flight
+    lock: LockStateOut
+    clients: list[ClientUsageOut]  # broker traffic per X-Client-Id
+
+
+class EndpointOut(Schema):
+    name: str
+    host: str
+    kind: str
+    base_url: str
+    health_path: str
+    capabilities: list[str]
+    request_paths: list[str]
+    disabled: bool
+
+
+@router.get("/status", response=StatusOut, summary="The full current picture of the cluster")
+def get_status(request: HttpRequest):
+    return cluster_status()
+
+
+@router.get("/endpoints", response=list[EndpointOut], summary="Services, disabled ones flagged")
+def list_endpoints(request: HttpRequest):
+    services = Service.objects.filter(in_inventory=True).select_related("host")
+    return [
+        EndpointOut(
+            name=s.name,
+            host=s.host.name,
+            kind=s.kind,
+            base_url=s.base_url,
+            health_path=s.health_path,
+            capabilities=s.capabilities,
+            request_paths=s.request_paths,
+            disabled=s.disabled,
+        )
+        for s in services
+    ]

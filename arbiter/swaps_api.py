@@ -1,0 +1,397 @@
+"""Swap API: start, validate, watch (JSON and Server-Sent Events), list and cancel swaps.
+
+    POST /api/swap                   {model, host?, dry_run?} -> 202 {id, state, url, ...}
+    POST /api/swap/{key}/validate    {host?} -> {ok, checks: [{name, ok, detail}], command}
+    GET  /api/swap/{id}              state, transitions with times, error, checks, command
+    GET  /api/swap/{id}/log          stored log lines (JSON), `after` / `limit` to page
+    GET  /api/swap/{id}/stream       SSE: stored lines, then live ones, then a final state
+    POST /api/swap/{id}/cancel       202; the engine stops what it launched within ~1 s
+    GET  /api/swaps                  recent swaps, newest first
+
+The swaps themselves run in the engine (arbiter.engine.swap_dispatch); these views only
+read and write rows, so any process can serve them.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, StreamingHttpResponse
+from django.urls import reverse
+from django.utils import timezone
+from ninja import Field, Query, Router, Schema, Status
+from pydantic import ConfigDict
+
+from arbiter.engine.launch import display
+from arbiter.engine.preflight import get_catalog_model, preflight, resolve_host
+from arbiter.engine.swap_store import create_swap, request_cancel
+from arbiter.errors import NotFound
+from arbiter.models import ApiKey, Swap, SwapLogLine, SwapTransition
+from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
+
+router = Router(tags=["swaps"])
+
+STREAM_POLL_SECONDS = 0.2
+STREAM_BATCH = 500
+KEEPALIVE_SECONDS = 15.0
+
+
+# -- schemas ---------------------------------------------------------------------------
+class SwapIn(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(..., min_length=1, max_length=63, description="Catalog key")
+    host: str | None = Field(
+        None, min_length=1, max_length=63, description="Default: the model's default host"
+    )
+    dry_run: bool = Field(False, description="Pre-flight and the command only; nothing runs")
+
+
+class ValidateIn(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    host: str | None = Field(None, min_length=1, max_length=63)
+
+
+class SwapCreatedOut(Schema):
+    id: int
+    state: str
+    dry_run: bool
+    url: str
+    stream_url: str
+    log_url: str
+
+
+class CheckOut(Schema):
+    name: str
+    ok: bool
+    detail: str
+
+
+class ValidateOut(Schema):
+    ok: bool
+    model: str
+    host: str
+    checks: list[CheckOut]
+    command: str
+    argv: list[str]
+
+
+class TransitionOut(Schema):
+    state: str
+    at: datetime
+    detail: str
+
+
+class SwapSummaryOut(Schema):
+    id: int
+    model: str
+    host: str
+    service: str | None
+    state: str
+    final: bool
+    dry_run: bool
+    requested_by: str
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed_seconds: float
+    progress: float = Field(..., description="0..1 through the successful path's phases")
+    url: str
+
+
+class SwapOut(SwapSummaryOut):
+    cancel_requested: bool
+    lock_generation: int | None
+    heartbeat_at: datetime | None
+    checks: list[CheckOut]
+    command: str
+    argv: list[str]
+    transitions: list[TransitionOut]
+    log_lines: int
+    stream_url: str
+    log_url: str
+
+
+class LogLineOut(Schema):
+    seq: int
+    at: datetime
+    stream: str
+    text: str
+
+
+class SwapLogOut(Schema):
+    swap_id: int
+    state: str
+    final: bool
+    lines: list[LogLineOut]
+
+
+class SwapListQuery(Schema):
+    limit: int = Field(20, ge=1, le=200)
+    host: str | None = None
+    state: str | None = None
+
+
+class LogQuery(Schema):
+    after: int = Field(0, ge=0, description="Only lines with a larger seq")
+    limit: int = Field(1000, ge=1, le=10000)
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _requested_by(request: HttpRequest) -> str:
+    auth = getattr(request, "auth", None)
+    if isinstance(auth, ApiKey):
+        return f"key:{auth.name}"
+    username = getattr(auth, "get_username", None)
+    return username() if callable(username) else str(auth or "")
+
+
+def _urls(swap_id: int) -> dict[str, str]:
+    return {
+        "url": reverse("api:swap_detail", kwargs={"swap_id": swap_id}),
+        "stream_url": reverse("api:swap_stream", kwargs={"swap_id": swap_id}),
+        "log_url": reverse("api:swap_log", kwargs={"swap_id": swap_id}),
+    }
+
+
+def _progress(swap: Swap, states: list[str]) -> float:
+    if swap.state == Swap.COMPLETE:
+        return 1.0
+    reached = [s for s in states if s in Swap.PHASES] or [Swap.PENDING]
+    return round(Swap.PHASES.index(reached[-1]) / (len(Swap.PHASES) - 1), 3)
+
+
+def _summary(swap: Swap, states: list[str]) -> dict[str, Any]:
+    end = swap.finished_at or timezone.now()
+    start = swap.started_at or swap.created_at
+    return {
+        "id": swap.pk,
+        "model": swap.model_key,
+        "host": swap.host.name,
+        "service": swap.service.name if swap.service else None,
+        "state": swap.state,
+        "final": swap.state in Swap.FINAL_STATES,
+        "dry_run": swap.dry_run,
+        "requested_by": swap.requested_by,
+        "error": swap.error,
+        "created_at": swap.created_at,
+        "started_at": swap.started_at,
+        "finished_at": swap.finished_at,
+        "elapsed_seconds": round(max(0.0, (end - start).total_seconds()), 3),
+        "progress": _progress(swap, states),
+        "url": _urls(swap.pk)["url"],
+    }
+
+
+def get_swap(swap_id: int) -> Swap:
+    swap = Swap.objects.select_related("host", "service").filter(pk=swap_id).first()
+    if swap is None:
+        raise NotFound(f"no swap with id {swap_id}", field="swap_id")
+    return swap
+
+
+def swap_detail(swap_id: int) -> dict[str, Any]:
+    swap = get_swap(swap_id)
+    transitions = list(SwapTransition.objects.filter(swap=swap).order_by("at", "pk"))
+    states = [t.state for t in transitions]
+    argv = [str(item) for item in swap.launch_argv or []]
+    return {
+        **_summary(swap, states),
+        **_urls(swap.pk),
+        "cancel_requested": swap.cancel_requested,
+        "lock_generation": swap.lock_generation,
+        "heartbeat_at": swap.heartbeat_at,
+        "checks": swap.checks or [],
+        "command": display(argv) if argv else "",
+        "argv": argv,
+        "transitions": [{"state": t.state, "at": t.at, "detail": t.detail} for t in transitions],
+        "log_lines": SwapLogLine.objects.filter(swap=swap).count(),
+    }
+
+
+def _line_out(line: SwapLogLine) -> dict[str, Any]:
+    return {"seq": line.seq, "at": line.at, "stream": line.stream, "text": line.text}
+
+
+# -- routes ----------------------------------------------------------------------------
+@router.post(
+    "/swap",
+    response={202: SwapCreatedOut},
+    url_name="swap_create",
+    summary="Start a swap (409 with the running swap's id while the host is busy)",
+)
+def start_swap(request: HttpRequest, payload: SwapIn):
+    token = request.headers.get(LOCK_TOKEN_HEADER) or None
+    swap = create_swap(
+        payload.model, payload.host, payload.dry_run, _requested_by(request), lock_token=token
+    )
+    return Status(
+        202, {"id": swap.pk, "state": swap.state, "dry_run": swap.dry_run, **_urls(swap.pk)}
+    )
+
+
+@router.post(
+    "/swap/{key}/validate",
+    response=ValidateOut,
+    url_name="swap_validate",
+    summary="Run the pre-flight checks and show the exact command, without executing it",
+)
+async def validate_swap(request: HttpRequest, key: str, payload: ValidateIn | None = None):
+    host_name = payload.host if payload else None
+
+    def resolve() -> str:
+        return resolve_host(get_catalog_model(key), host_name).name
+
+    host = await sync_to_async(resolve)()
+    result = await preflight(key, host)
+    argv = list(result.plan.argv) if result.plan else []
+    return {
+        "ok": result.ok,
+        "model": key,
+        "host": host,
+        "checks": result.as_dicts(),
+        "command": display(argv) if argv else "",
+        "argv": argv,
+    }
+
+
+@router.get("/swaps", response=list[SwapSummaryOut], url_name="swap_list", summary="Recent swaps")
+def list_swaps(request: HttpRequest, filters: Query[SwapListQuery]):
+    swaps = Swap.objects.select_related("host", "service").order_by("-created_at", "-pk")
+    if filters.host:
+        swaps = swaps.filter(host__name=filters.host)
+    if filters.state:
+        swaps = swaps.filter(state=filters.state)
+    rows = list(swaps[: filters.limit])
+    states: dict[int, list[str]] = {}
+    for swap_id, state in (
+        SwapTransition.objects.filter(swap__in=rows)
+        .order_by("at", "pk")
+        .values_list("swap", "state")
+    ):
+        states.setdefault(swap_id, []).append(state)
+    return [_summary(swap, states.get(swap.pk, [])) for swap in rows]
+
+
+@router.get("/swap/{int:swap_id}", response=SwapOut, url_name="swap_detail", summary="One swap")
+def get_swap_detail(request: HttpRequest, swap_id: int):
+    return swap_detail(swap_id)
+
+
+@router.get(
+    "/swap/{int:swap_id}/log", response=SwapLogOut, url_name="swap_log", summary="A swap's log"
+)
+def get_swap_log(request: HttpRequest, swap_id: int, query: Query[LogQuery]):
+    swap = get_swap(swap_id)
+    lines = SwapLogLine.objects.filter(swap=swap, seq__gt=query.after).order_by("seq")
+    return {
+        "swap_id": swap.pk,
+        "state": swap.state,
+        "final": swap.state in Swap.FINAL_STATES,
+        "lines": [_line_out(line) for line in lines[: query.limit]],
+    }
+
+
+@router.post(
+    "/swap/{int:swap_id}/cancel",
+    response={202: SwapSummaryOut},
+    url_name="swap_cancel",
+    summary="Cancel a swap: it stops and removes the container it launched",
+)
+def cancel_swap(request: HttpRequest, swap_id: int):
+    request_cancel(swap_id)
+    swap = get_swap(swap_id)
+    states = list(SwapTransition.objects.filter(swap=swap).values_list("state", flat=True))
+    return Status(202, _summary(swap, states))
+
+
+# -- Server-Sent Events ----------------------------------------------------------------
+def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    """One event; JSON data keeps every payload on one `data:` line."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def _stream_state(swap_id: int) -> dict[str, Any]:
+    swap = Swap.objects.filter(pk=swap_id).values("state", "error").first()
+    if swap is None:  # deleted while someone watched: end the stream as "gone"
+        swap = {"state": "deleted", "error": f"swap {swap_id} was deleted"}
+    last = (
+        SwapTransition.objects.filter(swap_id=swap_id)
+        .order_by("-at", "-pk")
+        .values("at", "detail")
+        .first()
+    ) or {"at": None, "detail": ""}
+    return {
+        "swap_id": swap_id,
+        "state": swap["state"],
+        "final": swap["state"] in (*Swap.FINAL_STATES, "deleted"),
+        "error": swap["error"],
+        "detail": last["detail"],
+        "at": last["at"].isoformat() if last["at"] else None,
+    }
+
+
+def _stream_lines(swap_id: int, after: int) -> list[dict[str, Any]]:
+    lines = SwapLogLine.objects.filter(swap_id=swap_id, seq__gt=after).order_by("seq")
+    return [
+        {"swap_id": swap_id, "seq": seq, "at": at.isoformat(), "stream": stream, "text": text}
+        for seq, at, stream, text in lines.values_list("seq", "at", "stream", "text")[:STREAM_BATCH]
+    ]
+
+
+async def swap_events(swap_id: int, after: int = 0) -> AsyncIterator[str]:
+    """Stored lines, then live ones as the engine stores them, then the final state.
+
+    It polls the database (every 0.2 s), so it works whichever process runs the swap.
+    The state is read before the lines: once it is final, every line is already stored.
+    """
+    sent_state = None
+    last_sent = time.monotonic()
+    while True:
+        state = await sync_to_async(_stream_state)(swap_id)
+        lines = await sync_to_async(_stream_lines)(swap_id, after)
+        for line in lines:
+            after = line["seq"]
+            yield sse("line", line, event_id=after)
+        if len(lines) == STREAM_BATCH:
+            continue  # more stored lines to send first
+        if (state["state"], state["at"]) != sent_state:
+            sent_state = (state["state"], state["at"])
+            yield sse("state", state)
+        if state["final"]:
+            return
+        if lines:
+            last_sent = time.monotonic()
+        elif time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+            last_sent = time.monotonic()
+            yield ": keepalive\n\n"
+        await asyncio.sleep(STREAM_POLL_SECONDS)
+
+
+def _after(request: HttpRequest, after: int) -> int:
+    # EventSource reconnects with Last-Event-ID (the last line's seq it saw).
+    header = request.headers.get("Last-Event-ID", "")
+    return max(after, int(header)) if header.isdigit() else after
+
+
+@router.get(
+    "/swap/{int:swap_id}/stream",
+    response={200: None},
+    url_name="swap_stream",
+    summary="A swap's log as Server-Sent Events (`line` events, then a final `state` event)",
+)
+async def stream_swap(request: HttpRequest, swap_id: int, after: int = 0):
+    await sync_to_async(get_swap)(swap_id)
+    response = StreamingHttpResponse(
+        swap_events(swap_id, _after(request, max(after, 0))), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # stream through nginx without buffering
+    return response

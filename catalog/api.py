@@ -1,0 +1,206 @@
+"""Catalog API: /api/models (CRUD), per-host disk status, hub download and delete.
+
+Authentication is the API's global one (key, or session + CSRF). The disk routes are
+async: they talk to every host over SSH concurrently on the server's own event loop,
+and the download streams `hf download` progress as Server-Sent Events.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, StreamingHttpResponse
+from ninja import Router, Status
+
+from arbiter.engine.ssh import SshTarget
+from arbiter.errors import ArbiterError, Conflict, InvalidInput, NotFound
+from arbiter.models import Host, Service, Swap
+from catalog.disk import (
+    delete_hub_model,
+    disk_report,
+    download_hub_model,
+    model_disk_status,
+    model_host_path,
+)
+from catalog.models import CatalogModel
+from catalog.schemas import CatalogModelIn, CatalogModelOut, DiskOut
+from catalog.store import create_model, update_model
+from catalog.validation import validate_catalog_fields
+
+router = Router(tags=["catalog"])
+
+
+def get_model(key: str) -> CatalogModel:
+    model = CatalogModel.objects.select_related("default_host").filter(key=key).first()
+    if model is None:
+        raise NotFound(f"no catalog model with key {key!r}", field="key")
+    return model
+
+
+def active_swap(model: CatalogModel, host: Host | None = None) -> Swap | None:
+    swaps = Swap.objects.filter(model=model, state__in=Swap.ACTIVE_STATES)
+    return (swaps.filter(host=host) if host is not None else swaps).first()
+
+
+def _refuse_while_swapping(model: CatalogModel, what: str) -> None:
+    swap = active_swap(model)
+    if swap is not None:
+        raise Conflict(
+            f"cannot {what} {model.key!r} while swap {swap.pk} of it is {swap.state}",
+            field="key",
+            swap_id=swap.pk,
+        )
+
+
+def inventory_targets() -> list[SshTarget]:
+    timeout = settings.ARBITER_SSH_CONNECT_TIMEOUT
+    hosts = Host.objects.filter(in_inventory=True).order_by("name")
+    return [SshTarget.from_host(host, connect_timeout=timeout) for host in hosts]
+
+
+def _target(name: str) -> SshTarget:
+    host = Host.objects.filter(name=name, in_inventory=True).first()
+    if host is None:
+        raise NotFound(f"no host named {name!r} in the inventory", field="host")
+    return SshTarget.from_host(host, connect_timeout=settings.ARBITER_SSH_CONNECT_TIMEOUT)
+
+
+def _hub_only(model: CatalogModel, action: str) -> None:
+    if model.is_local:
+        raise InvalidInput(
+            f"{model.key!r} is a local model: {action} applies to hub models only "
+            "(local models are never downloaded or deleted by Arbiter)",
+            field="key",
+        )
+
+
+# -- CRUD ------------------------------------------------------------------------------
+
+
+@router.get("/models", response=list[CatalogModelOut], summary="List catalog models")
+def list_models(request: HttpRequest):
+    models = CatalogModel.objects.select_related("default_host")
+    return [CatalogModelOut.from_model(m) for m in models]
+
+
+@router.post("/models", response={201: CatalogModelOut}, summary="Add a catalog model")
+def create_catalog_model(request: HttpRequest, payload: CatalogModelIn):
+    cleaned = validate_catalog_fields(payload.model_dump())
+    model = create_model(cleaned)
+    return Status(201, CatalogModelOut.from_model(get_model(model.key)))
+
+
+@router.get("/models/{key}", response=CatalogModelOut, summary="One catalog model")
+def get_catalog_model(request: HttpRequest, key: str):
+    return CatalogModelOut.from_model(get_model(key))
+
+
+@router.put("/models/{key}", response=CatalogModelOut, summary="Replace a catalog model")
+def update_catalog_model(request: HttpRequest, key: str, payload: CatalogModelIn):
+    data = payload.model_dump()
+    if data.get("key") not in (None, key):
+        raise InvalidInput("key: cannot be changed (create a new model instead)", field="key")
+    data["key"] = key
+    with transaction.atomic():
+        model = get_model(key)
+        # Validation first, then the write: a rejected PUT changes nothing.
+        cleaned = validate_catalog_fields(data)
+        # A running swap re-reads the model; changing its launch settings mid-way would
+        # make the log and the launched container disagree.
+        _refuse_while_swapping(model, "change")
+        update_model(model, cleaned)
+    return CatalogModelOut.from_model(get_model(key))
+
+
+@router.delete("/models/{key}", response={204: None}, summary="Remove a catalog model")
+def delete_catalog_model(request: HttpRequest, key: str):
+    with transaction.atomic():
+        model = get_model(key)
+        _refuse_while_swapping(model, "delete")
+        model.delete()  # past swaps keep their model_key; their FK becomes null
+    return Status(204, None)
+
+
+# -- disk ------------------------------------------------------------------------------
+
+
+@router.get(
+    "/models/{key}/disk", response=list[DiskOut], summary="Present / absent / size per host"
+)
+async def model_disk(request: HttpRequest, key: str):
+    model = await sync_to_async(get_model)(key)
+    targets = await sync_to_async(inventory_targets)()
+    roots = list(settings.ARBITER_MODEL_ROOTS)
+    return await disk_report(targets, model_host_path(model), local=model.is_local, roots=roots)
+
+
+def _serving_conflict(model: CatalogModel, host_name: str) -> None:
+    host = Host.objects.get(name=host_name)
+    swap = active_swap(model, host)
+    if swap is not None:
+        raise Conflict(
+            f"swap {swap.pk} of {model.key!r} on {host_name} is {swap.state}",
+            field="host",
+            swap_id=swap.pk,
+        )
+    names = {model.served_name, model.hub_repo} - {""}
+    if Service.objects.filter(host=host, loaded_model__in=names).exists():
+        raise Conflict(f"{model.key!r} is being served on {host_name}", field="host")
+
+
+@router.delete(
+    "/models/{key}/disk", response={204: None}, summary="Delete a hub model's files from a host"
+)
+async def delete_model_disk(request: HttpRequest, key: str, host: str):
+    model = await sync_to_async(get_model)(key)
+    _hub_only(model, "delete from disk")
+    target = await sync_to_async(_target)(host)
+    await sync_to_async(_serving_conflict)(model, host)
+    await delete_hub_model(target, model)
+    return Status(204, None)
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One Server-Sent Event; JSON data keeps every payload on one `data:` line."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _download_events(
+    target: SshTarget, key: str, repo: str, revision: str, host_path: str
+) -> AsyncIterator[str]:
+    # Plain values only: nothing here holds an ORM object across an await.
+    yield sse("start", {"host": target.name, "model": key, "repo": repo})
+    try:
+        async for line in download_hub_model(
+            target, repo, revision, settings.ARBITER_HF_CACHE_DIR, settings.ARBITER_HF_TOKEN
+        ):
+            yield sse("progress", {"line": line})
+        status = await model_disk_status(target, host_path, local=False, roots=[])
+    except ArbiterError as error:
+        yield sse("error", {"host": target.name, "model": key, **error.as_body()["error"]})
+        return
+    yield sse("done", {"model": key, **asdict(status)})
+
+
+@router.post(
+    "/models/{key}/download",
+    response={200: None},
+    summary="Download a hub model to a host (Server-Sent Events: progress, then done/error)",
+)
+async def download_model(request: HttpRequest, key: str, host: str):
+    model = await sync_to_async(get_model)(key)
+    _hub_only(model, "download")
+    target = await sync_to_async(_target)(host)
+    response = StreamingHttpResponse(
+        _download_events(
+            target, model.key, model.hub_repo, model.hub_revision, model_host_path(model)
+        ),
+        content_type="text/event-stream",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # stream through nginx without buffering
+    return response

@@ -1,0 +1,117 @@
+"""The catalog seed file: validate every entry, then create the models the database lacks.
+
+The file only *seeds*: a model already in the database (by key) is never overwritten,
+so edits made in the dashboard or through the API survive restarts. Problems are all
+reported at once, worded like the inventory's (`catalog.yaml: models[2].port: ...`),
+and nothing is written while any remains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+
+from arbiter.errors import ArbiterError
+from arbiter.inventory.loader import _read_yaml  # the strict YAML reader (duplicate keys)
+from arbiter.inventory.problems import Problems, show, unknown_key_reason
+from catalog.models import CatalogModel
+from catalog.store import create_model, host_problems
+from catalog.validation import FIELDS, catalog_field_problems
+
+
+class CatalogError(ArbiterError):
+    """The catalog file is missing or invalid; `.problems` lists every problem found."""
+
+    status = 422
+    error_type = "invalid_catalog"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems), problems=problems)
+        self.problems = problems
+
+
+@dataclass
+class SeedResult:
+    """What seeding did: keys created, keys already in the database (left as they are)."""
+
+    created: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{len(self.created)} models created, {len(self.kept)} already in the catalog (kept)"
+
+
+def load_catalog_file(path: str | Path) -> list[dict]:
+    """The `models:` entries of a catalog file (raw); CatalogError when unreadable."""
+    problems = Problems(str(path))
+    data = _read_yaml(Path(path), problems)
+    if len(problems):
+        raise CatalogError(problems.messages)
+    if not isinstance(data, dict) or "models" not in data:
+        raise CatalogError([f"{path}: top level must be a mapping with a `models:` list"])
+    unknown = [key for key in data if key != "models"]
+    if unknown:
+        raise CatalogError(
+            [f"{path}: {key}: {unknown_key_reason(key, ['models'])}" for key in unknown]
+        )
+    entries = data["models"]
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise CatalogError([f"{path}: models: must be a list, got {show(entries)}"])
+    return entries
+
+
+def entry_problems(entries: list[Any], source: str) -> tuple[list[dict], list[str]]:
+    """Validate every entry; return (cleaned entries, every problem as a message)."""
+    problems = Problems(source)
+    cleaned_entries: list[dict] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"models[{index}]"
+        if not isinstance(entry, dict):
+            problems.add(where, f"must be a mapping, got {show(entry)}")
+            continue
+        for key in entry:
+            if key not in FIELDS:
+                problems.add(f"{where}.{key}", unknown_key_reason(key, FIELDS))
+        cleaned, field_problems = catalog_field_problems(entry)
+        if not field_problems:
+            field_problems = host_problems(cleaned)
+        for name, reason in field_problems:
+            problems.add(f"{where}.{name}", reason)
+        key = entry.get("key")
+        if isinstance(key, str) and key in first_index:
+            problems.add(
+                f"{where}.key", f"duplicate key {show(key)} (also models[{first_index[key]}])"
+            )
+        elif isinstance(key, str):
+            first_index[key] = index
+        if not field_problems:
+            cleaned_entries.append(cleaned)
+    return cleaned_entries, problems.messages
+
+
+def seed_catalog(entries: list[Any], *, source: str = "catalog") -> SeedResult:
+    """Create the models of `entries` that the database lacks; never overwrite one."""
+    cleaned_entries, messages = entry_problems(entries, source)
+    if messages:
+        raise CatalogError(messages)
+    result = SeedResult()
+    with transaction.atomic():
+        existing = set(CatalogModel.objects.values_list("key", flat=True))
+        for cleaned in cleaned_entries:
+            if cleaned["key"] in existing:
+                result.kept.append(cleaned["key"])
+            else:
+                create_model(cleaned)
+                result.created.append(cleaned["key"])
+    return result
+
+
+def seed_catalog_file(path: str | Path) -> SeedResult:
+    """`load_catalog_file` then `seed_catalog`, problems named after the file."""
+    return seed_catalog(load_catalog_file(path), source=str(path))

@@ -1,0 +1,60 @@
+"""The catalog: models Arbiter can swap in (a hub repo or a local path) and how to launch them."""
+
+from django.db import models
+
+
+class CatalogModel(models.Model):
+    """A model that can be served: exactly one of a hub repo id or an absolute local path."""
+
+    KIND_CHOICES = [("llm", "LLM"), ("embeddings", "Embeddings"), ("tts", "Text to speech")]
+
+    key = models.SlugField(max_length=63, unique=True, help_text="Catalog key used by the API")
+    display_name = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, default="llm")
+    # Source: exactly one of these two (checked in catalog.validation and a DB constraint).
+    hub_repo = models.CharField(max_length=200, blank=True, help_text="org/name on the hub")
+    hub_revision = models.CharField(max_length=100, blank=True)
+    local_path = models.CharField(max_length=1024, blank=True, help_text="Absolute host path")
+
+    # Launch settings: every value reaches the container as one argv item, never a shell word.
+    served_name = models.CharField(max_length=200)
+    image = models.CharField(max_length=255, default="vllm/vllm-openai:latest")
+    port = models.PositiveIntegerField(default=8000, help_text="Port inside the container")
+    container_name = models.CharField(max_length=128, default="arbiter-vllm")
+    tensor_parallel_size = models.PositiveSmallIntegerField(default=1)
+    tensor_parallel_hosts = models.JSONField(default=list, blank=True)
+    max_model_len = models.PositiveIntegerField(null=True, blank=True)
+    gpu_memory_utilization = models.FloatField(default=0.9)
+    extra_engine_flags = models.JSONField(default=list, blank=True)
+    extra_container_args = models.JSONField(default=list, blank=True)
+    estimated_vram_mib = models.PositiveIntegerField(default=0)
+    default_host = models.ForeignKey(
+        "arbiter.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.CheckConstraint(
+                name="catalog_model_exactly_one_source",
+                condition=(
+                    (models.Q(hub_repo="") & ~models.Q(local_path=""))
+                    | (~models.Q(hub_repo="") & models.Q(local_path=""))
+                ),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self.local_path)
+
+    @property
+    def source(self) -> str:
+        """What vLLM is told to load: the local path, or the hub repo id."""
+        return self.local_path or self.hub_repo

@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class CoordinationConfig(AppConfig):
+    name = "coordination"
+
+    def ready(self) -> None:
+        from arbiter.engine.swap_store import swap_finished
+        from coordination.swap_events import on_swap_finished
+
+        swap_finished.connect(on_swap_finished, dispatch_uid="coordination-swap-webhooks")

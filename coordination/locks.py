@@ -1,0 +1,454 @@
+"""The swap lock: acquire, extend, release, force release, and the gate every swap passes.
+
+Each change of hands is ONE conditional UPDATE on the scope's row, judged by its row
+count: the database decides who wins, never a read-then-write in Python. That holds on
+SQLite (IMMEDIATE transactions serialise writers) and on PostgreSQL (an UPDATE waits for
+a concurrent one on the same row, then re-checks its WHERE clause against the new row).
+
+Only the server clock counts: a lock is held while `token_hash` is set and `expires_at`
+is in the future. An expired lock is free; its token is stale for ever (a later extend
+gets 412, never a resurrection). The token is returned once, by the grant; only its
+sha256 is stored, and neither is ever logged.
+"""
+
+import hashlib
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.db.transaction import TransactionManagementError
+from django.utils import timezone
+
+from arbiter.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    Locked,
+    PreconditionFailed,
+    PreconditionRequired,
+)
+from coordination import webhooks
+from coordination.models import LockAudit, SwapLock
+
+logger = logging.getLogger(__name__)
+
+GLOBAL = SwapLock.GLOBAL
+TOKEN_HEADER = "X-Swap-Lock-Token"  # noqa: S105 - a header name, not a secret
+HOLDER_MAX = 200
+PURPOSE_MAX = 500
+REASON_MAX = 500
+FORCE_RELEASED_EVENT = "lock.force_released"
+
+# Control characters are refused in names and free text: PostgreSQL cannot store NUL,
+# and the holder is shown in the dashboard and in log lines.
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+_TEXT_WHITESPACE = {"\t", "\n", "\r"}
+
+
+# --- Values and validation ------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    """sha256 hex of a lock token: the only form stored."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as the API renders it everywhere (ISO 8601, milliseconds, `Z`)."""
+    return None if moment is None else DjangoJSONEncoder().default(moment)
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    """Whole seconds until `moment`, rounded up and at least 1 (for `Retry-After`)."""
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def max_ttl() -> int:
+    return int(settings.ARBITER_LOCK_MAX_TTL)
+
+
+def _whole_seconds(value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer number of seconds")
+    if value < minimum:
+        raise ValueError("must be greater than 0" if minimum == 1 else f"must be {minimum} or more")
+    if value > max_ttl():
+        raise ValueError(f"must be at most {max_ttl()} (ARBITER_LOCK_MAX_TTL)")
+    return value
+
+
+def clean_ttl(value: Any) -> int:
+    """A TTL in whole seconds, 1..ARBITER_LOCK_MAX_TTL; raises ValueError otherwise."""
+    return _whole_seconds(value, 1)
+
+
+def clean_lock_delay(value: Any) -> int:
+    """Seconds nobody may acquire after a force release: 0..ARBITER_LOCK_MAX_TTL."""
+    return _whole_seconds(value, 0)
+
+
+def clean_holder(value: Any) -> str:
+    """Who holds the lock: 1-200 characters after trimming, no control characters."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    if len(value) > HOLDER_MAX:
+        raise ValueError(f"must be at most {HOLDER_MAX} characters")
+    if any(char in _CONTROL for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def clean_text(value: Any, max_length: int) -> str:
+    """Free text (purpose, reason): at most `max_length` characters, no NUL or controls."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    value = value.strip()
+    if len(value) > max_length:
+        raise ValueError(f"must be at most {max_length} characters")
+    if any(char in _CONTROL and char not in _TEXT_WHITESPACE for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _checked(field: str, clean, *args: Any) -> Any:
+    """Run a cleaner; turn its ValueError into the API's 422 naming the field."""
+    try:
+        return clean(*args)
+    except ValueError as exc:
+        message = f"{field}: {exc}"
+        raise InvalidInput(
+            message, field=field, errors=[{"field": field, "message": str(exc)}]
+        ) from None
+
+
+# --- Results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockState:
+    """The lock as a reader sees it now (dashboard, /api/status, GET /api/swap/lock)."""
+
+    scope: str
+    held: bool
+    holder: str | None
+    purpose: str | None
+    generation: int
+    acquired_at: datetime | None
+    expires_at: datetime | None
+    seconds_left: int
+    # Set while a force release's lock-delay keeps everybody out.
+    blocked_until: datetime | None
+    # The last release (by its holder or forced), until the next grant.
+    released_at: datetime | None
+    released_by: str
+    release_reason: str
+
+
+@dataclass(frozen=True)
+class LockGrant:
+    """A fresh grant. `token` exists only here: it is shown once and stored hashed."""
+
+    token: str
+    scope: str
+    holder: str
+    purpose: str
+    generation: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+class ForceReleasedPayload(TypedDict):
+    """The `lock.force_released` webhook event."""
+
+    scope: str
+    old_holder: str
+    old_generation: int
+    new_generation: int
+    actor: str
+    reason: str
+    at: str
+
+
+def _state(row: SwapLock | None, scope: str, now: datetime) -> LockState:
+    if row is None:
+        return LockState(scope, False, None, None, 0, None, None, 0, None, None, "", "")
+    held = row.is_held(now)
+    blocked = row.blocked_until if row.blocked_until and row.blocked_until > now else None
+    return LockState(
+        scope=row.scope,
+        held=held,
+        holder=row.holder if held else None,
+        purpose=row.purpose if held else None,
+        generation=row.generation,
+        acquired_at=row.acquired_at if held else None,
+        expires_at=row.expires_at if held else None,
+        seconds_left=_seconds_until(row.expires_at, now) if held and row.expires_at else 0,
+        blocked_until=blocked,
+        released_at=row.released_at,
+        released_by=row.released_by,
+        release_reason=row.release_reason,
+    )
+
+
+def _locked(row: SwapLock, now: datetime) -> Locked:
+    """The 423 for a held (or lock-delayed) row: holder and expiry, never the token."""
+    if row.is_held(now):
+        assert row.expires_at is not None
+        return Locked(
+            f"the swap lock is held by {row.holder!r} until {iso(row.expires_at)}",
+            holder=row.holder,
+            expires_at=iso(row.expires_at),
+            retry_after=_seconds_until(row.expires_at, now),
+        )
+    assert row.blocked_until is not None
+    return Locked(
+        f"the swap lock was force-released and cannot be acquired before {iso(row.blocked_until)}",
+        holder=None,
+        expires_at=iso(row.blocked_until),
+        retry_after=_seconds_until(row.blocked_until, now),
+        blocked_until=iso(row.blocked_until),
+    )
+
+
+# --- Queries --------------------------------------------------------------------------
+
+
+def _ensure_row(scope: str) -> None:
+    # Outside the lock's transaction: the row is created once per scope and never
+    # deleted; get_or_create copes with two processes creating it at the same time.
+    SwapLock.objects.get_or_create(scope=scope)
+
+
+def _free(scope: str, now: datetime) -> QuerySet[SwapLock]:
+    """The scope's row if nobody holds it and no lock-delay is running."""
+    return (
+        SwapLock.objects.filter(scope=scope)
+        .filter(Q(token_hash="") | Q(expires_at__isnull=True) | Q(expires_at__lte=now))
+        .filter(Q(blocked_until__isnull=True) | Q(blocked_until__lte=now))
+    )
+
+
+def _held_with(scope: str, token_hash: str, now: datetime) -> QuerySet[SwapLock]:
+    """The scope's row if this token's grant is the current, unexpired one."""
+    return SwapLock.objects.filter(scope=scope, token_hash=token_hash, expires_at__gt=now)
+
+
+def _row_for_update(scope: str) -> SwapLock | None:
+    # FOR UPDATE on PostgreSQL: the row as last committed, locked until our commit.
+    # A no-op on SQLite, where the IMMEDIATE transaction already excludes writers.
+    return SwapLock.objects.select_for_update().filter(scope=scope).first()
+
+
+def _push_to_dashboards(*, forced: bool = False) -> None:
+    """Once the current transaction commits, push the lock banner to the dashboards."""
+    # Imported here: the dashboard imports this module. The push never fails the caller.
+    from dashboard.coordination import lock_changed, lock_force_released
+
+    transaction.on_commit(lock_force_released if forced else lock_changed, robust=True)
+
+
+# --- Operations -----------------------------------------------------------------------
+
+
+def current_lock(scope: str = GLOBAL) -> LockState:
+    """The lock's state now. Never the token or its hash. Writes nothing."""
+    return _state(SwapLock.objects.filter(scope=scope).first(), scope, timezone.now())
+
+
+def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GLOBAL) -> LockGrant:
+    """Grant the lock if it is free or expired (and no lock-delay runs): one UPDATE.
+
+    Raises Locked (423) when someone holds it or a lock-delay runs.
+    """
+    holder = _checked("holder", clean_holder, holder)
+    ttl_seconds = _checked("ttl_seconds", clean_ttl, ttl_seconds)
+    purpose = _checked("purpose", clean_text, purpose, PURPOSE_MAX)
+    token = secrets.token_urlsafe(32)
+    _ensure_row(scope)
+    with transaction.atomic():
+        now = timezone.now()
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        grant = {
+            "holder": holder,
+            "purpose": purpose,
+            "token_hash": hash_token(token),
+            "generation": F("generation") + 1,
+            "acquired_at": now,
+            "expires_at": expires_at,
+            "blocked_until": None,
+            "released_at": None,
+            "released_by": "",
+            "release_reason": "",
+        }
+        if not _free(scope, now).update(**grant):
+            row = _row_for_update(scope)
+            assert row is not None
+            if row.is_held(now) or (row.blocked_until and row.blocked_until > now):
+                raise _locked(row, now)
+            # PostgreSQL only: the holder released between our UPDATE and the read. We
+            # hold the row lock now, so this second UPDATE cannot lose.
+            if not _free(scope, now).update(**grant):
+                raise Conflict("the swap lock changed while acquiring it; try again")
+        generation = SwapLock.objects.filter(scope=scope).values_list("generation", flat=True)[0]
+        _push_to_dashboards()
+    logger.info("swap lock %s granted to %r (generation %d)", scope, holder, generation)
+    return LockGrant(token, scope, holder, purpose, generation, now, expires_at)
+
+
+def extend(token: str, ttl_seconds: int, *, scope: str = GLOBAL) -> LockState:
+    """Move the expiry of the current grant to now + ttl; same generation. One UPDATE.
+
+    Raises Locked (423) when another grant holds the lock, PreconditionFailed (412) when
+    the lock is free or expired: an expired grant is never brought back.
+    """
+    ttl_seconds = _checked("ttl_seconds", clean_ttl, ttl_seconds)
+    with transaction.atomic():
+        now = timezone.now()
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        if _held_with(scope, hash_token(token or ""), now).update(expires_at=expires_at):
+            _push_to_dashboards()
+            return _state(SwapLock.objects.get(scope=scope), scope, now)
+        row = _row_for_update(scope)
+        if row is not None and row.is_held(now):
+            raise _locked(row, now)
+    raise PreconditionFailed(
+        "this token does not hold the swap lock (it expired, was released or "
+        "force-released, or was never issued); acquire the lock again without it",
+        field=TOKEN_HEADER,
+    )
+
+
+def release(token: str | None, *, scope: str = GLOBAL, reason: str = "") -> None:
+    """Release the current grant by its token: one UPDATE; a release record is kept.
+
+    Raises PreconditionRequired (428) without a token, Conflict (409) when the token is
+    not the current grant's (wrong, stale or expired) - and then nothing is changed.
+    """
+    reason = _checked("reason", clean_text, reason, REASON_MAX)
+    if not token:
+        raise PreconditionRequired(
+            f"send the lock token in the {TOKEN_HEADER} header (or force=true as staff)",
+            field=TOKEN_HEADER,
+        )
+    now = timezone.now()
+    released = _held_with(scope, hash_token(token), now).update(
+        # SQL reads the old row on the right-hand side: released_by gets the old holder.
+        released_by=F("holder"),
+        released_at=now,
+        release_reason=reason or "released by the holder",
+        holder="",
+        purpose="",
+        token_hash="",
+        acquired_at=None,
+        expires_at=None,
+    )
+    if not released:
+        raise Conflict(
+            "this token does not hold the swap lock (wrong, stale or expired); "
+            "the lock was left as it is",
+            field=TOKEN_HEADER,
+        )
+    _push_to_dashboards()
+    logger.info("swap lock %s released by its holder", scope)
+
+
+def force_release(
+    actor: Any, *, reason: str = "", lock_delay_seconds: int = 0, scope: str = GLOBAL
+) -> LockAudit:
+    """A staff person takes the lock from its holder: generation bumped, audited, event.
+
+    The audit row, the `lock.force_released` event (webhook outbox) and the lock change
+    commit together or not at all. With a lock-delay nobody may acquire until it passes.
+    Raises Forbidden (403) for a non-staff actor, Conflict (409) when the lock is not held.
+    """
+    if not getattr(actor, "is_staff", False) or not hasattr(actor, "get_username"):
+        raise Forbidden("force release needs a logged-in staff user")
+    reason = _checked("reason", clean_text, reason, REASON_MAX)
+    lock_delay_seconds = _checked("lock_delay_seconds", clean_lock_delay, lock_delay_seconds)
+    actor_name = actor.get_username()
+    with transaction.atomic():
+        now = timezone.now()
+        row = _row_for_update(scope)
+        if row is None or not row.is_held(now):
+            raise Conflict("the swap lock is not held: there is nothing to force-release")
+        old_generation = row.generation
+        blocked_until = now + timedelta(seconds=lock_delay_seconds) if lock_delay_seconds else None
+        changed = SwapLock.objects.filter(
+            scope=scope, generation=old_generation, token_hash=row.token_hash
+        ).update(
+            holder="",
+            purpose="",
+            token_hash="",
+            acquired_at=None,
+            expires_at=None,
+            generation=F("generation") + 1,
+            blocked_until=blocked_until,
+            released_at=now,
+            released_by=actor_name,
+            release_reason=reason or "force-released",
+        )
+        if not changed:  # pragma: no cover - the row is locked by us
+            raise Conflict("the swap lock changed while force-releasing it; try again")
+        audit = LockAudit.objects.create(
+            scope=scope,
+            actor=actor,
+            actor_name=actor_name,
+            at=now,
+            reason=reason,
+            old_holder=row.holder,
+            old_purpose=row.purpose,
+            old_generation=old_generation,
+            new_generation=old_generation + 1,
+            lock_delay_seconds=lock_delay_seconds,
+        )
+        payload: ForceReleasedPayload = {
+            "scope": scope,
+            "old_holder": row.holder,
+            "old_generation": old_generation,
+            "new_generation": old_generation + 1,
+            "actor": actor_name,
+            "reason": reason,
+            "at": iso(now) or "",
+        }
+        webhooks.emit_event(FORCE_RELEASED_EVENT, dict(payload))
+        _push_to_dashboards(forced=True)
+    logger.warning(
+        "swap lock %s force-released by %s from %r (generation %d -> %d)",
+        scope,
+        actor_name,
+        row.holder,
+        old_generation,
+        old_generation + 1,
+    )
+    return audit
+
+
+def assert_may_swap(token: str | None, *, scope: str = GLOBAL) -> int | None:
+    """The gate a swap passes, called INSIDE the transaction that creates the swap.
+
+    Lock free (or expired): returns None. Held and `token` is the holder's: returns the
+    generation, which the swap records. Held otherwise: raises Locked (423).
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise TransactionManagementError(
+            "assert_may_swap() must run inside the transaction that creates the swap"
+        )
+    now = timezone.now()
+    row = _row_for_update(scope)
+    if row is None or not row.is_held(now):
+        return None
+    if token and secrets.compare_digest(hash_token(token), row.token_hash):
+        return row.generation
+    raise _locked(row, now)

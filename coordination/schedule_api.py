@@ -1,0 +1,76 @@
+"""Coordination API: the schedule registry. Arbiter stores and shows these jobs; it never
+runs them (no task, no lock, no swap is ever started from here)."""
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja import Router, Status
+
+from arbiter.errors import NotFound
+from coordination.models import ScheduledJob
+from coordination.schedule_schemas import ScheduledJobIn, ScheduledJobOut
+from coordination.schedules import next_runs, register_job
+
+router = Router(tags=["coordination"])
+
+
+def _push_to_dashboards() -> None:
+    from dashboard.coordination import schedules_changed  # the dashboard imports coordination
+
+    transaction.on_commit(schedules_changed, robust=True)
+
+
+def get_job(job_id: str) -> ScheduledJob:
+    job = ScheduledJob.objects.select_related("target_model").filter(job_id=job_id).first()
+    if job is None:
+        raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
+    return job
+
+
+def job_out(job: ScheduledJob, now: datetime) -> dict[str, Any]:
+    return {
+        "id": job.job_id,
+        "name": job.name,
+        "owner": job.owner,
+        "cron": job.cron,
+        "timezone": job.timezone,
+        "target_model": job.target_model.key,
+        "description": job.description,
+        "next_runs": next_runs(job, after=now),
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+@router.get("/schedule", response=list[ScheduledJobOut], summary="List scheduled jobs")
+def list_jobs(request: HttpRequest):
+    now = timezone.now()
+    return [job_out(job, now) for job in ScheduledJob.objects.select_related("target_model")]
+
+
+@router.get("/schedule/{job_id}", response=ScheduledJobOut, summary="One scheduled job")
+def get_scheduled_job(request: HttpRequest, job_id: str):
+    return job_out(get_job(job_id), timezone.now())
+
+
+@router.post(
+    "/schedule",
+    response={200: ScheduledJobOut, 201: ScheduledJobOut},
+    summary="Register a scheduled job (201), or update the one with this id in place (200)",
+)
+def register_scheduled_job(request: HttpRequest, payload: ScheduledJobIn):
+    job, created = register_job(payload.model_dump())
+    _push_to_dashboards()
+    return Status(201 if created else 200, job_out(get_job(job.job_id), timezone.now()))
+
+
+@router.delete("/schedule/{job_id}", response={204: None}, summary="Remove a scheduled job")
+def delete_scheduled_job(request: HttpRequest, job_id: str):
+    deleted, _ = ScheduledJob.objects.filter(job_id=job_id).delete()
+    if not deleted:
+        raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
+    _push_to_dashboards()
+    return Status(204, None)

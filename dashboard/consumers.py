@@ -1,0 +1,50 @@
+"""The dashboard socket: one group, fragments pushed by `arbiter.engine.events`."""
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from arbiter.engine.events import DASHBOARD_GROUP, DashboardMessage
+from dashboard.auth import session_group
+from dashboard.coordination import coordination_panels
+from dashboard.fragments import clients_panel, hosts_panel, services_panel
+from dashboard.swaps import swap_panel
+
+
+def full_state() -> str:
+    """Every panel, each marked for an out-of-band swap by its id."""
+    return (
+        hosts_panel(oob=True)
+        + services_panel(oob=True)
+        + clients_panel(oob=True)
+        + swap_panel(oob=True)
+        + coordination_panels(oob=True)
+    )
+
+
+class DashboardConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.groups_joined = [DASHBOARD_GROUP]
+        session_key = self.scope["session"].session_key
+        if session_key:
+            self.groups_joined.append(session_group(session_key))
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        # A (re)connect always starts from the full current state.
+        await self.send(text_data=await sync_to_async(full_state)())
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def session_ended(self, message: dict) -> None:
+        """The user logged out: this socket must not keep showing the cluster."""
+        await self.close(code=4401)
+
+    async def dashboard_fragment(self, message: DashboardMessage) -> None:
+        """Forward a rendered fragment; htmx swaps it out-of-band by its id."""
+        await self.send(text_data=message["html"])

@@ -1,0 +1,60 @@
+"""Rendered dashboard fragments, shared by the page, the poll views and the socket."""
+
+from django.template.loader import render_to_string
+
+from arbiter.models import Host, Service
+from arbiter.status import gpu_history, host_status, service_status
+
+
+def host_view(host: Host) -> dict:
+    """A host's status with each GPU's recent history attached, as the cards need it."""
+    status = dict(host_status(host))
+    history = gpu_history(host)
+    status["gpus"] = [
+        {**gpu, "history": history.get(gpu["index"], {"utilization_pct": [], "memory_pct": []})}
+        for gpu in status["gpus"]
+    ]
+    return status
+
+
+def services_context() -> dict:
+    """Enabled services only: a disabled service has no tile."""
+    services = Service.objects.filter(in_inventory=True, disabled=False).select_related("host")
+    return {"services": [service_status(s) for s in services]}
+
+
+def page_context() -> dict:
+    from arbiter.broker.accounting import client_usage
+
+    return {
+        "hosts": [host_view(h) for h in Host.objects.filter(in_inventory=True)],
+        **services_context(),
+        "clients": client_usage(),
+    }
+
+
+def services_panel(oob: bool = False) -> str:
+    return render_to_string(
+        "dashboard/partials/services_panel.html", {**services_context(), "oob": oob}
+    )
+
+
+def hosts_panel(oob: bool = False) -> str:
+    return render_to_string("dashboard/partials/hosts_panel.html", {**page_context(), "oob": oob})
+
+
+def host_card(host_id: int) -> str:
+    """One host's card, marked for an out-of-band swap by its stable id."""
+    host = Host.objects.get(pk=host_id)
+    return render_to_string(
+        "dashboard/partials/host_card.html", {"host": host_view(host), "oob": True}
+    )
+
+
+def clients_panel(oob: bool = False) -> str:
+    """Per-client broker traffic (counted in this process since it started)."""
+    from arbiter.broker.accounting import client_usage
+
+    return render_to_string(
+        "dashboard/partials/clients_panel.html", {"clients": client_usage(), "oob": oob}
+    )

@@ -1,0 +1,64 @@
+"""Catalog fixtures: the simulator's hosts in the database, an async API client, models."""
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from arbiter.engine.ssh import get_pool
+from arbiter.inventory import apply_inventory, load_inventory
+from catalog.models import CatalogModel
+
+
+@pytest.fixture
+def sim_hosts(sim_cluster, db):
+    """The simulated cluster's hosts and services, loaded through the inventory."""
+    apply_inventory(load_inventory(sim_cluster.config_path))
+    return sim_cluster
+
+
+class KeyAsyncClient(AsyncClient):
+    """AsyncClient sending `Authorization: Bearer <key>` on every request.
+
+    (AsyncClient's own `headers=` default does not reach the ASGI scope in Django 5.2.)
+    """
+
+    def __init__(self, api_key: str) -> None:
+        super().__init__()
+        self.api_key = api_key
+
+    def generic(self, method, path, *args, headers=None, **kwargs):
+        headers = {"Authorization": f"Bearer {self.api_key}", **(headers or {})}
+        return super().generic(method, path, *args, headers=headers, **kwargs)
+
+
+@pytest.fixture
+async def aclient(api_key) -> AsyncIterator[AsyncClient]:
+    """An async client with an API key; closes this loop's SSH connections afterwards."""
+    yield KeyAsyncClient(api_key)
+    await get_pool().close()
+
+
+def hub_model(key: str = "qwen", **fields) -> CatalogModel:
+    values = {"hub_repo": "Qwen/Qwen3-0.6B", "served_name": "Qwen/Qwen3-0.6B", **fields}
+    return CatalogModel.objects.create(key=key, **values)
+
+
+def local_model(key: str = "finetune", path: str = "/models/team/run-1", **fields):
+    return CatalogModel.objects.create(key=key, local_path=path, served_name=key, **fields)
+
+
+acreate_hub = sync_to_async(hub_model)
+acreate_local = sync_to_async(local_model)
+
+
+def parse_sse(text: str) -> list[tuple[str, dict]]:
+    """[(event, data), ...] of a Server-Sent Events body."""
+    events = []
+    for block in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines.get("data", "{}"))))
+    return events
