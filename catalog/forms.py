@@ -53,6 +53,11 @@ class CatalogModelForm(forms.Form):
         help_text="One per line, allow-listed, e.g. --shm-size=16g",
     )
     estimated_vram_mib = forms.IntegerField(initial=0, label="Estimated VRAM (MiB)")
+    idle_unload_seconds = forms.IntegerField(
+        required=False,
+        label="Unload when idle (s)",
+        help_text="The broker unloads it after this long without requests; empty: never",
+    )
     default_host = forms.ChoiceField(required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

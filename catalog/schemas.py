@@ -33,6 +33,9 @@ class CatalogModelIn(Schema):
     extra_engine_flags: list[str] = Field([], description="One option per item, `--x[=v]`")
     extra_container_args: list[str] = Field([], description="Allow-listed `--opt=value`")
     estimated_vram_mib: int = 0
+    idle_unload_seconds: int | None = Field(
+        None, description="The broker unloads it after this many idle seconds (>= 60)"
+    )
     default_host: str | None = None
 
 
@@ -56,6 +59,7 @@ class CatalogModelOut(Schema):
     extra_engine_flags: list[str]
     extra_container_args: list[str]
     estimated_vram_mib: int
+    idle_unload_seconds: int | None
     default_host: str | None
     created_at: datetime
     updated_at: datetime
@@ -82,6 +86,7 @@ class CatalogModelOut(Schema):
             extra_engine_flags=list(model.extra_engine_flags or []),
             extra_container_args=list(model.extra_container_args or []),
             estimated_vram_mib=model.estimated_vram_mib,
+            idle_unload_seconds=model.idle_unload_seconds,
             default_host=model.default_host.name if model.default_host else None,
             created_at=model.created_at,
             updated_at=model.updated_at,

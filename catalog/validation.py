@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "extra_engine_flags": [],
     "extra_container_args": [],
     "estimated_vram_mib": 0,
+    "idle_unload_seconds": None,
     "default_host": None,
 }
 FIELDS = ("key", *DEFAULTS)
@@ -66,6 +67,8 @@ HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 HUB_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 # Branch, tag or commit sha; `refs/pr/1` style names are allowed.
 REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+# An idle unload sooner than this would unload a model between two turns of a chat.
+MIN_IDLE_UNLOAD_SECONDS = 60
 CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # Docker's own rule
 
 
@@ -130,6 +133,10 @@ def normalize_local_path(path: str, roots: list[str]) -> str:
     if ".." in parts:
         raise bad("must not contain '..' segments")
     components = _components(path)
+    # "/models/x /" would otherwise normalise to "/models/x ", which a mount (and this
+    # check, run again) reads differently.
+    if any(part != part.strip() for part in components):
+        raise bad("path segments must not start or end with whitespace")
     normalised = "/" + "/".join(components)
     for root in roots:
         root_components = _components(root)
@@ -253,6 +260,12 @@ def check_max_model_len(value: Any) -> int | None:
     return _integer(value, 1, None, "a positive integer or null")
 
 
+def check_idle_unload_seconds(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    return _integer(value, MIN_IDLE_UNLOAD_SECONDS, None, "an integer >= 60 or null")
+
+
 def _string_list(value: Any, check_item: Callable[[str], str]) -> list[str]:
     if value is None:
         return []
@@ -316,6 +329,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "extra_engine_flags": lambda v: _string_list(v, _engine_flag),
     "extra_container_args": lambda v: _string_list(v, _container_arg),
     "estimated_vram_mib": lambda v: _integer(v, 0, 2**31 - 1, "an integer >= 0"),
+    "idle_unload_seconds": check_idle_unload_seconds,
     "default_host": check_default_host,
 }
 

@@ -114,8 +114,8 @@ class ServiceActivity:
         self.unloaded: set[str] = set()
 
     def started(self, service: str) -> None:
+        # `unloaded` stays until the service is reloaded (`residency.Residency`).
         self.in_flight[service] = self.in_flight.get(service, 0) + 1
-        self.unloaded.discard(service)
 
     def finished(self, service: str) -> None:
         left = self.in_flight.get(service, 0) - 1

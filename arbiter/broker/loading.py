@@ -12,9 +12,9 @@ One load:
    else the best fitting host with an enabled vLLM service), and what must be evicted
    (`planner.plan_eviction`). A host already swapping is waited for; a swap already
    loading this model is joined.
-2. evict: POST each chosen service's `unload_route`. The service the swap reloads needs
-   nothing: the swap stops its container and waits for the memory itself. On hosts
-   that measure their free memory, wait until the room is really there.
+2. evict: POST each chosen service's `unload_route` (`residency`). The service the swap
+   reloads needs nothing: the swap stops its container and waits for the memory itself.
+   On hosts that measure their free memory, wait until the room is really there.
 3. `create_swap(...)`, then wait for the swap to end.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -41,9 +40,10 @@ from arbiter.broker.errors import (
     ModelNotLoadable,
     from_arbiter_error,
 )
-from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
+from arbiter.broker.limits import ActivitySnapshot
 from arbiter.broker.planner import EvictionPlan, HostMemory, Incoming, Resident, choose_host
 from arbiter.broker.planner import plan_eviction as plan_host
+from arbiter.broker.residency import Residency
 from arbiter.broker.swapwait import SwapEnd, SwapWatcher
 from arbiter.engine.preflight import get_catalog_model, vllm_service
 from arbiter.engine.swap_store import active_swap_on, create_swap
@@ -54,7 +54,6 @@ from catalog.models import CatalogModel
 log = logging.getLogger(__name__)
 
 BLOCKED_RETRY_SECONDS = 1.0  # how often a load waiting for busy services re-plans
-UNLOAD_TIMEOUT = 30.0
 REQUESTED_BY = "broker"
 
 
@@ -99,15 +98,16 @@ def residents_of(host: Host, target: Service, activity: ActivitySnapshot) -> lis
     estimates = dict(CatalogModel.objects.values_list("served_name", "estimated_vram_mib"))
     residents = []
     for service in Service.objects.filter(host=host, in_inventory=True, disabled=False):
-        if service.health == "down" or service.name in activity.unloaded:
-            vram = 0  # nothing running (or the broker unloaded it and nobody used it since)
+        in_flight = activity.in_flight.get(service.name, 0)
+        if service.health == "down" or (service.name in activity.unloaded and not in_flight):
+            vram = 0  # nothing running (or the broker unloaded it and nobody uses it now)
         else:
             vram = estimates.get(service.loaded_model) or service.vram_resident_mib
         residents.append(
             Resident(
                 service=service.name,
                 vram_mib=vram,
-                in_flight=activity.in_flight.get(service.name, 0),
+                in_flight=in_flight,
                 last_finished=activity.last_finished.get(service.name),
                 can_coexist_with=tuple(service.can_coexist_with or ()),
                 evictable=bool(service.unload_route),
@@ -216,12 +216,11 @@ class Loads:
     def __init__(
         self,
         watcher: SwapWatcher,
-        activity: ServiceActivity,
-        client: Callable[[], httpx.AsyncClient],
+        residency: Residency,
     ) -> None:
         self.watcher = watcher
-        self.activity = activity
-        self.client = client
+        self.residency = residency
+        self.activity = residency.activity
         self.pending: dict[str, asyncio.Future[SwapEnd]] = {}
 
     async def load(self, model_key: str, timeout: float) -> SwapEnd:
@@ -306,8 +305,7 @@ class Loads:
         for eviction in step.evict:
             log.info("broker: evicting %s on %s", eviction.service, step.host)
             try:
-                response = await self.client().post(eviction.url, timeout=UNLOAD_TIMEOUT)
-                response.raise_for_status()
+                await self.residency.unload(eviction.service, eviction.url, "eviction")
             except httpx.HTTPError as exc:
                 raise LoadFailed(
                     f"Could not unload {eviction.service} to make room: {type(exc).__name__}.",
@@ -315,7 +313,6 @@ class Loads:
                     retry_after=10,
                     service=eviction.service,
                 ) from exc
-            self.activity.unloaded.add(eviction.service)
         if step.measured and step.plan is not None:
             await self._wait_for_room(step.host, step.plan.needed_mib, deadline)
 

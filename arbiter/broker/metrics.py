@@ -57,6 +57,18 @@ LOADS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+UNLOADS = Counter(
+    "arbiter_broker_unloads",
+    "Services the broker unloaded through their unload_route, by reason (eviction, idle).",
+    ["reason"],
+    registry=REGISTRY,
+)
+RELOADS = Counter(
+    "arbiter_broker_reloads",
+    "Unloaded services reloaded through their load_route, by outcome (complete, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 CLIENT_REQUESTS = Counter(
     "arbiter_broker_client_requests",
     "Requests per client (X-Client-Id, else the API key's name).",

@@ -17,6 +17,7 @@ from arbiter.broker.keys import KeyCache
 from arbiter.broker.limits import ConcurrencyLimits, ServiceActivity, WaitQueue
 from arbiter.broker.loading import Loads
 from arbiter.broker.proxy import new_client
+from arbiter.broker.residency import Residency
 from arbiter.broker.swapwait import SwapWatcher
 from arbiter.broker.table import RouteTableCache
 
@@ -32,10 +33,12 @@ class BrokerState:
     watcher: SwapWatcher = field(default_factory=SwapWatcher)
     keys: KeyCache = field(default_factory=KeyCache)
     _client: httpx.AsyncClient | None = None
+    residency: Residency = field(init=False)
     loads: Loads = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loads = Loads(self.watcher, self.activity, lambda: self.client)
+        self.residency = Residency(self.activity, lambda: self.client)
+        self.loads = Loads(self.watcher, self.residency)
 
     @property
     def client(self) -> httpx.AsyncClient:

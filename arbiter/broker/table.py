@@ -46,6 +46,7 @@ class ServiceRoute:
     vram_resident_mib: int = 0
     can_coexist_with: tuple[str, ...] = ()
     unload_route: str = ""
+    load_route: str = ""
     # The swap running on this service right now (it is being reloaded), if any.
     swap_id: int | None = None
 
@@ -68,6 +69,7 @@ class CatalogEntry:
     default_host: str | None
     estimated_vram_mib: int
     created: int
+    idle_unload_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ def read_route_table() -> RouteTable:
             vram_resident_mib=row.vram_resident_mib,
             can_coexist_with=tuple(row.can_coexist_with or ()),
             unload_route=row.unload_route,
+            load_route=row.load_route,
             swap_id=swapping.get(row.pk),
         )
         services.append(_effective(route, row.last_probe_at, done))
@@ -160,6 +163,7 @@ def read_route_table() -> RouteTable:
             default_host=m.default_host.name if m.default_host else None,
             estimated_vram_mib=m.estimated_vram_mib,
             created=int(m.created_at.timestamp()),
+            idle_unload_seconds=m.idle_unload_seconds,
         )
         for m in CatalogModel.objects.select_related("default_host")
     )

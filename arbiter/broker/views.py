@@ -204,8 +204,9 @@ async def forward(
     if request.META.get("QUERY_STRING"):
         url += "?" + request.META["QUERY_STRING"]
     headers = forwarded_headers(request.headers.items(), request.META.get("REMOTE_ADDR", ""))
-    sent = time.perf_counter()
     try:
+        await state.residency.ensure_loaded(service)  # the broker may have unloaded it
+        sent = time.perf_counter()
         upstream = await open_upstream(
             state.client,
             request.method or "POST",

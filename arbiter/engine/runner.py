@@ -1,9 +1,12 @@
-"""The engine loops that run inside the serving process: GPU sampling, health probes, swaps."""
+"""The engine loops that run inside the serving process: GPU sampling, health probes, swaps,
+and the broker's idle unloads (on the loop that serves the broker's requests, whose
+activity counters they read)."""
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from arbiter.broker.residency import IdleUnloader
 from arbiter.engine import ssh
 from arbiter.engine.probes import Prober
 from arbiter.engine.sampler import Sampler
@@ -27,12 +30,13 @@ async def _supervised(name: str, loop_factory: Callable[[], Awaitable[None]]) ->
 
 async def run_engine() -> None:
     """Run every engine loop until cancelled."""
-    sampler, prober, swaps = Sampler(), Prober(), SwapDispatcher()
+    sampler, prober, swaps, idle = Sampler(), Prober(), SwapDispatcher(), IdleUnloader()
     try:
         await asyncio.gather(
             _supervised("sampler", sampler.run_forever),
             _supervised("prober", prober.run_forever),
             _supervised("swaps", swaps.run_forever),
+            _supervised("idle-unload", idle.run_forever),
         )
     finally:
         await ssh.get_pool().close()

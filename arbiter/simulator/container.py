@@ -44,7 +44,13 @@ ROUTES = {
     ("POST", "/v1/completions"): "completions",
     ("POST", "/v1/embeddings"): "embeddings",
     ("POST", "/v1/audio/speech"): "speech",
+    # vLLM's sleep mode (`--enable-sleep-mode`, dev endpoints): what a service's
+    # unload_route / load_route point at. Asleep, the engine refuses inference.
+    ("POST", "/sleep"): "sleep",
+    ("POST", "/wake_up"): "wake_up",
+    ("GET", "/is_sleeping"): "is_sleeping",
 }
+INFERENCE_PREFIX = "/v1/"
 
 _print_lock = threading.Lock()
 
@@ -132,6 +138,8 @@ class ContainerServer(ThreadingHTTPServer):
         self.ready = threading.Event()
         self.counts_lock = threading.Lock()  # handler threads update the counts concurrently
         self.total = self.cancelled = self.in_flight = 0
+        self.sleeping = False
+        self.sleeps = self.wakes = 0
 
     def count(self, started: int, cancelled: bool = False) -> None:
         """Track a generation request: count(1) when it starts, count(-1, ...) when it ends."""
@@ -223,7 +231,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.cancelled = False
         route = ROUTES.get((method, path))
-        counted = method == "POST" and route is not None and self.server.ready.is_set()
+        counted = (
+            method == "POST"
+            and route is not None
+            and path.startswith(INFERENCE_PREFIX)
+            and self.server.ready.is_set()
+        )
         if counted:
             self.server.count(1)
         try:
@@ -235,6 +248,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 known = any(p == path for _, p in ROUTES)
                 status, detail = (405, "Method Not Allowed") if known else (404, "Not Found")
                 return self.send_json(status, {"detail": detail})
+            if self.server.sleeping and counted:
+                raise ApiError(
+                    503, "The engine is sleeping: POST /wake_up first.", "ServiceUnavailableError"
+                )
             getattr(self, route)()
         except ApiError as error:
             self.send_json(error.status, error.payload())
@@ -264,12 +281,30 @@ class RequestHandler(BaseHTTPRequestHandler):
             ("sim_cancelled_requests_total", "counter", "Client hung up.", counters.cancelled),
             ("sim_in_flight", "gauge", "API requests being answered.", counters.in_flight),
             ("sim_vram_mib", "gauge", "VRAM the simulated model claims.", options.vram_mib),
+            ("sim_sleeping", "gauge", "1 while in sleep mode.", int(counters.sleeping)),
+            ("sim_sleeps_total", "counter", "POST /sleep received.", counters.sleeps),
+            ("sim_wakes_total", "counter", "POST /wake_up received.", counters.wakes),
         ]
         text = "".join(
             f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name}{label} {value}\n"
             for name, kind, help_, value in rows
         )
         self.send_bytes(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def sleep(self) -> None:
+        with self.server.counts_lock:
+            self.server.sleeping = True
+            self.server.sleeps += 1
+        self.send_bytes(200, b"", "text/plain")
+
+    def wake_up(self) -> None:
+        with self.server.counts_lock:
+            self.server.sleeping = False
+            self.server.wakes += 1
+        self.send_bytes(200, b"", "text/plain")
+
+    def is_sleeping(self) -> None:
+        self.send_json(200, {"is_sleeping": self.server.sleeping})
 
     def chat_completions(self) -> None:
         request = self.json_request()

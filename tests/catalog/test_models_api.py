@@ -29,10 +29,12 @@ def test_it_creates_a_hub_model(key_client):
             "extra_engine_flags": ["--enable-prefix-caching"],
             "extra_container_args": ["--shm-size=16g"],
             "estimated_vram_mib": 20000,
+            "idle_unload_seconds": 1800,
         },
     )
     assert response.status_code == 201
     body = response.json()
+    assert body["idle_unload_seconds"] == 1800
     assert body["key"] == "qwen3-8b"
     assert body["local"] is False
     assert body["served_name"] == "Qwen/Qwen3-8B"
@@ -42,6 +44,7 @@ def test_it_creates_a_hub_model(key_client):
     assert model.extra_engine_flags == ["--enable-prefix-caching"]
     assert model.extra_container_args == ["--shm-size=16g"]
     assert model.image == "vllm/vllm-openai:latest"
+    assert model.idle_unload_seconds == 1800
 
 
 def test_it_creates_a_local_model_with_its_path_normalised(key_client):

@@ -1,0 +1,224 @@
+"""Idle-TTL unloads and reloads through `load_route`, against real simulated backends.
+
+The simulated container speaks vLLM's sleep mode (`POST /sleep`, `POST /wake_up`); a
+service whose `unload_route` / `load_route` point there is what the broker unloads when
+its catalog model sits idle, and reloads before the next request. The unloader's clock
+is the only seam: catalog TTLs are at least a minute.
+"""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+
+from arbiter.broker import metrics
+from arbiter.broker.limits import ServiceActivity
+from arbiter.broker.residency import IdleUnloader
+from arbiter.broker.state import get_state
+from arbiter.broker.table import CatalogEntry, RouteTable, ServiceRoute
+from coordination.locks import acquire
+from tests.broker.conftest import catalog_model, chat, register
+
+TTL = 600
+
+
+def route(name: str = "vllm-a", model: str = "chat-a", **fields) -> ServiceRoute:
+    values = dict(
+        id=1,
+        name=name,
+        host_id=1,
+        host_name="gpu-1",
+        kind="vllm",
+        base_url="http://127.0.0.1:9",
+        capabilities=("llm",),
+        request_paths=(),
+        health="up",
+        health_since=None,
+        loaded_model=model,
+        unload_route="/sleep",
+        load_route="/wake_up",
+    )
+    return ServiceRoute(**(values | fields))
+
+
+def table(*services: ServiceRoute, ttl: int | None = TTL) -> RouteTable:
+    entries = [
+        CatalogEntry("chat-a", "chat-a", "llm", None, 6000, 0, idle_unload_seconds=ttl),
+        CatalogEntry("chat-b", "chat-b", "llm", None, 6000, 0, idle_unload_seconds=None),
+    ]
+    return RouteTable(services=services, catalog=tuple(entries))
+
+
+# -- when is a service due? (the rules, over plain values) -------------------------------
+def due_after(seconds: float, service: ServiceRoute, activity=None, ttl=TTL) -> list[str]:
+    """Names due `seconds` after the unloader first saw `service`."""
+    unloader = IdleUnloader()
+    activity = activity or ServiceActivity()
+    unloader.due(table(service, ttl=ttl), activity, 1000.0)  # first seen at t=1000
+    return [s.name for s in unloader.due(table(service, ttl=ttl), activity, 1000.0 + seconds)]
+
+
+def test_a_model_idle_for_its_ttl_is_due_and_not_a_second_earlier():
+    assert due_after(TTL - 1, route()) == []
+    assert due_after(TTL, route()) == ["vllm-a"]
+
+
+def test_idle_counts_from_the_last_finished_request():
+    activity = ServiceActivity()
+    activity.last_finished["vllm-a"] = 1000.0 + 300
+    assert due_after(TTL, route(), activity) == []
+    assert due_after(TTL + 300, route(), activity) == ["vllm-a"]
+
+
+@pytest.mark.parametrize(
+    ("why", "service", "ttl"),
+    [
+        ("model has no idle TTL", route(model="chat-b"), TTL),
+        ("model not in the catalog", route(model="elsewhere"), TTL),
+        ("catalog sets no TTL", route(), None),
+        ("service has no unload route", route(unload_route=""), TTL),
+        ("backend is down", route(health="down"), TTL),
+        ("not probed yet", route(health="unknown"), TTL),
+        ("a swap runs on it", route(swap_id=7), TTL),
+    ],
+)
+def test_services_that_are_never_unloaded_for_idleness(why, service, ttl):
+    assert due_after(TTL * 10, service, ttl=ttl) == [], why
+
+
+def test_a_request_in_flight_keeps_it_loaded_however_long_it_runs():
+    activity = ServiceActivity()
+    activity.started("vllm-a")
+    assert due_after(TTL * 10, route(), activity) == []
+
+
+def test_an_unloaded_service_is_not_unloaded_again():
+    activity = ServiceActivity()
+    activity.unloaded.add("vllm-a")
+    assert due_after(TTL * 10, route(), activity) == []
+
+
+def test_a_newly_swapped_in_model_gets_its_full_ttl():
+    unloader, activity = IdleUnloader(), ServiceActivity()
+    unloader.due(table(route(model="chat-b")), activity, 1000.0)
+    # chat-a replaces chat-b at t=2000: its clock starts when it is first seen.
+    assert unloader.due(table(route()), activity, 2000.0) == []
+    assert unloader.due(table(route()), activity, 2000.0 + TTL - 1) == []
+    assert [s.name for s in unloader.due(table(route()), activity, 2000.0 + TTL)] == ["vllm-a"]
+
+
+# -- against a real simulated backend ------------------------------------------------------
+needs_db = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sleepy(start_backend, transactional_db):
+    """A vLLM backend in sleep mode's reach, its model with an idle TTL."""
+    backend = start_backend("chat-a")
+    register(
+        "vllm-a",
+        backend.url,
+        loaded_model="chat-a",
+        unload_route="/sleep",
+        load_route="/wake_up",
+    )
+    catalog_model("chat-a", "chat-a", idle_unload_seconds=TTL)
+    return backend
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def sweep(unloader: IdleUnloader) -> list[str]:
+    state = get_state()
+    return await unloader.sweep(await state.table.get(newer_than=time.monotonic()), state.residency)
+
+
+async def counter(backend, name: str) -> float:
+    return await sync_to_async(backend.counter)(name)
+
+
+@needs_db
+async def test_an_idle_model_is_unloaded_and_the_next_request_reloads_it(aclient, sleepy):
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    unloads = metrics.UNLOADS.labels("idle")._value.get()
+    assert await sweep(unloader) == []  # first seen now
+    clock.now += TTL
+    assert await sweep(unloader) == ["vllm-a"]
+    assert httpx.get(f"{sleepy.url}/is_sleeping").json() == {"is_sleeping": True}
+    assert metrics.UNLOADS.labels("idle")._value.get() == unloads + 1
+    assert await sweep(unloader) == []  # unloaded once
+
+    response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+    assert response.status_code == 200, response.content
+    assert await counter(sleepy, "sim_wakes_total") == 1
+    assert httpx.get(f"{sleepy.url}/is_sleeping").json() == {"is_sleeping": False}
+    assert "vllm-a" not in get_state().activity.unloaded
+
+
+@needs_db
+async def test_concurrent_requests_for_an_unloaded_model_share_one_reload(aclient, sleepy):
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    await sweep(unloader)
+    clock.now += TTL
+    assert await sweep(unloader) == ["vllm-a"]
+
+    async def one():
+        return await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+
+    responses = await asyncio.gather(*(one() for _ in range(10)))
+    assert [r.status_code for r in responses] == [200] * 10
+    assert await counter(sleepy, "sim_wakes_total") == 1
+    assert await counter(sleepy, "sim_sleeps_total") == 1
+
+
+@needs_db
+async def test_nothing_is_unloaded_while_someone_else_holds_the_lock(aclient, sleepy):
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    await sweep(unloader)
+    await sync_to_async(acquire)("nightly-eval", 600, "eval")
+    clock.now += TTL
+    assert await sweep(unloader) == []
+    assert await counter(sleepy, "sim_sleeps_total") == 0
+
+
+@needs_db
+async def test_a_failed_reload_is_a_503_naming_the_service(aclient, sleepy):
+    from arbiter.models import Service
+
+    await sync_to_async(Service.objects.filter(name="vllm-a").update)(load_route="/no-such-route")
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    await sweep(unloader)
+    clock.now += TTL
+    assert await sweep(unloader) == ["vllm-a"]
+
+    response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "reload_failed" and error["service"] == "vllm-a"
+    assert "load_route" in error["message"]
+    assert response.headers["Retry-After"] == "10"
+    assert "vllm-a" in get_state().activity.unloaded  # the next request tries again
+
+
+def test_the_simulated_engine_refuses_inference_while_asleep(start_backend):
+    backend = start_backend("chat-a")
+    body = chat("chat-a", max_tokens=1)
+    assert httpx.post(f"{backend.url}/sleep").status_code == 200
+    asleep = httpx.post(f"{backend.url}/v1/chat/completions", json=body)
+    assert asleep.status_code == 503 and "sleeping" in asleep.json()["error"]["message"]
+    assert httpx.get(f"{backend.url}/health").status_code == 200  # like vLLM: still healthy
+    assert httpx.post(f"{backend.url}/wake_up").status_code == 200
+    assert httpx.post(f"{backend.url}/v1/chat/completions", json=body).status_code == 200
+    assert backend.requests() == 2  # sleep and wake are not inference requests
