@@ -88,6 +88,8 @@ class Service(models.Model):
     last_probe_at = models.DateTimeField(null=True, blank=True)
     last_latency_ms = models.FloatField(null=True, blank=True)
     loaded_model = models.CharField(max_length=255, blank=True)
+    # Set while the broker has unloaded the service (its unload_route) and not reloaded it.
+    unloaded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -58,6 +58,7 @@ class ServiceStatus(TypedDict):
     last_probe_at: datetime | None
     last_latency_ms: float | None
     loaded_model: str
+    unloaded_at: datetime | None
     disabled: bool
 
 
@@ -127,6 +128,7 @@ def service_status(service: Service) -> ServiceStatus:
         last_probe_at=service.last_probe_at,
         last_latency_ms=service.last_latency_ms,
         loaded_model=service.loaded_model,
+        unloaded_at=service.unloaded_at,
         disabled=service.disabled,
     )
 

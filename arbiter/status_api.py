@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Field, Router, Schema
 
 from arbiter.models import Service
 from arbiter.status import cluster_status
@@ -50,6 +50,9 @@ class ServiceOut(Schema):
     last_probe_at: datetime | None
     last_latency_ms: float | None
     loaded_model: str
+    unloaded_at: datetime | None = Field(
+        None, description="Set while the broker has unloaded the service to free memory"
+    )
     disabled: bool
 
 

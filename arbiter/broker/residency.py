@@ -9,9 +9,11 @@ it again before a request is sent to it. The broker unloads services in two case
   process), never while a request is in flight or a swap runs on the service, and never
   while someone else holds the swap lock.
 
-Which services are unloaded is known to the process that unloaded them
-(`ServiceActivity.unloaded`): a restarted process forgets it, and then sends the next
-request without reloading first.
+What is unloaded is kept in the process (`ServiceActivity.unloaded`, checked on every
+request) and recorded on the service row (`Service.unloaded_at`: the dashboard and
+`/api/status` show it, a restarted process starts from it, a completed swap clears it).
+Several broker processes do not tell each other: one that did not unload a service
+sends its requests without reloading first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Callable
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
 
 from arbiter.broker import metrics
 from arbiter.broker.background import spawn
@@ -31,12 +35,21 @@ from arbiter.broker.errors import BackendUnavailable
 from arbiter.broker.limits import ServiceActivity
 from arbiter.broker.table import RouteTable, ServiceRoute
 from arbiter.errors import Locked
+from arbiter.models import Service
 
 log = logging.getLogger(__name__)
 
 ROUTE_TIMEOUT = 30.0  # an unload or a reload: the backend moves weights in or out
 RELOAD_RETRY_AFTER = 10
 DEFAULT_IDLE_CHECK_SECONDS = 5.0
+
+
+def record_unloaded(name: str, unloaded: bool) -> None:
+    Service.objects.filter(name=name).update(unloaded_at=timezone.now() if unloaded else None)
+
+
+def recorded_unloaded() -> set[str]:
+    return set(Service.objects.filter(unloaded_at__isnull=False).values_list("name", flat=True))
 
 
 class Residency:
@@ -47,6 +60,20 @@ class Residency:
         self.client = client
         self.reloading: dict[str, asyncio.Future[None]] = {}
         self.unloading: dict[str, asyncio.Future[None]] = {}
+        self.seeding: asyncio.Future[None] | None = None
+
+    async def ensure_seeded(self) -> None:
+        """Once per process: start from what an earlier process left unloaded."""
+        if self.seeding is None:
+            self.seeding = spawn(self._seed())
+        if not self.seeding.done():
+            await asyncio.shield(self.seeding)
+
+    async def _seed(self) -> None:
+        try:
+            self.activity.unloaded |= await sync_to_async(recorded_unloaded)()
+        except DatabaseError:
+            log.exception("broker: could not read which services are unloaded")
 
     async def unload(self, name: str, url: str, reason: str) -> None:
         """POST an unload route (raises httpx.HTTPError); `reason` labels the metric."""
@@ -56,6 +83,7 @@ class Residency:
             response.raise_for_status()
             self.activity.unloaded.add(name)
             metrics.UNLOADS.labels(reason).inc()
+            await sync_to_async(record_unloaded)(name, True)
         finally:
             if self.unloading.get(name) is done:
                 del self.unloading[name]
@@ -69,6 +97,7 @@ class Residency:
         service without a load_route reloads on its own (or is a backend that needs
         nothing): the request simply goes.
         """
+        await self.ensure_seeded()
         name = service.name
         unloading = self.unloading.get(name)
         if unloading is not None:
@@ -79,6 +108,7 @@ class Residency:
                 return
             if not service.load_route:
                 self.activity.unloaded.discard(name)
+                await sync_to_async(record_unloaded)(name, False)
                 return
             reload = self.reloading[name] = spawn(self._reload(service))
             reload.add_done_callback(lambda done: self._forget(name, done))
@@ -109,6 +139,7 @@ class Residency:
             ) from exc
         metrics.RELOADS.labels("complete").inc()
         self.activity.unloaded.discard(service.name)
+        await sync_to_async(record_unloaded)(service.name, False)
 
 
 def idle_check_seconds() -> float:
@@ -167,6 +198,7 @@ class IdleUnloader:
 
     async def sweep(self, table: RouteTable, residency: Residency) -> list[str]:
         """Unload what is due; return the names of the services unloaded."""
+        await residency.ensure_seeded()
         activity = residency.activity
         due = self.due(table, activity, self.clock())
         if not due or not await sync_to_async(lock_free)():

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from arbiter.engine.preflight import get_catalog_model, resolve_host, vllm_service
 from arbiter.errors import Conflict, InvalidInput, NotFound
-from arbiter.models import Swap, SwapLogLine, SwapTransition
+from arbiter.models import Service, Swap, SwapLogLine, SwapTransition
 
 # Sent inside the transaction that records a swap's final state, with `swap_id`,
 # `state` and `dry_run`: receivers (the webhook outbox) write in that same transaction.
@@ -152,6 +152,10 @@ def record_transition(
         if not Swap.objects.filter(pk=swap_id, state__in=from_states).update(**updates):
             return None
         SwapTransition.objects.create(swap_id=swap_id, state=state, at=now, detail=detail)
+        if state == Swap.COMPLETE:
+            # The swap started the service's container afresh: whatever the broker had
+            # unloaded is loaded again.
+            Service.objects.filter(swaps__pk=swap_id).update(unloaded_at=None)
         if final:
             dry_run = Swap.objects.filter(pk=swap_id).values_list("dry_run", flat=True).get()
             swap_finished.send(Swap, swap_id=swap_id, state=state, dry_run=dry_run)

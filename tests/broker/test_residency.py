@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from arbiter.broker import metrics
 from arbiter.broker.limits import ServiceActivity
@@ -222,3 +223,54 @@ def test_the_simulated_engine_refuses_inference_while_asleep(start_backend):
     assert httpx.post(f"{backend.url}/wake_up").status_code == 200
     assert httpx.post(f"{backend.url}/v1/chat/completions", json=body).status_code == 200
     assert backend.requests() == 2  # sleep and wake are not inference requests
+
+
+# -- recorded on the service row: shown, remembered across restarts, cleared by a swap ----
+def unloaded_at(name: str = "vllm-a"):
+    from arbiter.models import Service
+
+    return Service.objects.values_list("unloaded_at", flat=True).get(name=name)
+
+
+@needs_db
+async def test_an_unload_is_recorded_for_the_dashboard_and_status_until_the_reload(aclient, sleepy):
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    await sweep(unloader)
+    clock.now += TTL
+    assert await sweep(unloader) == ["vllm-a"]
+    assert await sync_to_async(unloaded_at)() is not None
+    status = await aclient.get("/api/status")
+    [service] = [s for s in status.json()["services"] if s["name"] == "vllm-a"]
+    assert service["unloaded_at"] is not None
+
+    response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+    assert response.status_code == 200
+    assert await sync_to_async(unloaded_at)() is None
+
+
+@needs_db
+async def test_a_restarted_broker_reloads_what_an_earlier_process_unloaded(aclient, sleepy):
+    from arbiter.models import Service
+
+    httpx.post(f"{sleepy.url}/sleep")  # unloaded before this process started
+    await sync_to_async(Service.objects.filter(name="vllm-a").update)(unloaded_at=timezone.now())
+    response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+    assert response.status_code == 200, response.content
+    assert await counter(sleepy, "sim_wakes_total") == 1
+
+
+@needs_db
+def test_a_completed_swap_on_the_service_clears_the_unloaded_mark(sleepy):
+    from arbiter.engine.swap_store import record_transition
+    from arbiter.models import Host, Service, Swap
+
+    service = Service.objects.get(name="vllm-a")
+    Service.objects.filter(pk=service.pk).update(unloaded_at=timezone.now())
+    swap = Swap.objects.create(
+        model_key="chat-a", host=Host.objects.get(name="gpu-1"), service=service, state="launching"
+    )
+    record_transition(swap.pk, Swap.WAITING_HEALTHY)
+    assert unloaded_at() is not None  # not before it completes
+    record_transition(swap.pk, Swap.COMPLETE)
+    assert unloaded_at() is None

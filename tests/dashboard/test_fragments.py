@@ -42,3 +42,24 @@ def test_it_shows_broker_clients(bob):
     assert status_client[0]["client"] == "eval-runner"
     assert status_client[0]["requests"] == 1
     accounting.reset()
+
+
+def test_a_service_the_broker_unloaded_says_so_on_its_tile(bob):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from arbiter.models import Host, Service
+
+    host = Host.objects.create(name="gpu-1", address="127.0.0.1")
+    common = {"host": host, "base_url": "http://127.0.0.1:9", "health": "up"}
+    Service.objects.create(name="asleep", loaded_model="chat-a", **common)
+    Service.objects.create(name="awake", loaded_model="chat-b", **common)
+    Service.objects.filter(name="asleep").update(unloaded_at=timezone.now() - timedelta(minutes=3))
+    client = Client()
+    client.force_login(bob)
+    html = client.get("/fragments/services").content.decode()
+    asleep = html[html.index('id="service-asleep"') : html.index('id="service-awake"')]
+    awake = html[html.index('id="service-awake"') :]
+    assert 'class="badge badge-unloaded"' in asleep and "unloaded 3 min" in asleep
+    assert "badge-unloaded" not in awake
