@@ -142,6 +142,15 @@ async def sweep(unloader: IdleUnloader) -> list[str]:
     return await unloader.sweep(await state.table.get(newer_than=time.monotonic()), state.residency)
 
 
+async def unload_after_ttl() -> list[str]:
+    """What an unloader sweeps away once the TTL has passed since it first looked."""
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    assert await sweep(unloader) == []  # first seen now
+    clock.now += TTL
+    return await sweep(unloader)
+
+
 async def counter(backend, name: str) -> float:
     return await sync_to_async(backend.counter)(name)
 
@@ -167,11 +176,7 @@ async def test_an_idle_model_is_unloaded_and_the_next_request_reloads_it(aclient
 
 @needs_db
 async def test_concurrent_requests_for_an_unloaded_model_share_one_reload(aclient, sleepy):
-    clock = Clock()
-    unloader = IdleUnloader(clock)
-    await sweep(unloader)
-    clock.now += TTL
-    assert await sweep(unloader) == ["vllm-a"]
+    assert await unload_after_ttl() == ["vllm-a"]
 
     async def one():
         return await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
@@ -198,11 +203,7 @@ async def test_a_failed_reload_is_a_503_naming_the_service(aclient, sleepy):
     from arbiter.models import Service
 
     await sync_to_async(Service.objects.filter(name="vllm-a").update)(load_route="/no-such-route")
-    clock = Clock()
-    unloader = IdleUnloader(clock)
-    await sweep(unloader)
-    clock.now += TTL
-    assert await sweep(unloader) == ["vllm-a"]
+    assert await unload_after_ttl() == ["vllm-a"]
 
     response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
     assert response.status_code == 503
@@ -234,11 +235,7 @@ def unloaded_at(name: str = "vllm-a"):
 
 @needs_db
 async def test_an_unload_is_recorded_for_the_dashboard_and_status_until_the_reload(aclient, sleepy):
-    clock = Clock()
-    unloader = IdleUnloader(clock)
-    await sweep(unloader)
-    clock.now += TTL
-    assert await sweep(unloader) == ["vllm-a"]
+    assert await unload_after_ttl() == ["vllm-a"]
     assert await sync_to_async(unloaded_at)() is not None
     status = await aclient.get("/api/status")
     [service] = [s for s in status.json()["services"] if s["name"] == "vllm-a"]
