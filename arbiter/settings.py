@@ -246,5 +246,7 @@ ARBITER_BROKER_ROUTE_TIMEOUTS = {"/v1/embeddings": 120.0, "/v1/models": 30.0}
 # How long the broker trusts its cached routing table and API-key checks.
 ARBITER_BROKER_TABLE_TTL = env_float("ARBITER_BROKER_TABLE_TTL", 1.0)
 ARBITER_BROKER_KEY_CACHE_SECONDS = env_float("ARBITER_BROKER_KEY_CACHE_SECONDS", 10.0)
+# How often the broker looks for models idle past their catalog `idle_unload_seconds`.
+ARBITER_BROKER_IDLE_CHECK_SECONDS = env_float("ARBITER_BROKER_IDLE_CHECK_SECONDS", 5.0)
 # Serve /metrics without an API key (for a Prometheus on a trusted network).
 ARBITER_METRICS_PUBLIC = env_bool("ARBITER_METRICS_PUBLIC", False)

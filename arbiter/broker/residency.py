@@ -8,6 +8,8 @@ it again before a request is sent to it. The broker unloads services in two case
   gone that long without a request (`IdleUnloader`, an engine loop of the serving
   process), never while a request is in flight or a swap runs on the service, and never
   while someone else holds the swap lock.
+A reload takes GPU memory back, so while someone else holds the lock it is refused
+(423, like a load) and the request is not sent.
 
 What is unloaded is kept in the process (`ServiceActivity.unloaded`, checked on every
 request) and recorded on the service row (`Service.unloaded_at`: the dashboard and
@@ -31,7 +33,7 @@ from django.utils import timezone
 
 from arbiter.broker import metrics
 from arbiter.broker.background import spawn
-from arbiter.broker.errors import BackendUnavailable
+from arbiter.broker.errors import BackendUnavailable, from_arbiter_error
 from arbiter.broker.limits import ServiceActivity
 from arbiter.broker.table import RouteTable, ServiceRoute
 from arbiter.errors import Locked
@@ -121,6 +123,12 @@ class Residency:
             done.exception()  # retrieved: every waiter got it already
 
     async def _reload(self, service: ServiceRoute) -> None:
+        from arbiter.broker.loading import assert_lock_free
+
+        try:
+            await sync_to_async(assert_lock_free)()
+        except Locked as exc:
+            raise from_arbiter_error(exc) from exc
         log.info("broker: reloading %s on %s", service.name, service.host_name)
         try:
             response = await self.client().post(
@@ -147,7 +155,7 @@ def idle_check_seconds() -> float:
 
 
 def lock_free() -> bool:
-    from arbiter.broker.loading import assert_lock_free
+    from arbiter.broker.loading import assert_lock_free  # loading imports this module
 
     try:
         assert_lock_free()

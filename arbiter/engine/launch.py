@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from catalog.models import CatalogModel
 
 HF_TOKEN_ENV = "HF_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+# vLLM serves /sleep and /wake_up (what the broker's unload and load routes call) only
+# in its development mode; a catalog model asks for sleep mode with this engine flag.
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
+SLEEP_MODE_ENV = "--env=VLLM_SERVER_DEV_MODE=1"
 # The host's hub cache holds `models--org--name` folders directly (catalog.disk), which
 # is the layout of HF_HUB_CACHE; inside the container that is $HF_HOME/hub.
 CONTAINER_HUB_CACHE = "/root/.cache/huggingface/hub"
@@ -128,6 +132,8 @@ def build_run_argv(
         if settings.ARBITER_HF_TOKEN:
             argv.append(f"--env={HF_TOKEN_ENV}")
     argv.extend(model.extra_container_args or [])
+    if SLEEP_MODE_FLAG in (model.extra_engine_flags or []):
+        argv.append(SLEEP_MODE_ENV)
     if model.image.startswith("-"):  # validation refuses it; never let it become an option
         raise InvalidInput("image: must not start with '-'", field="image")
     argv.append(model.image)

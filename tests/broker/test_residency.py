@@ -271,3 +271,14 @@ def test_a_completed_swap_on_the_service_clears_the_unloaded_mark(sleepy):
     assert unloaded_at() is not None  # not before it completes
     record_transition(swap.pk, Swap.COMPLETE)
     assert unloaded_at() is None
+
+
+@needs_db
+async def test_no_reload_while_someone_else_holds_the_lock(aclient, sleepy):
+    assert await unload_after_ttl() == ["vllm-a"]
+    await sync_to_async(acquire)("nightly-eval", 600, "eval")
+    response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+    assert response.status_code == 423
+    assert response.json()["error"]["holder"] == "nightly-eval"
+    assert int(response.headers["Retry-After"]) > 0
+    assert await counter(sleepy, "sim_wakes_total") == 0

@@ -75,6 +75,14 @@ def test_it_builds_the_hub_model_command(hf):
     ]
 
 
+def test_sleep_mode_turns_on_the_dev_endpoints_the_broker_unloads_through(hf):
+    argv = build_run_argv(model(extra_engine_flags=["--enable-sleep-mode"]), HOST, SERVICE)
+    image = argv.index("vllm/vllm-openai:latest")
+    assert argv[image - 1] == "--env=VLLM_SERVER_DEV_MODE=1"  # a docker option, before the image
+    assert argv[-1] == "--enable-sleep-mode"
+    assert not any(a.startswith("--env") for a in build_run_argv(model(), HOST, SERVICE))
+
+
 def test_it_mounts_a_local_model_read_only_at_the_same_path(hf):
     local = model(
         hub_repo="",
