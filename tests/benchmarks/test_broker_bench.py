@@ -6,8 +6,9 @@ backend answers as fast as it can):
 - arbiter: a live `manage.py serve` (daphne, engine loops, huey worker; SQLite) whose
   inventory lists one service at the container; requests go to its `/v1/...` broker;
 - lean: daphne serving `arbiter.broker.asgi:application` on the same database: the
-  project with the broker's paths on a handler without the browser middleware (what
-  `arbiter/asgi.py` serves once it routes through `with_broker`);
+  same broker path as `arbiter/asgi.py` (through `with_broker`), in a process that runs
+  no engine loops and no huey worker, so the difference from "arbiter" is what those
+  cost the requests;
 - nginx: the Debian package as a reference reverse proxy (`proxy_buffering off`,
   upstream keep-alive), installed with apt-get if missing (skipped when it cannot be).
 
