@@ -28,11 +28,8 @@ class CatalogModel(models.Model):
     extra_engine_flags = models.JSONField(default=list, blank=True)
     extra_container_args = models.JSONField(default=list, blank=True)
     estimated_vram_mib = models.PositiveIntegerField(default=0)
-    idle_unload_seconds = models.PositiveIntegerField(
-        null=True,
-        blank=True,
-        help_text="The broker unloads the model after this long without requests (null: never)",
-    )
+    # The broker unloads the model after this long without requests (null: never).
+    idle_unload_seconds = models.PositiveIntegerField(null=True, blank=True)
     default_host = models.ForeignKey(
         "arbiter.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

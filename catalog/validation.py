@@ -263,7 +263,8 @@ def check_max_model_len(value: Any) -> int | None:
 def check_idle_unload_seconds(value: Any) -> int | None:
     if value in (None, ""):
         return None
-    return _integer(value, MIN_IDLE_UNLOAD_SECONDS, None, "an integer >= 60 or null")
+    what = f"an integer >= {MIN_IDLE_UNLOAD_SECONDS} or null"
+    return _integer(value, MIN_IDLE_UNLOAD_SECONDS, None, what)
 
 
 def _string_list(value: Any, check_item: Callable[[str], str]) -> list[str]:

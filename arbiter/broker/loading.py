@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -43,13 +44,15 @@ from arbiter.broker.errors import (
 from arbiter.broker.limits import ActivitySnapshot
 from arbiter.broker.planner import EvictionPlan, HostMemory, Incoming, Resident, choose_host
 from arbiter.broker.planner import plan_eviction as plan_host
-from arbiter.broker.residency import Residency
 from arbiter.broker.swapwait import SwapEnd, SwapWatcher
 from arbiter.engine.preflight import get_catalog_model, vllm_service
 from arbiter.engine.swap_store import active_swap_on, create_swap
 from arbiter.errors import ArbiterError, Conflict
 from arbiter.models import GpuSample, Host, Service
 from catalog.models import CatalogModel
+
+if TYPE_CHECKING:  # residency imports this module's lock gate
+    from arbiter.broker.residency import Residency
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from arbiter.broker import metrics
 from arbiter.broker.background import spawn
 from arbiter.broker.errors import BackendUnavailable, from_arbiter_error
 from arbiter.broker.limits import ServiceActivity
+from arbiter.broker.loading import assert_lock_free
 from arbiter.broker.table import RouteTable, ServiceRoute
 from arbiter.errors import Locked
 from arbiter.models import Service
@@ -123,8 +124,6 @@ class Residency:
             done.exception()  # retrieved: every waiter got it already
 
     async def _reload(self, service: ServiceRoute) -> None:
-        from arbiter.broker.loading import assert_lock_free
-
         try:
             await sync_to_async(assert_lock_free)()
         except Locked as exc:
@@ -155,8 +154,6 @@ def idle_check_seconds() -> float:
 
 
 def lock_free() -> bool:
-    from arbiter.broker.loading import assert_lock_free  # loading imports this module
-
     try:
         assert_lock_free()
     except Locked:

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='catalogmodel',
             name='idle_unload_seconds',
-            field=models.PositiveIntegerField(blank=True, help_text='The broker unloads the model after this long without requests (null: never)', null=True),
+            field=models.PositiveIntegerField(blank=True, null=True),
         ),
     ]
