@@ -28,11 +28,14 @@ test: install lint startos-check-if-node unit e2e
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
+# With coverage of the test process (pyproject's [tool.coverage]); the report follows.
 unit: install
-	$(TEST_ENV) $(BIN)/python -m pytest
+	$(TEST_ENV) $(BIN)/python -m coverage run -m pytest
+	$(BIN)/python -m coverage report
 
 # Browser tests run in their own pytest process (Playwright's sync API leaves an event
 # loop behind that breaks later async tests). In CI a missing browser is a failure.

@@ -78,6 +78,13 @@ async def disk_fragment(request: HttpRequest, key: str) -> HttpResponse:
     html = render_to_string(
         # No request: the fragment has no form, and the lazy user must not load here.
         "catalog/partials/model_disk.html",
-        {"model_key": key, "entries": entries},
+        {
+            "model_key": key,
+            "entries": entries,
+            # Hub models only: local models are never downloaded or deleted by Arbiter.
+            "hub": not model.is_local,
+            "download_url": reverse("api:download_model", kwargs={"key": key}),
+            "delete_url": reverse("api:delete_model_disk", kwargs={"key": key}),
+        },
     )
     return HttpResponse(html)

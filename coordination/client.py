@@ -149,7 +149,8 @@ class SseEvent:
 
 def iter_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
     """Server-Sent Events from text lines (the WHATWG parsing rules, minus `retry`)."""
-    name, data, event_id = "message", [], None
+    name, event_id = "message", None
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:

@@ -329,7 +329,7 @@ def runs_between(
     job: Schedule, start: datetime, end: datetime, limit: int = 2000
 ) -> list[datetime]:
     """Run times in (start, end), at most `limit` of them."""
-    runs = []
+    runs: list[datetime] = []
     for run in iter_runs(job, start):
         if run >= end or len(runs) >= limit:
             break

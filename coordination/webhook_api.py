@@ -134,7 +134,7 @@ def delete_webhook(request: HttpRequest, webhook_id: int):
 )
 def rotate_webhook_secret(request: HttpRequest, webhook_id: int, payload: RotateIn | None = None):
     _require_manager(request)
-    payload = payload or RotateIn()
+    payload = payload or RotateIn.model_validate({})
     endpoint = _endpoint(webhook_id)
     secret = webhooks.rotate_secret(
         endpoint, new_secret=payload.secret, previous_valid_hours=payload.previous_valid_hours

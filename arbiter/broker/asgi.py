@@ -100,9 +100,9 @@ class BrokerASGIHandler(ASGIHandler):
             await self.handle(scope, receive, send)
 
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
         get_response = self._get_response_async if is_async else self._get_response
         self._middleware_chain = convert_exception_to_response(host_checked(get_response))
 
@@ -124,6 +124,10 @@ class BrokerASGIHandler(ASGIHandler):
 
         async def process_request() -> Any:
             response = await self.run_get_response(request)
+            if not response.streaming and not response.has_header("Content-Length"):
+                # As CommonMiddleware does on every other path: a whole answer goes out
+                # with its length, not chunked.
+                response["Content-Length"] = str(len(response.content))
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:

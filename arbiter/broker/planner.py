@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 
 @dataclass(frozen=True)
@@ -107,23 +108,22 @@ def plan_eviction(
     residents = list(residents)
     needed = incoming.vram_mib
     free = room(host, residents)
-    base = {"host": host.name, "free_mib": free, "needed_mib": needed}
+    plan = partial(EvictionPlan, host=host.name, free_mib=free, needed_mib=needed)
     if lock_held_by_other:
-        return EvictionPlan(fits=False, locked=True, reason="the swap lock is held", **base)
+        return plan(fits=False, locked=True, reason="the swap lock is held")
     replaced = [r for r in residents if r.replaced]
     busy_replaced = tuple(r.service for r in replaced if r.in_flight > 0)
     if busy_replaced:
-        return EvictionPlan(
+        return plan(
             fits=False,
             waiting_for=busy_replaced,
             reason=f"{', '.join(busy_replaced)} has requests in flight and would be replaced",
-            **base,
         )
     if free is None:
-        return EvictionPlan(fits=True, reason="no budget or measurement: not checked", **base)
+        return plan(fits=True, reason="no budget or measurement: not checked")
     free += sum(r.vram_mib for r in replaced)
     if free >= needed:
-        return EvictionPlan(fits=True, free_after_mib=free, reason="fits", **base)
+        return plan(fits=True, free_after_mib=free, reason="fits")
 
     candidates = [
         r
@@ -141,32 +141,29 @@ def plan_eviction(
         evict.append(resident.service)
         free += resident.vram_mib
     if free >= needed:
-        return EvictionPlan(
+        return plan(
             fits=True,
             evict=tuple(evict),
             free_after_mib=free,
             reason=f"fits after evicting {', '.join(evict)}",
-            **base,
         )
     busy = [r for r in candidates if r.in_flight > 0]
     if free + sum(r.vram_mib for r in busy) >= needed:
         # The busy ones are never evicted: wait until enough of them go idle.
         waiting = tuple(sorted(r.service for r in busy))
-        return EvictionPlan(
+        return plan(
             fits=False,
             waiting_for=waiting,
             free_after_mib=free,
             reason=f"needs {', '.join(waiting)}, which has requests in flight",
-            **base,
         )
-    return EvictionPlan(
+    return plan(
         fits=False,
         free_after_mib=free,
         reason=(
             f"needs {needed} MiB, at most {free} MiB can be freed on {host.name} "
             "without stopping services that must stay"
         ),
-        **base,
     )
 
 

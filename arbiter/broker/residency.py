@@ -78,6 +78,17 @@ class Residency:
         except DatabaseError:
             log.exception("broker: could not read which services are unloaded")
 
+    async def remember(self, name: str, unloaded: bool) -> None:
+        """Record on the service row what already happened (and what this process acts
+        on): a database error is logged, not raised, so a request or a sweep does not
+        fail for it. Only the dashboard and a restarted process see the old value."""
+        try:
+            await sync_to_async(record_unloaded)(name, unloaded)
+        except DatabaseError:
+            log.exception(
+                "broker: could not record %s as %s", name, "unloaded" if unloaded else "loaded"
+            )
+
     async def unload(self, name: str, url: str, reason: str) -> None:
         """POST an unload route (raises httpx.HTTPError); `reason` labels the metric."""
         done = self.unloading[name] = asyncio.get_running_loop().create_future()
@@ -86,7 +97,7 @@ class Residency:
             response.raise_for_status()
             self.activity.unloaded.add(name)
             metrics.UNLOADS.labels(reason).inc()
-            await sync_to_async(record_unloaded)(name, True)
+            await self.remember(name, True)
         finally:
             if self.unloading.get(name) is done:
                 del self.unloading[name]
@@ -111,7 +122,7 @@ class Residency:
                 return
             if not service.load_route:
                 self.activity.unloaded.discard(name)
-                await sync_to_async(record_unloaded)(name, False)
+                await self.remember(name, False)
                 return
             reload = self.reloading[name] = spawn(self._reload(service))
             reload.add_done_callback(lambda done: self._forget(name, done))
@@ -146,7 +157,7 @@ class Residency:
             ) from exc
         metrics.RELOADS.labels("complete").inc()
         self.activity.unloaded.discard(service.name)
-        await sync_to_async(record_unloaded)(service.name, False)
+        await self.remember(service.name, False)
 
 
 def idle_check_seconds() -> float:

@@ -135,19 +135,27 @@ def list_models(table: RouteTable) -> dict[str, Any]:
     """`GET /v1/models`: loaded models, then loading and loadable catalog models."""
     data: list[dict[str, Any]] = []
     listed: set[str] = set()
+    replicas: dict[str, list[ServiceRoute]] = {}
     for service in table.services:
-        if not service.loaded_model:
-            continue
-        entry = table.catalog_entry(service.loaded_model)
-        info = {
+        if service.loaded_model:
+            replicas.setdefault(service.loaded_model, []).append(service)
+    # One object per model (ids are unique, as OpenAI clients expect); a model served by
+    # several services names the one routing prefers, and lists them all.
+    for model, services in replicas.items():
+        entry = table.catalog_entry(model)
+        preferred, *_ = ordered = _by_health(services)
+        info: dict[str, Any] = {
             "state": "loaded",
-            "service": service.name,
-            "host": service.host_name,
-            "health": service.health,
+            "service": preferred.name,
+            "host": preferred.host_name,
+            "health": preferred.health,
             "catalog_key": entry.key if entry else None,
+            "replicas": [
+                {"service": s.name, "host": s.host_name, "health": s.health} for s in ordered
+            ],
         }
-        data.append(_model(service.loaded_model, entry.created if entry else 0, info))
-        listed.add(service.loaded_model)
+        data.append(_model(model, entry.created if entry else 0, info))
+        listed.add(model)
     for swap in table.swaps:
         if swap.served_name and swap.served_name not in listed:
             entry = table.catalog_entry(swap.served_name)

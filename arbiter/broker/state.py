@@ -16,10 +16,11 @@ import httpx
 from arbiter.broker.keys import KeyCache
 from arbiter.broker.limits import ConcurrencyLimits, ServiceActivity, WaitQueue
 from arbiter.broker.loading import Loads
-from arbiter.broker.proxy import new_client
+from arbiter.broker.proxy import new_client, new_transport
 from arbiter.broker.residency import Residency
 from arbiter.broker.swapwait import SwapWatcher
 from arbiter.broker.table import RouteTableCache
+from arbiter.broker.upstream import LeanTransport
 
 
 @dataclass
@@ -32,6 +33,7 @@ class BrokerState:
     activity: ServiceActivity = field(default_factory=ServiceActivity)
     watcher: SwapWatcher = field(default_factory=SwapWatcher)
     keys: KeyCache = field(default_factory=KeyCache)
+    _transport: LeanTransport | None = None
     _client: httpx.AsyncClient | None = None
     residency: Residency = field(init=False)
     loads: Loads = field(init=False)
@@ -41,10 +43,24 @@ class BrokerState:
         self.loads = Loads(self.watcher, self.residency)
 
     @property
+    def transport(self) -> LeanTransport:
+        """The connection pool to the backends: proxied requests go straight to it."""
+        if self._transport is None:
+            self._transport = new_transport()
+        return self._transport
+
+    @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            self._client = new_client()
+        """A client over the same pool, for the broker's own calls to backends."""
+        if self._client is None:
+            self._client = new_client(self.transport)
         return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()  # closes the transport with it
+        elif self._transport is not None:
+            await self._transport.aclose()
 
 
 _states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BrokerState] = (
@@ -64,5 +80,5 @@ def get_state() -> BrokerState:
 async def reset_state() -> None:
     """Forget this loop's state, closing its HTTP client (tests)."""
     state = _states.pop(asyncio.get_running_loop(), None)
-    if state is not None and state._client is not None:
-        await state._client.aclose()
+    if state is not None:
+        await state.aclose()

@@ -253,7 +253,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         while idle:
             conn = idle.pop()
             # A backend that closed an idle connection, or wrote to it, has ended it.
-            if time.monotonic() - conn.idle_since < self.keepalive and not (
+            expired = (
+                self.keepalive is not None and time.monotonic() - conn.idle_since >= self.keepalive
+            )
+            if not expired and not (
                 conn.ended or conn.buffer or conn.transport is None or conn.transport.is_closing()
             ):
                 return conn

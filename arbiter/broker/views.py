@@ -8,11 +8,9 @@ Every error the broker answers itself is OpenAI-shaped (`errors.BrokerError`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -20,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from arbiter.broker import metrics
 from arbiter.broker.accounting import accounting, client_name
-from arbiter.broker.bodies import json_model, multipart_model, read_body
+from arbiter.broker.bodies import WithModel, json_model, multipart_model, read_body
 from arbiter.broker.errors import (
     BrokerError,
     Busy,
@@ -56,8 +54,9 @@ from arbiter.broker.table import RouteTable
 
 log = logging.getLogger(__name__)
 
-# What `prepare(body)` returns: queue key, routing function, JSON payload (if any).
-Prepared = tuple[str, Callable[[RouteTable], Decision], dict[str, Any] | None]
+# What `prepare(body)` returns: queue key, routing function, and for a body that names
+# its model, how to name another (`bodies.WithModel`).
+Prepared = tuple[str, Callable[[RouteTable], Decision], WithModel | None]
 MULTIPART_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 MAX_LOADS_PER_REQUEST = 2  # a model swapped away again right after loading: try once more
 
@@ -117,7 +116,7 @@ async def serve(
     """The common path of every proxied route (see the module docstring).
 
     `prepare(body)` checks the body and returns the queue key (the model), the
-    routing function to apply to the table, and the JSON payload if there is one.
+    routing function to apply to the table, and how to rename the body's model.
     """
     state = get_state()
     exchange: Exchange | None = None
@@ -127,12 +126,12 @@ async def serve(
         if request.method not in methods:
             raise MethodNotAllowed(request.method or "", ", ".join(methods))
         body = read_body(request)
-        key, decide, payload = prepare(body)
+        key, decide, with_model = prepare(body)
         decision = await settle(state, key, decide)
         exchange.model = decision.limit_key
-        if decision.served_model and payload is not None:
+        if decision.served_model and with_model is not None:
             # The request named the catalog key; the backend only knows the served name.
-            body = json.dumps({**payload, "model": decision.served_model}).encode()
+            body = with_model(decision.served_model)
         return await forward(request, state, decision, body, exchange)
     except BrokerError as error:
         if error.status >= 500:
@@ -208,7 +207,7 @@ async def forward(
         await state.residency.ensure_loaded(service)  # the broker may have unloaded it
         sent = time.perf_counter()
         upstream = await open_upstream(
-            state.client,
+            state.transport,
             request.method or "POST",
             url,
             headers,
@@ -251,12 +250,9 @@ async def by_model(request: HttpRequest) -> HttpResponse:
     path = request.path
 
     def prepare(body: bytes) -> Prepared:
-        payload = None
-        if path in MULTIPART_ROUTES:
-            model = multipart_model(request, body)
-        else:
-            model, payload = json_model(request, body)
-        return model, lambda table: route_model(table, model, path, probe_retry_after()), payload
+        read_model = multipart_model if path in MULTIPART_ROUTES else json_model
+        model, with_model = read_model(request, body)
+        return model, lambda table: route_model(table, model, path, probe_retry_after()), with_model
 
     return await serve(request, path, prepare)
 

@@ -106,7 +106,7 @@ class Prober:
     """Probes every enabled service once per interval through one shared HTTP client."""
 
     def __init__(self, interval: float | None = None) -> None:
-        self.interval = interval or getattr(settings, "ARBITER_PROBE_INTERVAL", 5.0)
+        self.interval: float = interval or float(getattr(settings, "ARBITER_PROBE_INTERVAL", 5.0))
         # A probe must finish before the next round starts, and a hung backend must not
         # hold a round for long, hence the cap.
         self.timeout = min(self.interval, MAX_TIMEOUT_SECONDS)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import shlex
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -287,7 +287,7 @@ class SshPool:
         timeout: float | None = None,
         env: dict[str, str] | None = None,
         check: bool = True,
-    ) -> AsyncIterator[tuple[str, str]]:
+    ) -> AsyncGenerator[tuple[str, str], None]:
         """Yield ("stdout" | "stderr", line) as lines arrive on either stream.
 
         Lines keep their order within a stream; across the two streams they come in
@@ -379,7 +379,9 @@ def stream(target: SshTarget, argv: Sequence[str], **kwargs) -> AsyncIterator[st
     return get_pool().stream(target, argv, **kwargs)
 
 
-def stream_both(target: SshTarget, argv: Sequence[str], **kwargs) -> AsyncIterator[tuple[str, str]]:
+def stream_both(
+    target: SshTarget, argv: Sequence[str], **kwargs
+) -> AsyncGenerator[tuple[str, str], None]:
     """Stream a command's stdout and stderr lines, labelled (see SshPool.stream_both)."""
     return get_pool().stream_both(target, argv, **kwargs)
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime
+from typing import Any
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -160,7 +161,7 @@ class SwapRunner:
     async def say(self, text: str) -> None:
         await self.journal.say(text)
 
-    async def enter(self, state: str, detail: str = "", **fields: object) -> None:
+    async def enter(self, state: str, detail: str = "", **fields: Any) -> None:
         record = await sync_to_async(store.record_transition)(
             self.swap_id, state, detail=detail, **fields
         )

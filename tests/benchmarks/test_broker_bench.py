@@ -14,9 +14,11 @@ backend answers as fast as it can):
 
 Figures: latency p50/p99 of small non-streamed chat completions (max_tokens=1) at
 concurrency 1 and 32, requests per second at 32, and time to first body byte of a
-streamed completion; "added" is each proxy's figure minus direct's. The load
-generator (httpx, this process) shares the machine's cores with the servers, which
-inflates the concurrency-32 figures for every target alike.
+streamed completion; "added" is each proxy's figure minus direct's. The concurrency-1
+and streaming figures are taken interleaved (one request to each target in turn), so
+the machine's drift during the run falls on every target alike; concurrency 32 runs
+one target at a time. The load generator (httpx, this process) shares the machine's
+cores with the servers, which inflates the concurrency-32 figures for every target.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def arbiter_lean(arbiter: Target) -> Iterator[Target]:
     """daphne serving `arbiter.broker.asgi:application` (the broker's paths without the
     browser middleware) on the served Arbiter's database, whose engine keeps probing."""
     port = free_port()
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    # -v 0: no access log (serve writes none either).
+    argv = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
     assert arbiter.env is not None
     child = start_child([*argv, "arbiter.broker.asgi:application"], arbiter.env)
     target = Target("lean", f"http://127.0.0.1:{port}", arbiter.headers)
@@ -243,17 +246,36 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def sequential(target: Target) -> list[float]:
-    url = f"{target.base_url}/v1/chat/completions"
-    latencies = []
-    with httpx.Client(timeout=30, headers=target.headers) as client:
-        for i in range(WARMUP + SEQUENTIAL):
-            started = time.perf_counter()
-            response = client.post(url, json=SMALL)
-            elapsed = time.perf_counter() - started
-            assert response.status_code == 200, response.text
-            if i >= WARMUP:
-                latencies.append(elapsed)
+def in_turns(targets: dict[str, Target], rounds: int) -> Iterator[tuple[int, str, httpx.Client]]:
+    """(round, target name, its client) for every round, one request per target, the
+    first target moving on by one each round: the targets are measured interleaved, so
+    whatever the machine does meanwhile (another process, a slower minute of the VM)
+    falls on all of them alike instead of on whichever was measured then."""
+    names = list(targets)
+    clients = {
+        name: httpx.Client(timeout=30, headers=target.headers) for name, target in targets.items()
+    }
+    try:
+        for i in range(rounds):
+            turn = i % len(names)
+            for name in names[turn:] + names[:turn]:
+                yield i, name, clients[name]
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def sequential(targets: dict[str, Target]) -> dict[str, list[float]]:
+    """Concurrency 1: the latency of each small request, per target."""
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    for i, name, client in in_turns(targets, WARMUP + SEQUENTIAL):
+        url = f"{targets[name].base_url}/v1/chat/completions"
+        started = time.perf_counter()
+        response = client.post(url, json=SMALL)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.text
+        if i >= WARMUP:
+            latencies[name].append(elapsed)
     return latencies
 
 
@@ -281,21 +303,21 @@ async def concurrent(target: Target) -> tuple[list[float], float]:
         return latencies, time.perf_counter() - started
 
 
-def first_bytes(target: Target) -> list[float]:
-    url = f"{target.base_url}/v1/chat/completions"
-    times = []
-    with httpx.Client(timeout=30, headers=target.headers) as client:
-        for i in range(WARMUP // 4 + STREAMS):
-            started = time.perf_counter()
-            with client.stream("POST", url, json=STREAMED) as response:
-                assert response.status_code == 200
-                chunks = response.iter_raw()
-                next(chunks)
-                first = time.perf_counter() - started
-                for _ in chunks:  # drain, so the connection is reused
-                    pass
-            if i >= WARMUP // 4:
-                times.append(first)
+def first_bytes(targets: dict[str, Target]) -> dict[str, list[float]]:
+    """Time to the first body byte of a streamed completion, per target."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    for i, name, client in in_turns(targets, WARMUP // 4 + STREAMS):
+        url = f"{targets[name].base_url}/v1/chat/completions"
+        started = time.perf_counter()
+        with client.stream("POST", url, json=STREAMED) as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            next(chunks)
+            first = time.perf_counter() - started
+            for _ in chunks:  # drain, so the connection is reused
+                pass
+        if i >= WARMUP // 4:
+            times[name].append(first)
     return times
 
 
@@ -314,15 +336,16 @@ def test_broker_overhead_against_direct_and_nginx(backend, arbiter, arbiter_lean
         "lean": arbiter_lean,
         "nginx": nginx,
     }
+    c1 = sequential(targets)
+    ttfb = first_bytes(targets)
     results: dict[str, dict] = {}
     for name, target in targets.items():
-        c1 = sequential(target)
+        # One target at a time: 32 clients each would not share two cores fairly.
         c32, seconds = asyncio.run(concurrent(target))
-        ttfb = first_bytes(target)
         results[name] = {
-            "c1": summary(c1),
+            "c1": summary(c1[name]),
             "c32": {**summary(c32), "rps": round(len(c32) / seconds, 1)},
-            "stream_ttfb": summary(ttfb),
+            "stream_ttfb": summary(ttfb[name]),
         }
     for name in PROXIES:
         added = {}

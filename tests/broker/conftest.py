@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from arbiter.broker.accounting import accounting
+from arbiter.broker.asgi import BrokerASGIHandler
 from arbiter.broker.background import close_thread_connections
 from arbiter.broker.state import reset_state
 from arbiter.models import ApiKey, Host, Service
@@ -317,3 +319,111 @@ def broker_server(request, transactional_db) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+# -- in-process ASGI calls and scripted backends ------------------------------------------
+@pytest.fixture
+async def handler(broker_settings):
+    accounting.reset()
+    yield BrokerASGIHandler()
+    await reset_state()
+
+
+async def call(
+    app,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    query: bytes = b"",
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request through the ASGI app as daphne makes it; the status, headers (the last
+    of each name) and whole body."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client stays connected
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    content = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], dict(start["headers"]), content
+
+
+Answer = bytes | Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ScriptedBackend:
+    """A TCP server answering each request with the next scripted answer: raw bytes, or
+    a coroutine that writes (or does not) as the test needs. Keeps the connection open
+    after an answer unless the answer closed it."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = list(answers)
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answers.pop(0)
+                if callable(answer):
+                    await answer(reader, writer)
+                else:
+                    writer.write(answer)
+                    await writer.drain()
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[list[Answer]], Awaitable[ScriptedBackend]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answers: list[Answer]) -> ScriptedBackend:
+        backend = ScriptedBackend(answers)
+        backend.server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
+        servers.append(backend.server)
+        return backend
+
+    yield start
+    for server in servers:
+        server.close()

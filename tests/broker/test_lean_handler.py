@@ -8,7 +8,6 @@ thread's connection is closed at the end as Django would (SQLite: CONN_MAX_AGE 0
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -18,11 +17,9 @@ from django.core import signals
 from django.db import connection
 from django.db.backends.signals import connection_created
 
-from arbiter.broker.accounting import accounting
-from arbiter.broker.asgi import BrokerASGIHandler, on_request_thread
+from arbiter.broker.asgi import on_request_thread
 from arbiter.broker.background import REQUEST_EXECUTOR
-from arbiter.broker.state import reset_state
-from tests.broker.conftest import chat, register
+from tests.broker.conftest import call, chat, register
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,49 +29,6 @@ def backend(start_backend, transactional_db):
     started = start_backend("lean-model")
     register("vllm-lean", started.url, loaded_model="lean-model")
     return started
-
-
-@pytest.fixture
-async def handler(broker_settings):
-    accounting.reset()
-    yield BrokerASGIHandler()
-    await reset_state()
-
-
-async def call(
-    app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> tuple[int, dict[bytes, bytes], bytes]:
-    """One request through the ASGI app; the status, headers and whole body."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        if messages:
-            return messages.pop(0)
-        await asyncio.Event().wait()  # the client stays connected
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = sent[0]
-    content = b"".join(m.get("body", b"") for m in sent[1:])
-    return start["status"], dict(start["headers"]), content
 
 
 def drain_request_thread() -> None:

@@ -8,71 +8,16 @@ status, headers (as sent, case and order kept), body and the exception raised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from arbiter.broker.proxy import new_client
+from arbiter.broker.state import BrokerState
 from arbiter.broker.upstream import LeanTransport
+from tests.broker.conftest import Answer
 
 LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=8, keepalive_expiry=5.0)
-Answer = bytes | Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class ScriptedBackend:
-    """A TCP server answering each request with the next scripted answer: raw bytes, or
-    a coroutine that writes (or does not) as the test needs. Keeps the connection open
-    after an answer unless the answer closed it."""
-
-    def __init__(self, answers: list[Answer]) -> None:
-        self.answers = list(answers)
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                self.requests.append(head + await reader.readexactly(length))
-                answer = self.answers.pop(0)
-                if callable(answer):
-                    await answer(reader, writer)
-                else:
-                    writer.write(answer)
-                    await writer.drain()
-                if writer.is_closing():
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client closed the connection
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Callable[[list[Answer]], Awaitable[ScriptedBackend]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(answers: list[Answer]) -> ScriptedBackend:
-        backend = ScriptedBackend(answers)
-        backend.server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
-        servers.append(backend.server)
-        return backend
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def lean_client(**limits) -> httpx.AsyncClient:
@@ -308,9 +253,10 @@ async def test_https_and_streamed_uploads_go_through_httpx():
     assert seen == ["https://backend.lan/v1/models", "http://backend.lan/up"]
 
 
-async def test_the_broker_client_uses_it():
-    client = new_client()
+async def test_the_broker_uses_it_for_requests_and_its_own_calls():
+    state = BrokerState()
     try:
-        assert isinstance(client._transport, LeanTransport)
+        assert isinstance(state.transport, LeanTransport)
+        assert state.client._transport is state.transport
     finally:
-        await client.aclose()
+        await state.aclose()

@@ -282,3 +282,30 @@ async def test_no_reload_while_someone_else_holds_the_lock(aclient, sleepy):
     assert response.json()["error"]["holder"] == "nightly-eval"
     assert int(response.headers["Retry-After"]) > 0
     assert await counter(sleepy, "sim_wakes_total") == 0
+
+
+@needs_db
+async def test_a_database_error_while_recording_does_not_fail_the_unload_or_the_request(
+    aclient, sleepy, monkeypatch, caplog
+):
+    """The unload and the reload happened; only their record on the service row failed
+    (the seam: the row update raises as a locked SQLite database would)."""
+    from django.db import OperationalError
+
+    from arbiter.broker import residency
+
+    def locked(name, unloaded):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(residency, "record_unloaded", locked)
+    assert await unload_after_ttl() == ["vllm-a"]
+    assert "vllm-a" in get_state().activity.unloaded
+
+    response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
+    assert response.status_code == 200, response.content
+    assert await counter(sleepy, "sim_wakes_total") == 1
+    assert "vllm-a" not in get_state().activity.unloaded
+    assert [r.getMessage() for r in caplog.records if "could not record" in r.getMessage()] == [
+        "broker: could not record vllm-a as unloaded",
+        "broker: could not record vllm-a as loaded",
+    ]

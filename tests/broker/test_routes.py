@@ -144,6 +144,7 @@ async def test_models_lists_loaded_and_loadable_models(aclient, two_models):
         "host": "gpu-1",
         "health": "up",
         "catalog_key": "alpha",
+        "replicas": [{"service": "vllm-alpha", "host": "gpu-1", "health": "up"}],
     }
     assert by_id["beta-embed"]["arbiter"]["state"] == "loaded"
     assert by_id["big-model"]["object"] == "model"
@@ -154,6 +155,22 @@ async def test_models_lists_loaded_and_loadable_models(aclient, two_models):
         "kind": "llm",
         "estimated_vram_mib": 70_000,
     }
+
+
+async def test_a_model_served_twice_is_listed_once_with_both_replicas(aclient, two_models):
+    await sync_to_async(register)(
+        "vllm-aardvark", two_models[0].url, host="gpu-3", loaded_model="alpha-chat", health="down"
+    )
+    body = json.loads((await aclient.get("/v1/models")).content)
+    ids = [m["id"] for m in body["data"]]
+    assert ids.count("alpha-chat") == 1 and len(ids) == len(set(ids))
+    alpha = next(m for m in body["data"] if m["id"] == "alpha-chat")["arbiter"]
+    # The healthy replica first, as routing prefers it (though "aardvark" sorts first).
+    assert alpha["service"] == "vllm-alpha"
+    assert alpha["replicas"] == [
+        {"service": "vllm-alpha", "host": "gpu-1", "health": "up"},
+        {"service": "vllm-aardvark", "host": "gpu-3", "health": "down"},
+    ]
 
 
 async def test_the_request_and_its_content_type_reach_the_backend_untouched(aclient, two_models):

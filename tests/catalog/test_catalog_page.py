@@ -146,6 +146,7 @@ async def test_it_renders_the_disk_status_fragment(sim_hosts, alice):
     assert 'class="disk-present" data-host="sim-b"' in html
     assert 'class="disk-absent" data-host="sim-a"' in html
     assert "6.0\xa0KB" in html  # 4096 (directory) + 2048
+    assert "<button" not in html  # a local model is neither downloaded nor deleted
 
 
 @pytest.mark.django_db
