@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import threading
 from collections.abc import Awaitable
@@ -60,7 +61,32 @@ def generated_hosts(count: int) -> list[HostSpec]:
     ]
 
 
-def free_port() -> int:
+# Where the kernel takes the source ports of outgoing connections. A service port is
+# reserved long before a swap starts a container listening on it; were it in this range,
+# any outgoing connection meanwhile (a probe, an SSH session, a test's HTTP client) could
+# take it, and the swap would fail with docker's "port is already allocated".
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_SERVICE_PORT = 20000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = EPHEMERAL_RANGE_FILE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def reservable_port() -> int:
+    """A free port outside the ephemeral range (any free port if that range is all)."""
+    low, high = ephemeral_range()
+    outside = [
+        *range(LOWEST_SERVICE_PORT, min(low, 65536)),
+        *range(max(high + 1, LOWEST_SERVICE_PORT), 65536),
+    ]
+    for port in random.sample(outside, min(len(outside), 200)):
+        if port_is_free(port):
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -153,7 +179,7 @@ class SimulatedCluster:
         """A free port no other service of this cluster was given: nothing listens on a
         reserved port yet, so the OS may hand the same free port out twice in a row."""
         taken = set(self.service_ports.values())
-        while (port := free_port()) in taken:
+        while (port := reservable_port()) in taken:
             pass
         return port
 

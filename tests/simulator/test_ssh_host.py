@@ -311,11 +311,26 @@ async def test_it_gives_every_service_its_own_port(tmp_path, monkeypatch):
     from arbiter.simulator import cluster as cluster_module
 
     handed_out = iter([41001, 41001, 41001, 41002, 41003, 41004, 41005, 41006])
-    monkeypatch.setattr(cluster_module, "free_port", lambda: next(handed_out))
+    monkeypatch.setattr(cluster_module, "reservable_port", lambda: next(handed_out))
     sim = cluster_module.SimulatedCluster(tmp_path / "sim", control=False)
     await sim.start()
     try:
         ports = list(sim.service_ports.values())
         assert len(ports) == len(set(ports)) == 4
+    finally:
+        await sim.stop(kill_containers=True)
+
+
+async def test_service_ports_are_outside_the_ephemeral_range(tmp_path):
+    """A service port waits, reserved, until a swap listens on it: the kernel must not
+    hand it out meanwhile as the source port of some outgoing connection."""
+    from arbiter.simulator import cluster as cluster_module
+
+    low, high = cluster_module.ephemeral_range()
+    sim = cluster_module.SimulatedCluster(tmp_path / "sim", control=False)
+    await sim.start()
+    try:
+        ports = list(sim.service_ports.values())
+        assert ports and all(not low <= port <= high for port in ports), (ports, low, high)
     finally:
         await sim.stop(kill_containers=True)
