@@ -28,6 +28,7 @@ from pydantic import ConfigDict
 
 from arbiter.engine.launch import display
 from arbiter.engine.preflight import get_catalog_model, preflight, resolve_host
+from arbiter.engine.swap_log import announce_cancelled_while_pending
 from arbiter.engine.swap_store import create_swap, request_cancel
 from arbiter.errors import NotFound
 from arbiter.models import ApiKey, Swap, SwapLogLine, SwapTransition
@@ -305,7 +306,9 @@ def get_swap_log(request: HttpRequest, swap_id: int, query: Query[LogQuery]):
     summary="Cancel a swap: it stops and removes the container it launched",
 )
 def cancel_swap(request: HttpRequest, swap_id: int):
-    request_cancel(swap_id)
+    cancelled = request_cancel(swap_id)
+    if cancelled is not None:
+        announce_cancelled_while_pending(cancelled)
     swap = get_swap(swap_id)
     states = list(SwapTransition.objects.filter(swap=swap).values_list("state", flat=True))
     return Status(202, _summary(swap, states))

@@ -16,11 +16,16 @@ import contextlib
 import logging
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 
 from arbiter.engine import ssh
 from arbiter.engine import swap_store as store
-from arbiter.engine.events import SwapLineMessage, SwapStateMessage, publish_swap_event
+from arbiter.engine.events import (
+    SwapLineMessage,
+    SwapStateMessage,
+    publish_fragment,
+    publish_swap_event,
+)
 from arbiter.engine.launch import build_logs_argv
 from arbiter.errors import SshError
 
@@ -42,6 +47,34 @@ def split_lines(text: str) -> list[str]:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat()
+
+
+def state_message(record: store.TransitionRecord) -> SwapStateMessage:
+    return SwapStateMessage(
+        type="swap.state",
+        swap_id=record.swap_id,
+        state=record.state,
+        at=_iso(record.at),
+        detail=record.detail,
+        error=record.error,
+        final=record.final,
+    )
+
+
+def announce_cancelled_while_pending(record: store.TransitionRecord) -> None:
+    """Publish the end of a swap the API cancelled before the engine took it up.
+
+    No engine task runs such a swap, so nobody else tells its stream's followers or the
+    dashboards' swap panels; without this they would show it pending until their next
+    push or reload. Called from a synchronous view, after the transition committed.
+    """
+    from dashboard.swaps import swap_panel  # the engine renders; dashboards listen
+
+    try:
+        async_to_sync(publish_swap_event)(record.swap_id, state_message(record))
+        async_to_sync(publish_fragment)(swap_panel(oob=True))
+    except Exception:  # the cancel is done; a failed push must not undo the answer
+        log.warning("swap %s: publishing its cancel failed", record.swap_id, exc_info=True)
 
 
 class SwapJournal:
@@ -108,17 +141,7 @@ class SwapJournal:
             log.warning("swap %s: publishing an event failed", self.swap_id, exc_info=True)
 
     async def publish_state(self, record: store.TransitionRecord) -> None:
-        await self.publish(
-            SwapStateMessage(
-                type="swap.state",
-                swap_id=self.swap_id,
-                state=record.state,
-                at=_iso(record.at),
-                detail=record.detail,
-                error=record.error,
-                final=record.final,
-            )
-        )
+        await self.publish(state_message(record))
 
     async def follow(self, target: ssh.SshTarget, container: str) -> None:
         """Store the container's output as it comes, skipping the lines already stored

@@ -273,19 +273,24 @@ def claim_stale(stale_after: float, exclude: set[int]) -> list[int]:
 
 
 # -- cancel (the API) ------------------------------------------------------------------
-def request_cancel(swap_id: int) -> Swap:
-    """Cancel a swap: at once while pending, else flag it for the engine (within ~1 s)."""
+def request_cancel(swap_id: int) -> TransitionRecord | None:
+    """Cancel a swap: at once while pending, else flag it for the engine (within ~1 s).
+
+    Returns the transition when the swap was pending and is now cancelled (nothing else
+    will announce it), None when the engine was asked to stop it.
+    """
     swap = Swap.objects.filter(pk=swap_id).first()
     if swap is None:
         raise NotFound(f"no swap with id {swap_id}", field="swap_id")
     if swap.state in Swap.FINAL_STATES:
         raise Conflict(f"swap {swap_id} is already {swap.state}", field="swap_id", state=swap.state)
-    if not record_transition(
+    record = record_transition(
         swap_id,
         Swap.CANCELLED,
         from_states=(Swap.PENDING,),
         detail="cancelled before it started",
         cancel_requested=True,
-    ):
+    )
+    if record is None:
         Swap.objects.filter(pk=swap_id, state__in=RUNNING_STATES).update(cancel_requested=True)
-    return Swap.objects.get(pk=swap_id)
+    return record

@@ -6,7 +6,9 @@ import time
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 
+from arbiter.engine.events import DASHBOARD_GROUP, swap_group
 from arbiter.engine.swap_dispatch import SwapDispatcher
 from arbiter.models import Service
 from tests.swaps.conftest import (
@@ -157,6 +159,26 @@ async def test_it_cancels_a_pending_swap_at_once(cluster, aclient):
     assert cancel.status_code == 202
     assert cancel.json()["state"] == "cancelled"
     assert await transitions(swap_id) == ["pending", "cancelled"]
+
+
+async def test_a_pending_swap_cancelled_through_the_api_is_announced(cluster, aclient):
+    """No engine runs a pending swap, so the API itself tells the swap's followers and
+    the dashboards' swap panels that it ended (else they would show it pending)."""
+    response = await start_swap(aclient, "qwen3-small")  # no dispatcher: stays pending
+    swap_id = response.json()["id"]
+    layer = get_channel_layer()
+    panel, follower = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add(DASHBOARD_GROUP, panel)
+    await layer.group_add(swap_group(swap_id), follower)
+
+    assert (await aclient.post(f"/api/swap/{swap_id}/cancel")).status_code == 202
+
+    event = await asyncio.wait_for(layer.receive(follower), 2)
+    assert event["type"] == "swap.state"
+    assert (event["swap_id"], event["state"], event["final"]) == (swap_id, "cancelled", True)
+    html = (await asyncio.wait_for(layer.receive(panel), 2))["html"]
+    assert html.lstrip().startswith('<section id="swap-panel"')
+    assert f'data-swap-id="{swap_id}" data-state="cancelled"' in html
 
 
 async def test_a_second_swap_on_the_same_host_gets_409_with_the_running_swap_s_id(
