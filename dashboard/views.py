@@ -40,7 +40,7 @@ def swap_log_fragment(request: HttpRequest, swap_id: int) -> HttpResponse:
     return HttpResponse(swap_log(swap_id))
 
 
-# -- coordination panels (dashboard/coordination.py) -----------------------------------
+# -- coordination panels (dashboard/coordination/) ---------------------------------------
 
 
 @fragment_login_required

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from coordination import webhooks
+from coordination.models import WebhookEndpoint
 
 
 @dataclass
@@ -106,6 +107,6 @@ class Receiver:
         return list(self.requests)
 
 
-def make_endpoint(url: str, **fields) -> tuple[webhooks.WebhookEndpoint, str]:
+def make_endpoint(url: str, **fields) -> tuple[WebhookEndpoint, str]:
     """An endpoint through the domain function, as the API creates it."""
     return webhooks.create_endpoint(url, **fields)

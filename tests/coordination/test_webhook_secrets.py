@@ -10,6 +10,7 @@ from django.db import connection, transaction
 
 from coordination import secrets_box, webhooks
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
+from coordination.secrets_box import secret_key_bytes
 from tests.coordination.test_webhook_receiver import Receiver, Reply, make_endpoint
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +25,7 @@ def emit(event_type="swap_complete"):
 
 def forms_of(secret: str) -> list[str]:
     """The ways a secret could leak: as given, its base64 part, its key bytes."""
-    key = webhooks.secret_key_bytes(secret)
+    key = secret_key_bytes(secret)
     return [secret, secret.removeprefix("whsec_"), key.hex(), repr(key)]
 
 

@@ -17,7 +17,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from coordination import webhooks
-from coordination.models import WebhookDelivery
+from coordination.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from coordination.secrets_box import secret_key_bytes
 from tests.coordination.test_webhook_receiver import Receiver, make_endpoint
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +87,7 @@ def test_it_verifies_with_standardwebhooks_for_random_payloads(
     receiver, payload, event_type, position
 ):
     WebhookDelivery.objects.all().delete()
-    webhooks.WebhookEndpoint.objects.all().delete()
+    WebhookEndpoint.objects.all().delete()
     _endpoint, secret = make_endpoint(receiver.url)
     event, request = deliver(event_type, payload, receiver)
 
@@ -129,7 +130,7 @@ def test_it_signs_the_id_timestamp_and_body_of_each_attempt(receiver):
     timestamp = int(request.headers["webhook-timestamp"])
     assert abs(timestamp - request.at) < 2
     signed = f"{request.headers['webhook-id']}.{timestamp}.".encode() + request.body
-    key = webhooks.secret_key_bytes(secret)
+    key = secret_key_bytes(secret)
     expected = hmac.new(key, signed, hashlib.sha256).digest()
     assert request.headers["webhook-signature"] == "v1," + base64.b64encode(expected).decode()
 
@@ -174,7 +175,7 @@ def test_it_stops_signing_with_the_previous_secret_once_it_expires(receiver):
     later = timezone.now() + timedelta(hours=1, seconds=1)
     assert webhooks.signing_secrets(endpoint, later) == [new_secret]
 
-    webhooks.WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
         previous_secret_expires_at=timezone.now() - timedelta(seconds=1)
     )
     _event, request = deliver("swap_complete", {"swap": 8}, receiver)
@@ -189,7 +190,7 @@ def test_it_builds_the_body_once_per_event():
         event = webhooks.emit_event(
             "lock.force_released", {"b": 1, "a": {"y": "ž", "x": [1.5, None]}}
         )
-    stored = webhooks.WebhookEvent.objects.get(pk=event.pk)
+    stored = WebhookEvent.objects.get(pk=event.pk)
     body = webhooks.event_body(stored)
     assert body == webhooks.event_body(event)
     assert json.loads(body) == {

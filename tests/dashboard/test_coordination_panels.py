@@ -26,6 +26,11 @@ from coordination.models import (
 )
 from dashboard import coordination
 from dashboard.consumers import full_state
+from dashboard.coordination import pushing
+from dashboard.coordination.labels import format_countdown
+from dashboard.coordination.lock_banner import FORCE_RELEASE_SHOWN_FOR
+from dashboard.coordination.schedule_panel import schedule_context
+from dashboard.coordination.webhook_panel import DELIVERIES_PER_ENDPOINT
 
 FRAGMENTS = ["/fragments/lock", "/fragments/lock/force-release", "/fragments/schedule"]
 FRAGMENTS += ["/fragments/webhooks"]
@@ -168,7 +173,7 @@ class TestLockBanner:
         assert "nightly-eval" in notice and "stuck job" in notice
         assert f"generation {grant.generation} → {grant.generation + 1}" in notice
 
-        LockAudit.objects.update(at=timezone.now() - coordination.FORCE_RELEASE_SHOWN_FOR)
+        LockAudit.objects.update(at=timezone.now() - FORCE_RELEASE_SHOWN_FOR)
         assert " hidden" in opening_tag(coordination.lock_banner(), "lock-banner")
 
     def test_it_shows_a_running_lock_delay(self, alice):
@@ -188,10 +193,10 @@ class TestLockBanner:
         assert '" onmouseover="x' not in html  # not even inside hx-confirm="…"
 
     def test_it_formats_countdowns_like_the_ticker(self):
-        assert coordination.format_countdown(599.2) == "10:00"
-        assert coordination.format_countdown(59.0) == "0:59"
-        assert coordination.format_countdown(3723) == "1:02:03"
-        assert coordination.format_countdown(-3) == "0:00"
+        assert format_countdown(599.2) == "10:00"
+        assert format_countdown(59.0) == "0:59"
+        assert format_countdown(3723) == "1:02:03"
+        assert format_countdown(-3) == "0:00"
 
 
 @pytest.mark.django_db
@@ -200,7 +205,7 @@ class TestSchedulePanel:
         job("riga-eval", "30 9 * * *", "Europe/Riga", name="Riga eval", owner="lab-7")
         # 2024-03-31 is Riga's spring-forward day: 09:30 local moves from 07:30 to 06:30 UTC.
         now = datetime(2024, 3, 30, 5, 0, tzinfo=UTC)
-        context = coordination.schedule_context(now)
+        context = schedule_context(now)
         (view,) = context["jobs"]
         assert [r["utc_label"] for r in view["next_runs"]] == [
             "Sat 2024-03-30 07:30 UTC",
@@ -317,7 +322,7 @@ class TestWebhookPanel:
         hook = endpoint()
         rows = [delivery(hook, WebhookDelivery.DELIVERED, [(200, "", "")]) for _ in range(7)]
         html = coordination.webhook_panel()
-        assert html.count('class="delivery delivery-') == coordination.DELIVERIES_PER_ENDPOINT
+        assert html.count('class="delivery delivery-') == DELIVERIES_PER_ENDPOINT
         assert f'id="delivery-{rows[-1].pk}"' in html and f'id="delivery-{rows[0].pk}"' not in html
         assert "Latest 5 of 7 deliveries" in html
 
@@ -456,8 +461,8 @@ async def test_a_webhook_attempt_logged_in_a_worker_thread_is_pushed():
 
 def test_without_a_connected_socket_nothing_is_rendered_or_pushed(monkeypatch):
     # The in-memory layer's case (with Redis every push goes out, socket or not).
-    monkeypatch.setattr(coordination, "_layer_is_shared", lambda: False)
-    monkeypatch.setattr(coordination, "_socket_loop", None)
+    monkeypatch.setattr(pushing, "_layer_is_shared", lambda: False)
+    monkeypatch.setattr(pushing, "_socket_loop", None)
     rendered: list[bool] = []
-    coordination._push(lambda oob: rendered.append(oob) or "")
+    pushing._push(lambda oob: rendered.append(oob) or "")
     assert rendered == []

@@ -1,59 +1,26 @@
-"""Signed durable webhooks: the outbox, signing, one delivery attempt, the retry schedule.
+"""Delivery: claiming due deliveries, one signed attempt, the retry schedule, redelivery."""
 
-Flow: `emit_event` writes a `WebhookEvent` and one `WebhookDelivery` per endpoint that
-wants it, inside the caller's transaction (the outbox), and asks huey to deliver once
-that transaction commits. Workers (`coordination.tasks`) find due deliveries, claim each
-with a conditional UPDATE, and make one attempt (`attempt_delivery`): every attempt is a
-`DeliveryAttempt` row; the delivery is then delivered, failed or due again later.
+from __future__ import annotations
 
-Signing (Standard Webhooks):
-    webhook-id         the event's id (`msg_…`), the same on every attempt and redelivery
-    webhook-timestamp  unix seconds at the moment of this attempt
-    webhook-signature  `v1,<base64 HMAC-SHA256(key, f"{id}.{timestamp}.{body}")>` for the
-                       current secret and, while a rotation is in progress, also for the
-                       previous one (space-separated); key = the base64-decoded part of
-                       the `whsec_<base64>` secret
-    X-Spark-Signature  `sha256=<hex HMAC-SHA256(key, body)>` for simple receivers, where
-                       key = the UTF-8 bytes of the whole current secret string exactly as
-                       shown, `whsec_` prefix included (GitHub style; current secret only)
-Body: `{"type": …, "timestamp": <event time, ISO 8601 UTC>, "data": <payload>}` as compact
-UTF-8 JSON with the payload's keys sorted, built from the stored row, so every attempt
-and every redelivery sends the same bytes.
-"""
-
-import base64
-import hashlib
-import hmac
-import json
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from arbiter.errors import Conflict, InvalidInput, NotFound
-from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from coordination.secrets_box import (
-    SecretUnreadable,
-    decrypt_secret,
-    encrypt_secret,
-    generate_secret,
-    secret_format_problem,
-    secret_key_bytes,
-)
+from arbiter.errors import Conflict, NotFound
+from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
+from coordination.secrets_box import SecretUnreadable
+from coordination.webhooks.outbox import wake_workers
+from coordination.webhooks.signing import event_body, signature_headers, signing_secrets
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = WebhookEndpoint.EVENT_TYPES
 # Delay before attempt n+1 after attempt n failed (attempt 1 is immediate); then failed.
 RETRY_DELAYS = (
     timedelta(seconds=5),
@@ -66,7 +33,6 @@ RETRY_DELAYS = (
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 MAX_RETRY_AFTER = timedelta(hours=24)
-DEFAULT_PREVIOUS_SECRET_HOURS = 24
 # connect 5 s, then 10 s for each of write and read; EXCERPT_DEADLINE bounds slow bodies.
 HTTP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 EXCERPT_DEADLINE = 5.0
@@ -74,201 +40,6 @@ EXCERPT_CHARS = 500
 # A claim outlives any attempt (timeouts above plus DNS); a crashed worker's claim expires.
 CLAIM_DURATION = timedelta(minutes=2)
 USER_AGENT = "Arbiter-Webhooks/1"
-
-
-# --- endpoints ------------------------------------------------------------------------
-
-
-def clean_url(url: str) -> str:
-    url = url.strip()
-    if not url or len(url) > 1000 or any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise InvalidInput("url: must be an http(s) URL of at most 1000 characters", field="url")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise InvalidInput("url: not a valid URL", field="url") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("url: must be an http:// or https:// URL with a host", field="url")
-    return url
-
-
-def clean_events(events: list[str] | None) -> list[str]:
-    """Known event types, deduplicated in order; an empty list means every event."""
-    cleaned: list[str] = []
-    for event_type in events or []:
-        if event_type not in EVENT_TYPES:
-            raise InvalidInput(
-                f"events: unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}",
-                field="events",
-            )
-        if event_type not in cleaned:
-            cleaned.append(event_type)
-    return cleaned
-
-
-def clean_secret(secret: str | None, field: str = "secret") -> str:
-    """The given secret if well-formed, else a 422; a generated one when none is given."""
-    if secret is None:
-        return generate_secret()
-    problem = secret_format_problem(secret)
-    if problem:
-        raise InvalidInput(f"{field}: {problem}", field=field)
-    return secret
-
-
-def create_endpoint(
-    url: str, *, secret: str | None = None, events: list[str] | None = None, description: str = ""
-) -> tuple[WebhookEndpoint, str]:
-    """A new endpoint and its plaintext secret (the only time it is returned)."""
-    if len(description) > 200:
-        raise InvalidInput("description: at most 200 characters", field="description")
-    plaintext = clean_secret(secret)
-    endpoint = WebhookEndpoint.objects.create(
-        url=clean_url(url),
-        events=clean_events(events),
-        description=description.strip(),
-        secret_encrypted=encrypt_secret(plaintext),
-    )
-    logger.info("webhook endpoint %s created for host %s", endpoint.pk, urlsplit(url).hostname)
-    return endpoint, plaintext
-
-
-def rotate_secret(
-    endpoint: WebhookEndpoint,
-    *,
-    new_secret: str | None = None,
-    previous_valid_hours: float = DEFAULT_PREVIOUS_SECRET_HOURS,
-    now: datetime | None = None,
-) -> str:
-    """Install a new secret; the current one keeps signing for `previous_valid_hours`.
-
-    Only two secrets exist at a time: rotating again during a rotation drops the older.
-    """
-    now = now or timezone.now()
-    plaintext = clean_secret(new_secret)
-    if not 0 <= previous_valid_hours <= 24 * 30:
-        raise InvalidInput(
-            "previous_valid_hours: must be between 0 and 720", field="previous_valid_hours"
-        )
-    keep = previous_valid_hours > 0
-    endpoint.previous_secret_encrypted = endpoint.secret_encrypted if keep else ""
-    endpoint.previous_secret_expires_at = (
-        now + timedelta(hours=previous_valid_hours) if keep else None
-    )
-    endpoint.secret_encrypted = encrypt_secret(plaintext)
-    fields = ["secret_encrypted", "previous_secret_encrypted", "previous_secret_expires_at"]
-    endpoint.save(update_fields=fields)
-    logger.info("webhook endpoint %s: secret rotated", endpoint.pk)
-    return plaintext
-
-
-def signing_secrets(endpoint: WebhookEndpoint, now: datetime | None = None) -> list[str]:
-    """Plaintext secrets to sign with: the current one, then the previous while valid."""
-    now = now or timezone.now()
-    found = [decrypt_secret(endpoint.secret_encrypted)]
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret_encrypted and expires is not None and expires > now:
-        found.append(decrypt_secret(endpoint.previous_secret_encrypted))
-    return found
-
-
-# --- events and signing ---------------------------------------------------------------
-
-
-def new_event_id() -> str:
-    return "msg_" + secrets.token_urlsafe(18)
-
-
-def _sorted_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _sorted_json(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted_json(item) for item in value]
-    return value
-
-
-def _utf8_safe(value: Any) -> Any:
-    """Lone surrogates (e.g. from undecodable log bytes) become U+FFFD: bodies are UTF-8."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {_utf8_safe(key): _utf8_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_utf8_safe(item) for item in value]
-    return value
-
-
-def emit_event(event_type: str, payload: dict[str, Any]) -> WebhookEvent:
-    """Write an event to the outbox; it is delivered after the caller's transaction commits.
-
-    MUST be called inside the transaction that writes the state the event reports (e.g.
-    the swap's final state): a rollback then discards the event and nothing is sent.
-    Delivery never runs in the caller: this costs a few inserts. Dry runs must not call
-    it. `payload` must be JSON-serialisable (datetimes, UUIDs and Decimals are converted).
-    """
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown webhook event type {event_type!r}")
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError(
-            "emit_event must run inside the transaction that writes the state it reports "
-            "(wrap both in transaction.atomic())"
-        )
-    data = _utf8_safe(json.loads(json.dumps(payload, cls=DjangoJSONEncoder, allow_nan=False)))
-    with transaction.atomic():
-        event = WebhookEvent.objects.create(
-            event_id=new_event_id(), event_type=event_type, payload=data
-        )
-        endpoints = [e for e in WebhookEndpoint.objects.filter(enabled=True) if e.wants(event_type)]
-        # Read the payload back as the database normalised it (jsonb rewrites numbers
-        # such as 1e+16): the returned event then serialises exactly as every attempt will.
-        event.refresh_from_db(fields=["payload"])
-        WebhookDelivery.objects.bulk_create(
-            WebhookDelivery(event=event, endpoint=e, next_attempt_at=event.created_at)
-            for e in endpoints
-        )
-    if endpoints:
-        transaction.on_commit(wake_workers, robust=True)
-    return event
-
-
-def wake_workers(delay: float = 0) -> None:
-    """Ask huey to look for due deliveries now (or after `delay` seconds)."""
-    from coordination.tasks import deliver_pending  # the tasks module imports this one
-
-    if delay > 0:
-        deliver_pending.schedule(delay=delay)
-    else:
-        deliver_pending()
-
-
-def event_body(event: WebhookEvent) -> bytes:
-    """The exact bytes POSTed for `event`: the same for every attempt and redelivery."""
-    stamp = event.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    document = {"type": event.event_type, "timestamp": stamp, "data": _sorted_json(event.payload)}
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def signature_headers(
-    event_id: str, body: bytes, secrets_: list[str], *, timestamp: int
-) -> dict[str, str]:
-    """The signing headers for one attempt; `secrets_[0]` is the current secret."""
-    signed = f"{event_id}.{timestamp}.".encode() + body
-    signatures = [
-        "v1,"
-        + base64.b64encode(hmac.new(secret_key_bytes(s), signed, hashlib.sha256).digest()).decode()
-        for s in secrets_
-    ]
-    simple = hmac.new(secrets_[0].encode(), body, hashlib.sha256).hexdigest()
-    return {
-        "webhook-id": event_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": " ".join(signatures),
-        "X-Spark-Signature": f"sha256={simple}",
-    }
-
-
-# --- delivery -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,12 @@
-"""The swap lock: acquire, extend, release, force release, and the gate every swap passes.
+"""The lock's operations: each change of hands one conditional UPDATE (see the package)."""
 
-Each change of hands is ONE conditional UPDATE on the scope's row, judged by its row
-count: the database decides who wins, never a read-then-write in Python. That holds on
-SQLite (IMMEDIATE transactions serialise writers) and on PostgreSQL (an UPDATE waits for
-a concurrent one on the same row, then re-checks its WHERE clause against the new row).
+from __future__ import annotations
 
-Only the server clock counts: a lock is held while `token_hash` is set and `expires_at`
-is in the future. An expired lock is free; its token is stale for ever (a later extend
-gets 412, never a resurrection). The token is returned once, by the grant; only its
-sha256 is stored, and neither is ever logged.
-"""
-
-import hashlib
 import logging
-import math
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any
 
-from django.conf import settings
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.db.transaction import TransactionManagementError
@@ -29,200 +15,34 @@ from django.utils import timezone
 from arbiter.errors import (
     Conflict,
     Forbidden,
-    InvalidInput,
-    Locked,
     PreconditionFailed,
     PreconditionRequired,
 )
 from coordination import webhooks
+from coordination.locks.state import (
+    ForceReleasedPayload,
+    LockGrant,
+    LockState,
+    lock_state,
+    locked_error,
+)
+from coordination.locks.values import (
+    FORCE_RELEASED_EVENT,
+    GLOBAL,
+    PURPOSE_MAX,
+    REASON_MAX,
+    TOKEN_HEADER,
+    checked,
+    clean_holder,
+    clean_lock_delay,
+    clean_text,
+    clean_ttl,
+    hash_token,
+    iso,
+)
 from coordination.models import LockAudit, SwapLock
 
 logger = logging.getLogger(__name__)
-
-GLOBAL = SwapLock.GLOBAL
-TOKEN_HEADER = "X-Swap-Lock-Token"  # noqa: S105 - a header name, not a secret
-HOLDER_MAX = 200
-PURPOSE_MAX = 500
-REASON_MAX = 500
-FORCE_RELEASED_EVENT = "lock.force_released"
-
-# Control characters are refused in names and free text: PostgreSQL cannot store NUL,
-# and the holder is shown in the dashboard and in log lines.
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
-_TEXT_WHITESPACE = {"\t", "\n", "\r"}
-
-
-# --- Values and validation ------------------------------------------------------------
-
-
-def hash_token(token: str) -> str:
-    """sha256 hex of a lock token: the only form stored."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def iso(moment: datetime | None) -> str | None:
-    """A time as the API renders it everywhere (ISO 8601, milliseconds, `Z`)."""
-    return None if moment is None else DjangoJSONEncoder().default(moment)
-
-
-def _seconds_until(moment: datetime, now: datetime) -> int:
-    """Whole seconds until `moment`, rounded up and at least 1 (for `Retry-After`)."""
-    return max(1, math.ceil((moment - now).total_seconds()))
-
-
-def max_ttl() -> int:
-    return int(settings.ARBITER_LOCK_MAX_TTL)
-
-
-def _whole_seconds(value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be an integer number of seconds")
-    if value < minimum:
-        raise ValueError("must be greater than 0" if minimum == 1 else f"must be {minimum} or more")
-    if value > max_ttl():
-        raise ValueError(f"must be at most {max_ttl()} (ARBITER_LOCK_MAX_TTL)")
-    return value
-
-
-def clean_ttl(value: Any) -> int:
-    """A TTL in whole seconds, 1..ARBITER_LOCK_MAX_TTL; raises ValueError otherwise."""
-    return _whole_seconds(value, 1)
-
-
-def clean_lock_delay(value: Any) -> int:
-    """Seconds nobody may acquire after a force release: 0..ARBITER_LOCK_MAX_TTL."""
-    return _whole_seconds(value, 0)
-
-
-def clean_holder(value: Any) -> str:
-    """Who holds the lock: 1-200 characters after trimming, no control characters."""
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be blank")
-    if len(value) > HOLDER_MAX:
-        raise ValueError(f"must be at most {HOLDER_MAX} characters")
-    if any(char in _CONTROL for char in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def clean_text(value: Any, max_length: int) -> str:
-    """Free text (purpose, reason): at most `max_length` characters, no NUL or controls."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    value = value.strip()
-    if len(value) > max_length:
-        raise ValueError(f"must be at most {max_length} characters")
-    if any(char in _CONTROL and char not in _TEXT_WHITESPACE for char in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def _checked(field: str, clean, *args: Any) -> Any:
-    """Run a cleaner; turn its ValueError into the API's 422 naming the field."""
-    try:
-        return clean(*args)
-    except ValueError as exc:
-        message = f"{field}: {exc}"
-        raise InvalidInput(
-            message, field=field, errors=[{"field": field, "message": str(exc)}]
-        ) from None
-
-
-# --- Results --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LockState:
-    """The lock as a reader sees it now (dashboard, /api/status, GET /api/swap/lock)."""
-
-    scope: str
-    held: bool
-    holder: str | None
-    purpose: str | None
-    generation: int
-    acquired_at: datetime | None
-    expires_at: datetime | None
-    seconds_left: int
-    # Set while a force release's lock-delay keeps everybody out.
-    blocked_until: datetime | None
-    # The last release (by its holder or forced), until the next grant.
-    released_at: datetime | None
-    released_by: str
-    release_reason: str
-
-
-@dataclass(frozen=True)
-class LockGrant:
-    """A fresh grant. `token` exists only here: it is shown once and stored hashed."""
-
-    token: str
-    scope: str
-    holder: str
-    purpose: str
-    generation: int
-    acquired_at: datetime
-    expires_at: datetime
-
-
-class ForceReleasedPayload(TypedDict):
-    """The `lock.force_released` webhook event."""
-
-    scope: str
-    old_holder: str
-    old_generation: int
-    new_generation: int
-    actor: str
-    reason: str
-    at: str
-
-
-def _state(row: SwapLock | None, scope: str, now: datetime) -> LockState:
-    if row is None:
-        return LockState(scope, False, None, None, 0, None, None, 0, None, None, "", "")
-    held = row.is_held(now)
-    blocked = row.blocked_until if row.blocked_until and row.blocked_until > now else None
-    return LockState(
-        scope=row.scope,
-        held=held,
-        holder=row.holder if held else None,
-        purpose=row.purpose if held else None,
-        generation=row.generation,
-        acquired_at=row.acquired_at if held else None,
-        expires_at=row.expires_at if held else None,
-        seconds_left=_seconds_until(row.expires_at, now) if held and row.expires_at else 0,
-        blocked_until=blocked,
-        released_at=row.released_at,
-        released_by=row.released_by,
-        release_reason=row.release_reason,
-    )
-
-
-def _locked(row: SwapLock, now: datetime) -> Locked:
-    """The 423 for a held (or lock-delayed) row: holder and expiry, never the token."""
-    if row.is_held(now):
-        assert row.expires_at is not None
-        return Locked(
-            f"the swap lock is held by {row.holder!r} until {iso(row.expires_at)}",
-            holder=row.holder,
-            expires_at=iso(row.expires_at),
-            retry_after=_seconds_until(row.expires_at, now),
-        )
-    assert row.blocked_until is not None
-    return Locked(
-        f"the swap lock was force-released and cannot be acquired before {iso(row.blocked_until)}",
-        holder=None,
-        expires_at=iso(row.blocked_until),
-        retry_after=_seconds_until(row.blocked_until, now),
-        blocked_until=iso(row.blocked_until),
-    )
-
-
-# --- Queries --------------------------------------------------------------------------
 
 
 def _ensure_row(scope: str) -> None:
@@ -264,7 +84,7 @@ def _push_to_dashboards(*, forced: bool = False) -> None:
 
 def current_lock(scope: str = GLOBAL) -> LockState:
     """The lock's state now. Never the token or its hash. Writes nothing."""
-    return _state(SwapLock.objects.filter(scope=scope).first(), scope, timezone.now())
+    return lock_state(SwapLock.objects.filter(scope=scope).first(), scope, timezone.now())
 
 
 def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GLOBAL) -> LockGrant:
@@ -272,9 +92,9 @@ def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GL
 
     Raises Locked (423) when someone holds it or a lock-delay runs.
     """
-    holder = _checked("holder", clean_holder, holder)
-    ttl_seconds = _checked("ttl_seconds", clean_ttl, ttl_seconds)
-    purpose = _checked("purpose", clean_text, purpose, PURPOSE_MAX)
+    holder = checked("holder", clean_holder, holder)
+    ttl_seconds = checked("ttl_seconds", clean_ttl, ttl_seconds)
+    purpose = checked("purpose", clean_text, purpose, PURPOSE_MAX)
     token = secrets.token_urlsafe(32)
     _ensure_row(scope)
     with transaction.atomic():
@@ -296,7 +116,7 @@ def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GL
             row = _row_for_update(scope)
             assert row is not None
             if row.is_held(now) or (row.blocked_until and row.blocked_until > now):
-                raise _locked(row, now)
+                raise locked_error(row, now)
             # PostgreSQL only: the holder released between our UPDATE and the read. We
             # hold the row lock now, so this second UPDATE cannot lose.
             if not _free(scope, now).update(**grant):
@@ -313,16 +133,16 @@ def extend(token: str, ttl_seconds: int, *, scope: str = GLOBAL) -> LockState:
     Raises Locked (423) when another grant holds the lock, PreconditionFailed (412) when
     the lock is free or expired: an expired grant is never brought back.
     """
-    ttl_seconds = _checked("ttl_seconds", clean_ttl, ttl_seconds)
+    ttl_seconds = checked("ttl_seconds", clean_ttl, ttl_seconds)
     with transaction.atomic():
         now = timezone.now()
         expires_at = now + timedelta(seconds=ttl_seconds)
         if _held_with(scope, hash_token(token or ""), now).update(expires_at=expires_at):
             _push_to_dashboards()
-            return _state(SwapLock.objects.get(scope=scope), scope, now)
+            return lock_state(SwapLock.objects.get(scope=scope), scope, now)
         row = _row_for_update(scope)
         if row is not None and row.is_held(now):
-            raise _locked(row, now)
+            raise locked_error(row, now)
     raise PreconditionFailed(
         "this token does not hold the swap lock (it expired, was released or "
         "force-released, or was never issued); acquire the lock again without it",
@@ -336,7 +156,7 @@ def release(token: str | None, *, scope: str = GLOBAL, reason: str = "") -> None
     Raises PreconditionRequired (428) without a token, Conflict (409) when the token is
     not the current grant's (wrong, stale or expired) - and then nothing is changed.
     """
-    reason = _checked("reason", clean_text, reason, REASON_MAX)
+    reason = checked("reason", clean_text, reason, REASON_MAX)
     if not token:
         raise PreconditionRequired(
             f"send the lock token in the {TOKEN_HEADER} header (or force=true as staff)",
@@ -375,8 +195,8 @@ def force_release(
     """
     if not getattr(actor, "is_staff", False) or not hasattr(actor, "get_username"):
         raise Forbidden("force release needs a logged-in staff user")
-    reason = _checked("reason", clean_text, reason, REASON_MAX)
-    lock_delay_seconds = _checked("lock_delay_seconds", clean_lock_delay, lock_delay_seconds)
+    reason = checked("reason", clean_text, reason, REASON_MAX)
+    lock_delay_seconds = checked("lock_delay_seconds", clean_lock_delay, lock_delay_seconds)
     actor_name = actor.get_username()
     with transaction.atomic():
         now = timezone.now()
@@ -451,4 +271,4 @@ def assert_may_swap(token: str | None, *, scope: str = GLOBAL) -> int | None:
         return None
     if token and secrets.compare_digest(hash_token(token), row.token_hash):
         return row.generation
-    raise _locked(row, now)
+    raise locked_error(row, now)

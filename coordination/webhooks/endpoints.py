@@ -1,0 +1,102 @@
+"""Webhook endpoints: validated URL, event filter and secret; secret rotation."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from django.utils import timezone
+
+from arbiter.errors import InvalidInput
+from coordination.models import WebhookEndpoint
+from coordination.secrets_box import encrypt_secret, generate_secret, secret_format_problem
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPES = WebhookEndpoint.EVENT_TYPES
+DEFAULT_PREVIOUS_SECRET_HOURS = 24
+
+
+def clean_url(url: str) -> str:
+    url = url.strip()
+    if not url or len(url) > 1000 or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise InvalidInput("url: must be an http(s) URL of at most 1000 characters", field="url")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise InvalidInput("url: not a valid URL", field="url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("url: must be an http:// or https:// URL with a host", field="url")
+    return url
+
+
+def clean_events(events: list[str] | None) -> list[str]:
+    """Known event types, deduplicated in order; an empty list means every event."""
+    cleaned: list[str] = []
+    for event_type in events or []:
+        if event_type not in EVENT_TYPES:
+            raise InvalidInput(
+                f"events: unknown event type {event_type!r}; known: {', '.join(EVENT_TYPES)}",
+                field="events",
+            )
+        if event_type not in cleaned:
+            cleaned.append(event_type)
+    return cleaned
+
+
+def clean_secret(secret: str | None, field: str = "secret") -> str:
+    """The given secret if well-formed, else a 422; a generated one when none is given."""
+    if secret is None:
+        return generate_secret()
+    problem = secret_format_problem(secret)
+    if problem:
+        raise InvalidInput(f"{field}: {problem}", field=field)
+    return secret
+
+
+def create_endpoint(
+    url: str, *, secret: str | None = None, events: list[str] | None = None, description: str = ""
+) -> tuple[WebhookEndpoint, str]:
+    """A new endpoint and its plaintext secret (the only time it is returned)."""
+    if len(description) > 200:
+        raise InvalidInput("description: at most 200 characters", field="description")
+    plaintext = clean_secret(secret)
+    endpoint = WebhookEndpoint.objects.create(
+        url=clean_url(url),
+        events=clean_events(events),
+        description=description.strip(),
+        secret_encrypted=encrypt_secret(plaintext),
+    )
+    logger.info("webhook endpoint %s created for host %s", endpoint.pk, urlsplit(url).hostname)
+    return endpoint, plaintext
+
+
+def rotate_secret(
+    endpoint: WebhookEndpoint,
+    *,
+    new_secret: str | None = None,
+    previous_valid_hours: float = DEFAULT_PREVIOUS_SECRET_HOURS,
+    now: datetime | None = None,
+) -> str:
+    """Install a new secret; the current one keeps signing for `previous_valid_hours`.
+
+    Only two secrets exist at a time: rotating again during a rotation drops the older.
+    """
+    now = now or timezone.now()
+    plaintext = clean_secret(new_secret)
+    if not 0 <= previous_valid_hours <= 24 * 30:
+        raise InvalidInput(
+            "previous_valid_hours: must be between 0 and 720", field="previous_valid_hours"
+        )
+    keep = previous_valid_hours > 0
+    endpoint.previous_secret_encrypted = endpoint.secret_encrypted if keep else ""
+    endpoint.previous_secret_expires_at = (
+        now + timedelta(hours=previous_valid_hours) if keep else None
+    )
+    endpoint.secret_encrypted = encrypt_secret(plaintext)
+    fields = ["secret_encrypted", "previous_secret_encrypted", "previous_secret_expires_at"]
+    endpoint.save(update_fields=fields)
+    logger.info("webhook endpoint %s: secret rotated", endpoint.pk)
+    return plaintext

@@ -1,0 +1,62 @@
+"""The dashboard's coordination panels: the lock banner, scheduled jobs, webhook deliveries.
+
+Each panel is one fragment with three uses: included by the page, returned by its poll
+view, pushed over the socket. Its root element carries a stable id (`#lock-banner`,
+`#schedule-panel`, `#webhook-panel`).
+
+Pushes go to every dashboard, so a pushed fragment is the same for every viewer. The one
+personal part - the force-release form, staff only - is therefore never pushed: a pushed
+banner carries a slot that fetches it with the viewer's own session (`force_release_slot`).
+
+Coordination code calls the `*_changed` hooks from `transaction.on_commit`; they never
+raise into their caller. `pushing` explains how a push from a worker thread reaches
+the sockets.
+
+Modules: `lock_banner`, `schedule_panel`, `webhook_panel` (each panel's view and
+fragment), `labels` (times), `pushing` (the `*_changed` hooks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboard.coordination.lock_banner import force_release_slot, lock_banner, lock_banner_view
+from dashboard.coordination.pushing import (
+    lock_changed,
+    lock_force_released,
+    remember_socket_loop,
+    schedules_changed,
+    webhooks_changed,
+)
+from dashboard.coordination.schedule_panel import schedule_context, schedule_panel
+from dashboard.coordination.webhook_panel import webhook_context, webhook_panel
+
+__all__ = [
+    "coordination_panels",
+    "force_release_slot",
+    "lock_banner",
+    "lock_changed",
+    "lock_force_released",
+    "page_context",
+    "schedule_panel",
+    "schedules_changed",
+    "webhook_panel",
+    "webhooks_changed",
+]
+
+
+def page_context(user: Any) -> dict[str, Any]:
+    """What dashboard/index.html needs to include the three panels for `user`."""
+    return {
+        "lock": lock_banner_view(),
+        "can_force_release": bool(getattr(user, "is_staff", False)),
+        "personal": True,
+        **schedule_context(),
+        **webhook_context(),
+    }
+
+
+def coordination_panels(*, oob: bool = False) -> str:
+    """All three, for the socket's full state on (re)connect (never personal)."""
+    remember_socket_loop()
+    return lock_banner(oob=oob) + schedule_panel(oob=oob) + webhook_panel(oob=oob)
