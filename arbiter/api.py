@@ -7,6 +7,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 
 from arbiter.auth import api_auth
 from arbiter.errors import ArbiterError
+from arbiter.inventory_api import router as inventory_router
 from arbiter.keys_api import router as keys_router
 from arbiter.status_api import router as status_router
 from arbiter.swaps_api import router as swaps_router
@@ -91,6 +92,7 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 api.add_router("/", status_router)
 api.add_router("/", keys_router)
+api.add_router("/", inventory_router)
 api.add_router("/", catalog_router)
 # The lock router comes before the swap router: /swap/lock is not a swap id.
 api.add_router("/", lock_router)

@@ -31,6 +31,8 @@ class Host(models.Model):
     simulated = models.BooleanField(default=False)
     # Present in the current inventory file; hosts dropped from it are kept for history.
     in_inventory = models.BooleanField(default=True)
+    # Fields edited in Arbiter, each with the file's value: a reload keeps the edit.
+    inventory_overrides = models.JSONField(default=dict, blank=True)
 
     # Live state written by the sampler.
     last_sample_at = models.DateTimeField(null=True, blank=True)
@@ -81,6 +83,8 @@ class Service(models.Model):
     unload_route = models.CharField(max_length=255, blank=True)
     disabled = models.BooleanField(default=False)
     in_inventory = models.BooleanField(default=True)
+    # Fields edited in Arbiter, each with the file's value: a reload keeps the edit.
+    inventory_overrides = models.JSONField(default=dict, blank=True)
 
     # Live state written by the health prober.
     health = models.CharField(max_length=8, default="unknown")  # up / down / unknown

@@ -18,9 +18,13 @@ def host_view(host: Host) -> dict:
 
 
 def services_context() -> dict:
-    """Enabled services only: a disabled service has no tile."""
-    services = Service.objects.filter(in_inventory=True, disabled=False).select_related("host")
-    return {"services": [service_status(s) for s in services]}
+    """Tiles for enabled services; a disabled service has no tile, only its name in the
+    list below them (with the button that enables it again)."""
+    services = Service.objects.filter(in_inventory=True).select_related("host")
+    return {
+        "services": [service_status(s) for s in services if not s.disabled],
+        "disabled_services": [s.name for s in services if s.disabled],
+    }
 
 
 def page_context() -> dict:

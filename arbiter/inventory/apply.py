@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 
 from .config import HostConfig, Inventory, ServiceConfig
+from .edits import keep_edits
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,27 @@ def apply_inventory(inventory: Inventory) -> ApplyResult:
 
     counts = {"hosts_created": 0, "hosts_updated": 0, "services_created": 0, "services_updated": 0}
     with transaction.atomic():
+        # Fields edited in Arbiter keep their edit (see arbiter.inventory.edits).
+        host_edits = dict(Host.objects.values_list("name", "inventory_overrides"))
+        service_edits = dict(Service.objects.values_list("name", "inventory_overrides"))
         hosts_by_name = {}
         for host_config in inventory.hosts:
             host, created = Host.objects.update_or_create(
-                name=host_config.name, defaults=_host_fields(host_config, inventory.simulated)
+                name=host_config.name,
+                defaults=keep_edits(
+                    _host_fields(host_config, inventory.simulated),
+                    host_edits.get(host_config.name) or {},
+                ),
             )
             hosts_by_name[host.name] = host
             counts["hosts_created" if created else "hosts_updated"] += 1
         for service_config in inventory.services:
             _, created = Service.objects.update_or_create(
                 name=service_config.name,
-                defaults=_service_fields(service_config, hosts_by_name[service_config.host]),
+                defaults=keep_edits(
+                    _service_fields(service_config, hosts_by_name[service_config.host]),
+                    service_edits.get(service_config.name) or {},
+                ),
             )
             counts["services_created" if created else "services_updated"] += 1
         hosts_retired = (

@@ -134,3 +134,38 @@
     });
   });
 })();
+
+// Service Disable / Enable buttons: PATCH /api/services/{name} takes JSON (htmx's
+// json-enc is not vendored). On success the panel is fetched again at once (the API also
+// pushes it to every dashboard); a failure's message goes into #services-error.
+(function () {
+  function csrfToken() {
+    try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; }
+    catch (e) { return ""; }
+  }
+  document.addEventListener("click", async function (event) {
+    const button = event.target.closest("button[data-edit-url]");
+    if (!button) return;
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
+    const output = document.getElementById("services-error");
+    button.disabled = true;
+    let message = "";
+    try {
+      const response = await fetch(button.dataset.editUrl, {
+        method: "PATCH",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+        body: button.dataset.edit,
+      });
+      if (!response.ok) {
+        message = "failed: HTTP " + response.status;
+        try { message = (await response.json()).error.message || message; } catch (e) { /* keep it */ }
+      }
+    } catch (e) {
+      message = "failed: no response";
+    }
+    if (output) output.textContent = message;
+    button.disabled = false;
+    const panel = document.getElementById("services-panel");
+    if (!message && panel) htmx.ajax("GET", panel.getAttribute("hx-get"), { target: "#services-panel", swap: "outerHTML" });
+  });
+})();
