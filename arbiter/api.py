@@ -1,12 +1,16 @@
 """The one NinjaAPI at /api: routers per app, domain errors mapped to one JSON shape."""
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
+from arbiter.audit_api import router as audit_router
 from arbiter.auth import api_auth
-from arbiter.errors import ArbiterError
+from arbiter.body_limit import api_limit
+from arbiter.errors import ArbiterError, PayloadTooLarge
+from arbiter.host_checks_api import router as host_checks_router
 from arbiter.inventory_api import router as inventory_router
 from arbiter.keys_api import router as keys_router
 from arbiter.status_api import router as status_router
@@ -47,6 +51,14 @@ def _field_name(location: list) -> str:
     if len(parts) > 1 and parts[0] in ("payload", "data", "body"):
         parts = parts[1:]
     return ".".join(parts) or "body"
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_request_data_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    # Django raises this on `request.body` past DATA_UPLOAD_MAX_MEMORY_SIZE; unhandled it
+    # becomes Django's HTML 400. (Served through arbiter.asgi, arbiter.body_limit answers
+    # such a body before Django reads it; this covers every other way in.)
+    return on_arbiter_error(request, PayloadTooLarge(api_limit()))
 
 
 @api.exception_handler(NinjaValidationError)
@@ -92,7 +104,9 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 api.add_router("/", status_router)
 api.add_router("/", keys_router)
+api.add_router("/", audit_router)
 api.add_router("/", inventory_router)
+api.add_router("/", host_checks_router)
 api.add_router("/", catalog_router)
 # The lock router comes before the swap router: /swap/lock is not a swap id.
 api.add_router("/", lock_router)

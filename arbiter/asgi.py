@@ -14,13 +14,15 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from arbiter.body_limit import with_body_limit  # noqa: E402
 from arbiter.broker.asgi import with_broker  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # /v1 and /audio (the broker) skip the browser middleware; see arbiter.broker.asgi.
-        "http": with_broker(django_asgi_app),
+        # Bodies over the limit are answered 413 before Django reads (and spools) them.
+        "http": with_body_limit(with_broker(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

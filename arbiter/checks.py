@@ -1,7 +1,9 @@
 """System checks with stable ids."""
 
+import ipaddress
+
 from django.conf import settings
-from django.core.checks import Warning, register
+from django.core.checks import Error, Warning, register
 
 
 @register()
@@ -19,3 +21,21 @@ def check_channel_layer_processes(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_webhook_allow_networks(app_configs, **kwargs):
+    """arbiter.E002: ARBITER_WEBHOOK_ALLOW_NETWORKS must be CIDR networks."""
+    errors = []
+    for text in settings.ARBITER_WEBHOOK_ALLOW_NETWORKS:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"ARBITER_WEBHOOK_ALLOW_NETWORKS: {text!r} is not a CIDR network.",
+                    hint="Use comma-separated networks such as 10.0.5.0/24,fd00::/8.",
+                    id="arbiter.E002",
+                )
+            )
+    return errors

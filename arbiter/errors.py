@@ -41,6 +41,20 @@ class Conflict(ArbiterError):
     error_type = "conflict"
 
 
+class PayloadTooLarge(ArbiterError):
+    """A request body over the limit (DATA_UPLOAD_MAX_MEMORY_SIZE for the API)."""
+
+    status = 413
+    error_type = "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"body: the request body is larger than the limit of {limit} bytes",
+            field="body",
+            limit_bytes=limit,
+        )
+
+
 class Forbidden(ArbiterError):
     """Authenticated, but not allowed to do this (e.g. an API key where a person must act)."""
 

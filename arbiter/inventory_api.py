@@ -1,8 +1,11 @@
-"""Editing the inventory in Arbiter: a host's VRAM budget, a service's use and residency.
+"""Editing the inventory in Arbiter: a host's VRAM budget and interconnect, a service's
+use, residency and adopted containers.
 
 `PATCH` changes only the fields sent; `DELETE .../edits` puts the cluster file's values
-back. Edits survive restarts (see `arbiter.inventory.edits`); the answer lists, under
-`edited`, every edited field with the file's value for it.
+back. Enabling or disabling a service (either way) is a GPU change: while someone holds
+the swap lock only its holder, sending `X-Swap-Lock-Token`, may (423 otherwise). Edits
+survive restarts (see `arbiter.inventory.edits`); the answer lists, under `edited`, every
+edited field with the file's value for it.
 """
 
 from __future__ import annotations
@@ -11,14 +14,20 @@ import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.db import transaction
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
-from pydantic import ConfigDict, StrictBool, StrictInt
+from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr
 
+from arbiter import audit
 from arbiter.engine.events import publish_fragment
 from arbiter.errors import InvalidInput
+from arbiter.inventory.adoption import check_adoptions, clean_adopt_list
 from arbiter.inventory.edits import HOST_EDITABLE, SERVICE_EDITABLE, edit_row, reset_edits
+from arbiter.inventory.interconnect import check_interconnect, clean_interconnect
 from arbiter.models import Host, Service
+from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
+from coordination.locks import assert_may_change_gpu
 
 log = logging.getLogger(__name__)
 router = Router(tags=["inventory"])
@@ -32,6 +41,13 @@ class HostEditIn(Schema):
 
     vram_budget_mib: StrictInt | None = Field(None, ge=1, le=MAX_MIB)
     vram_margin_mib: StrictInt = Field(0, ge=0, le=MAX_MIB)
+    # Checked in arbiter.inventory.interconnect (422 naming the field); null or "" clears.
+    cluster_address: StrictStr | None = Field(
+        None, description="This host's address on the multi-node interconnect"
+    )
+    cluster_interface: StrictStr | None = Field(
+        None, description="The Linux interface of that address, e.g. enp1s0f1np1"
+    )
 
 
 class ServiceEditIn(Schema):
@@ -39,12 +55,16 @@ class ServiceEditIn(Schema):
 
     disabled: StrictBool = False
     vram_resident_mib: StrictInt = Field(0, ge=0, le=MAX_MIB)
+    # Checked item by item in arbiter.inventory.adoption (422 naming adopt_containers).
+    adopt_containers: Any = Field(default_factory=list)
 
 
 class HostEditOut(Schema):
     name: str
     vram_budget_mib: int | None
     vram_margin_mib: int
+    cluster_address: str
+    cluster_interface: str
     edited: dict[str, Any]  # field -> the cluster file's value
 
 
@@ -53,6 +73,7 @@ class ServiceEditOut(Schema):
     host: str
     disabled: bool
     vram_resident_mib: int
+    adopt_containers: list[str]
     edited: dict[str, Any]
 
 
@@ -66,11 +87,18 @@ def _changes(payload: Schema, editable: tuple[str, ...]) -> dict[str, Any]:
     return changes
 
 
+def _fields(row: Host | Service, names: Any) -> dict[str, Any]:
+    """The row's values of the named fields (the audit trail's before and after)."""
+    return {name: getattr(row, name) for name in names}
+
+
 def _host_out(host: Host) -> dict[str, Any]:
     return {
         "name": host.name,
         "vram_budget_mib": host.vram_budget_mib,
         "vram_margin_mib": host.vram_margin_mib,
+        "cluster_address": host.cluster_address,
+        "cluster_interface": host.cluster_interface,
         "edited": host.inventory_overrides,
     }
 
@@ -81,6 +109,7 @@ def _service_out(service: Service) -> dict[str, Any]:
         "host": service.host.name,
         "disabled": service.disabled,
         "vram_resident_mib": service.vram_resident_mib,
+        "adopt_containers": list(service.adopt_containers or []),
         "edited": service.inventory_overrides,
     }
 
@@ -98,7 +127,16 @@ def _push_services_panel() -> None:
 
 @router.patch("/hosts/{name}", response=HostEditOut, url_name="host_edit", summary="Edit a host")
 def edit_host(request: HttpRequest, name: str, payload: HostEditIn):
-    host = edit_row(Host, name, _changes(payload, HOST_EDITABLE), "host")
+    changes = clean_interconnect(_changes(payload, HOST_EDITABLE))
+    before: dict[str, Any] = {}
+
+    def check(row: Host) -> None:
+        before.update(_fields(row, changes))
+        check_interconnect(row, changes)
+
+    with transaction.atomic():  # the edit and its audit row commit together
+        host = edit_row(Host, name, changes, "host", check=check)
+        audit.record(request, "host.update", "host", host.name, before=before, after=changes)
     log.info("host %s edited: %s", host.name, sorted(host.inventory_overrides))
     return _host_out(host)
 
@@ -110,14 +148,51 @@ def edit_host(request: HttpRequest, name: str, payload: HostEditIn):
     summary="Put the cluster file's values back on a host",
 )
 def reset_host(request: HttpRequest, name: str):
-    return _host_out(reset_edits(Host, name, "host"))
+    before: dict[str, Any] = {}
+
+    def check(row: Host) -> None:
+        before.update(_fields(row, row.inventory_overrides))
+        check_interconnect(row, dict(row.inventory_overrides))  # the file's values
+
+    with transaction.atomic():
+        host = reset_edits(Host, name, "host", check=check)
+        audit.record(
+            request,
+            "host.edits_reset",
+            "host",
+            host.name,
+            before=before,
+            after=_fields(host, before),
+        )
+    return _host_out(host)
 
 
 @router.patch(
     "/services/{name}", response=ServiceEditOut, url_name="service_edit", summary="Edit a service"
 )
 def edit_service(request: HttpRequest, name: str, payload: ServiceEditIn):
-    service = edit_row(Service, name, _changes(payload, SERVICE_EDITABLE), "service")
+    changes = _changes(payload, SERVICE_EDITABLE)
+    adopt: list[str] | None = None
+    if "adopt_containers" in changes:
+        adopt = changes["adopt_containers"] = clean_adopt_list(changes["adopt_containers"])
+    token = request.headers.get(LOCK_TOKEN_HEADER) or None
+
+    before: dict[str, Any] = {}
+
+    def check(row: Service) -> None:
+        before.update(_fields(row, changes))
+        # Disabling or enabling a service changes what the GPU serves: while the lock
+        # is held only its holder may (423, nothing written). Checked on the locked row.
+        if "disabled" in changes and changes["disabled"] != row.disabled:
+            assert_may_change_gpu(token)
+        if adopt is not None:
+            check_adoptions(row, adopt)
+
+    with transaction.atomic():
+        service = edit_row(Service, name, changes, "service", check=check)
+        audit.record(
+            request, "service.update", "service", service.name, before=before, after=changes
+        )
     log.info("service %s edited: %s", service.name, sorted(service.inventory_overrides))
     _push_services_panel()
     return _service_out(service)
@@ -130,6 +205,26 @@ def edit_service(request: HttpRequest, name: str, payload: ServiceEditIn):
     summary="Put the cluster file's values back on a service",
 )
 def reset_service(request: HttpRequest, name: str):
-    service = reset_edits(Service, name, "service")
+    token = request.headers.get(LOCK_TOKEN_HEADER) or None
+
+    before: dict[str, Any] = {}
+
+    def check(row: Service) -> None:
+        before.update(_fields(row, row.inventory_overrides))
+        # Putting the file's `disabled` back enables or disables the service: gated.
+        file_disabled = row.inventory_overrides.get("disabled", row.disabled)
+        if file_disabled != row.disabled:
+            assert_may_change_gpu(token)
+
+    with transaction.atomic():
+        service = reset_edits(Service, name, "service", check=check)
+        audit.record(
+            request,
+            "service.edits_reset",
+            "service",
+            service.name,
+            before=before,
+            after=_fields(service, before),
+        )
     _push_services_panel()
     return _service_out(service)

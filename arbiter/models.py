@@ -2,6 +2,7 @@
 
 import hashlib
 import secrets
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -41,6 +42,22 @@ class Host(models.Model):
     last_error = models.TextField(blank=True)
     mem_total_mib = models.PositiveIntegerField(null=True, blank=True)
     mem_available_mib = models.PositiveIntegerField(null=True, blank=True)
+    # nvidia-smi's own message while SSH works but the driver does not (NVML mismatch,
+    # no devices): a driver problem, not a stale or offline host.
+    driver_error = models.TextField(blank=True)
+    # The hub cache on the host, the folder holding `models--org--name` ("": the setting
+    # ARBITER_HF_CACHE_DIR, else the SSH user's ~/.cache/huggingface/hub; engine.host_paths)
+    # and that user's home directory as the host reported it (docker needs absolute paths).
+    hf_cache_dir = models.CharField(max_length=1024, blank=True)
+    home_dir = models.CharField(max_length=1024, blank=True)
+    # Concurrent SSH channels per connection, below OpenSSH's MaxSessions (default 10).
+    max_ssh_sessions = models.PositiveSmallIntegerField(default=8)
+    # The interconnect a multi-node launch talks over (the QSFP link between two Sparks):
+    # this host's address on it (VLLM_HOST_IP, the head's --master-addr) and its network
+    # interface (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME, UCX_NET_DEVICES). Blank: the host
+    # cannot take part in a multi-node model.
+    cluster_address = models.CharField(max_length=255, blank=True)
+    cluster_interface = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -50,7 +67,8 @@ class Host(models.Model):
 
     @property
     def state(self) -> str:
-        """live / stale / offline / unknown, from consecutive missed samples."""
+        """live / stale / offline / unknown from consecutive missed samples; driver_error
+        while SSH answers but nvidia-smi fails (its message in `driver_error`)."""
         if self.last_sample_at is None and self.missed_samples == 0:
             return "unknown"
         if self.missed_samples >= settings.ARBITER_OFFLINE_AFTER_MISSES:
@@ -59,6 +77,8 @@ class Host(models.Model):
             return "stale"
         if self.last_sample_at is None:
             return "unknown"
+        if self.driver_error:
+            return "driver_error"
         return "live"
 
 
@@ -81,6 +101,14 @@ class Service(models.Model):
     can_coexist_with = models.JSONField(default=list)
     load_route = models.CharField(max_length=255, blank=True)
     unload_route = models.CharField(max_length=255, blank=True)
+    # How the routes are called: vLLM's /sleep and /wake_up take a bare POST; Ollama
+    # unloads with POST /api/generate {"model": ..., "keep_alive": 0}.
+    load_method = models.CharField(max_length=8, default="POST")
+    load_body = models.JSONField(null=True, blank=True)
+    unload_method = models.CharField(max_length=8, default="POST")
+    unload_body = models.JSONField(null=True, blank=True)
+    # Containers Arbiter did not start but may stop for this service (scripts' vllm_node).
+    adopt_containers = models.JSONField(default=list, blank=True)
     disabled = models.BooleanField(default=False)
     in_inventory = models.BooleanField(default=True)
     # Fields edited in Arbiter, each with the file's value: a reload keeps the edit.
@@ -137,11 +165,31 @@ def _hash_key(raw_key: str) -> str:
 
 
 class ApiKeyQuerySet(models.QuerySet):
-    def create_key(self, name: str, user=None) -> tuple["ApiKey", str]:
+    def create_key(
+        self,
+        name: str,
+        user=None,
+        *,
+        role: str = "operator",
+        allowed_models: list[str] | None = None,
+        expires_at: "datetime | None" = None,
+        requests_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
+    ) -> tuple["ApiKey", str]:
         """Create a key; the raw key is returned here once and never stored."""
         prefix = secrets.token_hex(4)
         raw_key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-        key = self.create(name=name, prefix=prefix, key_hash=_hash_key(raw_key), user=user)
+        key = self.create(
+            name=name,
+            prefix=prefix,
+            key_hash=_hash_key(raw_key),
+            user=user,
+            role=role,
+            allowed_models=list(allowed_models or []),
+            expires_at=expires_at,
+            requests_per_minute=requests_per_minute,
+            tokens_per_day=tokens_per_day,
+        )
         return key, raw_key
 
     def verify(self, raw_key: str) -> "ApiKey | None":
@@ -150,6 +198,8 @@ class ApiKeyQuerySet(models.QuerySet):
         prefix = raw_key[len(API_KEY_PREFIX) :].split("_", 1)[0]
         candidate = self.filter(prefix=prefix, revoked_at__isnull=True).first()
         if candidate is None or not secrets.compare_digest(candidate.key_hash, _hash_key(raw_key)):
+            return None
+        if candidate.is_expired():
             return None
         return candidate
 
@@ -166,11 +216,44 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # What the key may do (arbiter.roles): inference (the broker and read-only status),
+    # operator (swaps, lock, catalog, schedules, downloads), admin (inventory, keys,
+    # webhooks, force release).
+    ROLE_INFERENCE = "inference"
+    ROLE_OPERATOR = "operator"
+    ROLE_ADMIN = "admin"
+    ROLE_CHOICES = [(r, r) for r in (ROLE_INFERENCE, ROLE_OPERATOR, ROLE_ADMIN)]
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES, default=ROLE_OPERATOR)
+    # The models (catalog keys or served names) an inference key may use; [] = all.
+    allowed_models = models.JSONField(default=list, blank=True)
+    # After this the key no longer authenticates (null: never expires).
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Quotas for what the key sends through the broker (null: no limit). Past either,
+    # the broker answers 429 naming the limit; counted in KeyUsage, shared by every
+    # broker process.
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
 
     objects = ApiKeyQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.name} ({API_KEY_PREFIX}{self.prefix}_…)"
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    # `last_used_at` is written at most once a minute per key: a write per API call would
+    # grow the database's write load with traffic, for a value shown to the minute.
+    LAST_USED_EVERY = timedelta(seconds=60)
+
+    def touch(self, now: datetime | None = None) -> bool:
+        """Record a use unless one was recorded within LAST_USED_EVERY; True if written."""
+        now = now or timezone.now()
+        if self.last_used_at is not None and now - self.last_used_at < self.LAST_USED_EVERY:
+            return False
+        ApiKey.objects.filter(pk=self.pk).update(last_used_at=now)
+        self.last_used_at = now
+        return True
 
     @property
     def visible_prefix(self) -> str:
@@ -210,6 +293,11 @@ class Swap(models.Model):
     lock_generation = models.BigIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     launch_argv = models.JSONField(default=list, blank=True)
+    # The launch phase now (pull / weights / load, "" outside the launch), since when,
+    # and how long each phase took (the ETA of later swaps of the same model and host).
+    phase = models.CharField(max_length=16, blank=True)
+    phase_started_at = models.DateTimeField(null=True, blank=True)
+    phase_durations = models.JSONField(default=dict, blank=True)
     checks = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -238,6 +326,33 @@ class Swap(models.Model):
         return self.state in self.ACTIVE_STATES
 
 
+class SwapHost(models.Model):
+    """A host a swap works on: the head (node rank 0) and, for a multi-node model, workers.
+
+    While the swap is active its rows are `active`, and the database allows one active row
+    per host: no two swaps can touch the same host at once, whichever host they name.
+    """
+
+    swap = models.ForeignKey(Swap, on_delete=models.CASCADE, related_name="swap_hosts")
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="swap_hosts")
+    node_rank = models.PositiveSmallIntegerField(default=0)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["swap", "node_rank"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["host"],
+                condition=models.Q(active=True),
+                name="one_active_swap_per_host_node",
+            ),
+            models.UniqueConstraint(fields=["swap", "host"], name="swap_host_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"swap {self.swap_id} on {self.host_id} (rank {self.node_rank})"
+
+
 class SwapTransition(models.Model):
     """A state a swap entered, and when."""
 
@@ -263,6 +378,9 @@ class SwapLogLine(models.Model):
     at = models.DateTimeField(default=timezone.now)
     stream = models.CharField(max_length=8, choices=STREAM_CHOICES, default="stdout")
     text = models.TextField()
+    # The host whose container printed the line, in a multi-node swap ("" otherwise):
+    # a re-attach counts each node's lines apart (see arbiter.engine.swap_log).
+    node = models.CharField(max_length=63, blank=True)
 
     class Meta:
         ordering = ["swap", "seq"]
@@ -272,3 +390,63 @@ class SwapLogLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.swap_id}#{self.seq}"
+
+
+class KeyUsage(models.Model):
+    """What one API key sent through the broker in one period: a minute or a UTC day."""
+
+    MINUTE = "minute"
+    DAY = "day"
+    PERIOD_CHOICES = [(MINUTE, MINUTE), (DAY, DAY)]
+
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="usage")
+    period = models.CharField(max_length=8, choices=PERIOD_CHOICES)
+    starts_at = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key", "period", "starts_at"], name="key_usage_one_row_per_period"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} {self.period} {self.starts_at:%Y-%m-%d %H:%M}"
+
+
+class AuditEvent(models.Model):
+    """One state change: who did it (a person, a key, or the engine on their behalf),
+    what changed, on which object, the values before and after, and from where."""
+
+    PERSON = "person"
+    KEY = "key"
+    ENGINE = "engine"
+    ACTOR_KINDS = [(k, k) for k in (PERSON, KEY, ENGINE)]
+
+    at = models.DateTimeField(default=timezone.now)
+    actor_kind = models.CharField(max_length=8, choices=ACTOR_KINDS)
+    actor_name = models.CharField(max_length=150)  # username, key name, or "engine"
+    actor_role = models.CharField(max_length=16, blank=True)  # arbiter.roles level name
+    # What the engine did this for, when it acted on someone's behalf (e.g. a broker
+    # load for key "app1"): "" when the actor acted itself.
+    on_behalf_of = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64)  # "swap.start", "lock.acquire", ...
+    object_type = models.CharField(max_length=32)  # "swap", "lock", "catalog_model", ...
+    object_id = models.CharField(max_length=200, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [
+            models.Index(fields=["at"], name="audit_at"),
+            models.Index(fields=["action", "at"], name="audit_action_at"),
+            models.Index(fields=["object_type", "object_id"], name="audit_object"),
+            models.Index(fields=["actor_name", "at"], name="audit_actor_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.object_id}"

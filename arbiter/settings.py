@@ -39,7 +39,32 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 # All state of one instance lives here, so two instances can run side by side.
 DATA_DIR = Path(env("ARBITER_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# The data dir holds the secret key, the database (API key hashes, sessions, encrypted
+# webhook secrets) and logs: the serving user's alone. mkdir's mode only applies to a
+# directory it creates, so an existing one of ours is tightened as well.
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if DATA_DIR.stat().st_uid == os.geteuid() and DATA_DIR.stat().st_mode & 0o077:
+    DATA_DIR.chmod(0o700)
+
+
+def private_file(path: Path) -> Path:
+    """`path`, created empty with mode 0600 if missing, else tightened to 0600 if ours.
+
+    SQLite creates a database with mode 0644 (less the umask) and gives its -wal, -shm
+    and -journal files the database file's own mode (sqlite's os_unix.c,
+    findCreateFileMode), so a database created here 0600 keeps its side files 0600.
+    An empty file is a valid new SQLite database.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists() and side.stat().st_uid == os.geteuid() and side.stat().st_mode & 0o077:
+            side.chmod(0o600)
+    return path
 
 
 def _persistent_secret_key() -> str:
@@ -82,6 +107,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Who may call each Django view (arbiter.route_policy); the API checks in arbiter.auth.
+    "arbiter.route_policy.RoutePolicyMiddleware",
 ]
 
 ROOT_URLCONF = "arbiter.urls"
@@ -98,6 +125,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.roles.roles",
             ],
         },
     },
@@ -107,12 +135,20 @@ DATABASE_URL = env("DATABASE_URL")
 if DATABASE_URL:
     import dj_database_url
 
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # No persistent connections: under ASGI each request runs in one of daphne's worker
+    # threads and a persistent connection stays open per thread, so 64 clients racing
+    # for the swap lock held up to 99 connections and got 500 "too many clients" from
+    # PostgreSQL's default max_connections of 100 (Django's docs advise against
+    # persistent connections under ASGI). Measured against psycopg's pool (Django's
+    # `pool` option, max 20) in the same 64-client race: both clean and equally fast;
+    # without persistence at most 3 connections were open, the pool held 20, and it
+    # needs no extra dependency (docs/DEPLOY.md; tests/ship/test_pg_lock_race.py).
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "arbiter.sqlite3",
+            "NAME": private_file(DATA_DIR / "arbiter.sqlite3"),
             "OPTIONS": {
                 # WAL lets the dashboard read while the engine writes; IMMEDIATE takes
                 # the write lock at BEGIN so conditional updates (the swap lock) never
@@ -147,7 +183,7 @@ else:
     HUEY = {
         "huey_class": "huey.SqliteHuey",
         "name": "arbiter",
-        "filename": str(DATA_DIR / "huey.sqlite3"),
+        "filename": str(private_file(DATA_DIR / "huey.sqlite3")),
         "immediate": False,
     }
 
@@ -206,6 +242,11 @@ ARBITER_CONFIG = env("ARBITER_CONFIG")
 # Let anonymous visitors read GET API routes (status, endpoints). Off by default.
 ARBITER_ANONYMOUS_READS = env_bool("ARBITER_ANONYMOUS_READS", False)
 # Engine timing.
+# A swap's stored log (arbiter.engine.swap_log): a line is cut at LINE_CHARS; past
+# MAX_LINES container lines per swap the rest are counted, and the last TAIL_LINES kept.
+ARBITER_SWAP_LOG_LINE_CHARS = env_int("ARBITER_SWAP_LOG_LINE_CHARS", 4096)
+ARBITER_SWAP_LOG_MAX_LINES = env_int("ARBITER_SWAP_LOG_MAX_LINES", 20000)
+ARBITER_SWAP_LOG_TAIL_LINES = env_int("ARBITER_SWAP_LOG_TAIL_LINES", 500)
 ARBITER_SAMPLE_INTERVAL = env_float("ARBITER_SAMPLE_INTERVAL", 2.0)
 ARBITER_STALE_AFTER_MISSES = env_int("ARBITER_STALE_AFTER_MISSES", 2)
 ARBITER_OFFLINE_AFTER_MISSES = env_int("ARBITER_OFFLINE_AFTER_MISSES", 5)
@@ -220,23 +261,68 @@ ARBITER_CATALOG = env("ARBITER_CATALOG")
 ARBITER_MODEL_ROOTS = env_list("ARBITER_MODEL_ROOTS", "/models")
 # Hub token for gated models: reaches the container by environment, never a command line.
 ARBITER_HF_TOKEN = env("ARBITER_HF_TOKEN")
-# Seconds a launched container may take to serve its model before the swap fails.
+# Seconds a launched container may take to serve its model before the swap fails
+# (the load phase: counted from the container start, after any pull or download).
 ARBITER_SWAP_HEALTH_TIMEOUT = env_float("ARBITER_SWAP_HEALTH_TIMEOUT", 900.0)
+# Seconds a swap's image pull may take (first pulls of vLLM images are 10+ GB).
+ARBITER_SWAP_PULL_TIMEOUT = env_float("ARBITER_SWAP_PULL_TIMEOUT", 3600.0)
+# Seconds a swap's download of hub weights not yet on the host may take.
+ARBITER_SWAP_DOWNLOAD_TIMEOUT = env_float("ARBITER_SWAP_DOWNLOAD_TIMEOUT", 7200.0)
 # Seconds to wait for GPU memory to be freed after stopping the previous container.
 ARBITER_SWAP_MEMORY_FREE_TIMEOUT = env_float("ARBITER_SWAP_MEMORY_FREE_TIMEOUT", 120.0)
+# The TCP port a multi-node model's head listens on for its workers (vLLM's
+# --master-port; vLLM's own default is 29501, ParallelConfig.master_port).
+ARBITER_MULTI_NODE_MASTER_PORT = env_int("ARBITER_MULTI_NODE_MASTER_PORT", 29501)
+# Images catalog models may run (comma-separated fnmatch patterns on the whole reference,
+# e.g. `vllm/vllm-openai:v0.11.*`; `*` also matches `/`). Checked on every catalog write
+# and again before every launch. The default: the vLLM images the catalog knows how to
+# launch (catalog.launch_rules.DEFAULT_COMMANDS), any tag or digest.
+ARBITER_ALLOWED_IMAGES = env_list(
+    "ARBITER_ALLOWED_IMAGES",
+    "vllm/vllm-openai*,docker.io/vllm/vllm-openai*,nvcr.io/nvidia/vllm*",
+)
 # The docker container name of catalog models that do not set their own.
 ARBITER_CONTAINER_NAME = env("ARBITER_CONTAINER_NAME", "arbiter-vllm")
-# Where hub models are cached on each host; mounted into containers as the HF cache.
-ARBITER_HF_CACHE_DIR = env("ARBITER_HF_CACHE_DIR", "/models/hub-cache")
+# The hub cache (`models--org--name` folders) on every host, mounted into containers as
+# /root/.cache/huggingface/hub. Empty: each host's own — its inventory `hf_cache_dir`,
+# else the SSH user's ~/.cache/huggingface/hub (where Spark recipes keep weights). A
+# host's `hf_cache_dir` wins over this setting (arbiter.engine.host_paths).
+ARBITER_HF_CACHE_DIR = env("ARBITER_HF_CACHE_DIR", "")
 # Coordination.
 ARBITER_LOCK_MAX_TTL = env_int("ARBITER_LOCK_MAX_TTL", 24 * 3600)
+# The audit trail (arbiter.audit): rows older than this many days are deleted by the
+# engine's periodic housekeeping; 0 keeps every row for ever.
+ARBITER_AUDIT_RETENTION_DAYS = env_int("ARBITER_AUDIT_RETENTION_DAYS", 365)
+# Swap log lines of swaps that ended longer ago, and finished webhook deliveries (with
+# their attempts) older than this, are deleted hourly; 0 keeps them forever.
+ARBITER_SWAP_LOG_RETENTION_DAYS = env_int("ARBITER_SWAP_LOG_RETENTION_DAYS", 90)
+ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS = env_int("ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS", 30)
 # Key for encrypting webhook secrets at rest; derived from SECRET_KEY when unset.
 ARBITER_WEBHOOK_KEY = env("ARBITER_WEBHOOK_KEY")
+# Networks (CIDRs, comma-separated) webhooks may reach although they are not public:
+# loopback, link-local, private, unique-local, CGNAT... are refused otherwise (SSRF).
+ARBITER_WEBHOOK_ALLOW_NETWORKS = env_list("ARBITER_WEBHOOK_ALLOW_NETWORKS")
+# Seconds one delivery attempt may take in all (connect, send, answer, excerpt).
+ARBITER_WEBHOOK_DELIVERY_DEADLINE = env_float("ARBITER_WEBHOOK_DELIVERY_DEADLINE", 15.0)
 # A swap whose engine has not touched it for this long is taken over (re-attached).
 ARBITER_SWAP_STALE_SECONDS = env_float("ARBITER_SWAP_STALE_SECONDS", 10.0)
 # Broker (/v1): limits, queueing while a model loads, timeouts.
 ARBITER_BROKER_MAX_BODY_BYTES = env_int("ARBITER_BROKER_MAX_BODY_BYTES", 25 * 1024 * 1024)
+# No request body is written to disk before authentication. Django's ASGI handler spools
+# a body to a temporary file past FILE_UPLOAD_MAX_MEMORY_SIZE before any view runs
+# (django/core/handlers/asgi.py, read_body), and its default upload handlers write file
+# parts past it to disk (https://docs.djangoproject.com/en/5.2/topics/http/file-uploads/,
+# "Where uploaded data is stored"; FILE_UPLOAD_HANDLERS). arbiter.body_limit
+# refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (API, dashboard) or the broker's limit
+# before Django reads them, so raising the spool size to the larger limit keeps every
+# accepted body in memory, and uploads are only ever read into memory.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("ARBITER_API_MAX_BODY_BYTES", 2621440)  # Django's 2.5 MB
+FILE_UPLOAD_MAX_MEMORY_SIZE = max(DATA_UPLOAD_MAX_MEMORY_SIZE, ARBITER_BROKER_MAX_BODY_BYTES)
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]
 ARBITER_BROKER_MAX_CONCURRENCY = env_int("ARBITER_BROKER_MAX_CONCURRENCY", 64)
+# With REDIS_URL the per-model limit holds across processes; a slot a crashed process
+# held comes back after this many seconds (docs/BROKER.md, "Several processes").
+ARBITER_BROKER_SLOT_TTL = env_float("ARBITER_BROKER_SLOT_TTL", 900.0)
 ARBITER_BROKER_QUEUE_SIZE = env_int("ARBITER_BROKER_QUEUE_SIZE", 100)
 ARBITER_BROKER_QUEUE_TIMEOUT = env_float("ARBITER_BROKER_QUEUE_TIMEOUT", 600.0)
 ARBITER_BROKER_CONNECT_TIMEOUT = env_float("ARBITER_BROKER_CONNECT_TIMEOUT", 5.0)

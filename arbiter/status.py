@@ -10,6 +10,8 @@ from typing import TypedDict
 from django.db.models import Max
 from django.utils import timezone
 
+from arbiter.engine.leader import current_leader
+from arbiter.engine.multi_node import running_pair_on, swap_host_names
 from arbiter.models import GpuSample, Host, Service, Swap
 
 HISTORY_WINDOW = timedelta(minutes=5)
@@ -33,18 +35,34 @@ class GpuStatus(TypedDict):
     taken_at: datetime
 
 
+class PairStatus(TypedDict):
+    """A multi-node model a host serves in, with the other hosts of its pair."""
+
+    service: str  # the head host's service: where requests go
+    model: str
+    served_name: str
+    hosts: list[str]  # rank order: the head first
+    role: str  # "head" or "worker"
+    swap_id: int
+
+
 class HostStatus(TypedDict):
     name: str
     address: str
+    cluster_address: str
+    cluster_interface: str
     sampling: str
     simulated: bool
     state: str
     last_sample_at: datetime | None
     missed_samples: int
     last_error: str
+    driver_error: str
     mem_total_mib: int | None
     mem_available_mib: int | None
     gpus: list[GpuStatus]
+    # The multi-node model whose ranks run on this host's GPUs (None: none).
+    pair: PairStatus | None
 
 
 class ServiceStatus(TypedDict):
@@ -60,6 +78,8 @@ class ServiceStatus(TypedDict):
     loaded_model: str
     unloaded_at: datetime | None
     disabled: bool
+    # Every host the served model runs on: [host], or a multi-node model's pair.
+    hosts: list[str]
 
 
 def latest_gpu_samples(host: Host) -> list[GpuStatus]:
@@ -101,18 +121,38 @@ def gpu_history(host: Host, window: timedelta = HISTORY_WINDOW) -> dict[int, Gpu
 
 
 def host_status(host: Host) -> HostStatus:
+    """One host; while its driver fails (`driver_error`) it has no GPU readings to show,
+    not the last ones from before the fault."""
     return HostStatus(
         name=host.name,
         address=host.address,
+        cluster_address=host.cluster_address,
+        cluster_interface=host.cluster_interface,
         sampling=host.sampling,
         simulated=host.simulated,
         state=host.state,
         last_sample_at=host.last_sample_at,
         missed_samples=host.missed_samples,
         last_error=host.last_error,
+        driver_error=host.driver_error,
         mem_total_mib=host.mem_total_mib,
         mem_available_mib=host.mem_available_mib,
-        gpus=latest_gpu_samples(host),
+        gpus=[] if host.driver_error else latest_gpu_samples(host),
+        pair=pair_status(host),
+    )
+
+
+def pair_status(host: Host) -> PairStatus | None:
+    pair = running_pair_on(host)
+    if pair is None:
+        return None
+    return PairStatus(
+        service=pair.service_name,
+        model=pair.model_key,
+        served_name=pair.served_name,
+        hosts=list(pair.hosts),
+        role="head" if pair.hosts[0] == host.name else "worker",
+        swap_id=pair.swap_id,
     )
 
 
@@ -130,13 +170,22 @@ def service_status(service: Service) -> ServiceStatus:
         loaded_model=service.loaded_model,
         unloaded_at=service.unloaded_at,
         disabled=service.disabled,
+        hosts=service_hosts(service),
     )
+
+
+def service_hosts(service: Service) -> list[str]:
+    pair = running_pair_on(service.host)
+    if pair is not None and pair.service_name == service.name:
+        return list(pair.hosts)
+    return [service.host.name]
 
 
 class SwapSummary(TypedDict):
     id: int
     model: str
     host: str
+    hosts: list[str]  # every host the swap works on, the head first
     state: str
     dry_run: bool
     created_at: datetime
@@ -151,6 +200,7 @@ def active_swaps() -> list[SwapSummary]:
             id=swap.pk,
             model=swap.model_key,
             host=swap.host.name,
+            hosts=swap_host_names(swap),
             state=swap.state,
             dry_run=swap.dry_run,
             created_at=swap.created_at,
@@ -164,6 +214,7 @@ def cluster_status() -> dict:
     hosts = Host.objects.filter(in_inventory=True)
     services = Service.objects.filter(in_inventory=True).select_related("host")
     from arbiter.broker.accounting import client_usage
+    from arbiter.broker.quotas import key_quotas
     from coordination.locks import current_lock  # coordination builds on the core
 
     return {
@@ -171,6 +222,10 @@ def cluster_status() -> dict:
         "services": [service_status(s) for s in services if not s.disabled],
         "swaps": active_swaps(),
         "lock": current_lock(),
+        # The serve process running the engine loops ("HOST:PID"; null: none right now).
+        "engine": {"leader": current_leader()},
         # Broker traffic per client (X-Client-Id), counted by this process since start.
         "clients": client_usage(),
+        # Keys with quotas and what they used of them (shared by every broker process).
+        "key_quotas": [quota.as_dict() for quota in key_quotas()],
     }

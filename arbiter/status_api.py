@@ -25,18 +25,42 @@ class GpuOut(Schema):
     taken_at: datetime
 
 
+class PairOut(Schema):
+    service: str = Field(..., description="The head host's service, where requests go")
+    model: str
+    served_name: str
+    hosts: list[str] = Field(..., description="Every host of the pair, the head first")
+    role: str = Field(..., description="head or worker: this host's part")
+    swap_id: int
+
+
 class HostOut(Schema):
     name: str
     address: str
+    cluster_address: str = Field(
+        ..., description="The host's address on the multi-node interconnect; empty: none"
+    )
+    cluster_interface: str
     sampling: str
     simulated: bool
-    state: str
+    state: str = Field(
+        ...,
+        description="live, stale, offline, unknown, or driver_error: SSH answers but "
+        "nvidia-smi fails (its message in driver_error; no GPU readings meanwhile)",
+    )
     last_sample_at: datetime | None
     missed_samples: int
     last_error: str
+    driver_error: str = Field(
+        ...,
+        description="nvidia-smi's own message while it fails on a reachable host, else empty",
+    )
     mem_total_mib: int | None
     mem_available_mib: int | None
     gpus: list[GpuOut]
+    pair: PairOut | None = Field(
+        None, description="The multi-node model whose ranks run on this host's GPUs"
+    )
 
 
 class ServiceOut(Schema):
@@ -54,12 +78,16 @@ class ServiceOut(Schema):
         None, description="Set while the broker has unloaded the service to free memory"
     )
     disabled: bool
+    hosts: list[str] = Field(
+        ..., description="Every host the served model runs on (a multi-node pair: all of them)"
+    )
 
 
 class SwapSummaryOut(Schema):
     id: int
     model: str
     host: str
+    hosts: list[str] = Field(..., description="Every host the swap works on, the head first")
     state: str
     dry_run: bool
     created_at: datetime
@@ -76,12 +104,27 @@ class ClientUsageOut(Schema):
     last_seen: float  # epoch seconds
 
 
+class EngineOut(Schema):
+    leader: str | None  # "HOST:PID" of the serve process running the engine loops
+
+
+class KeyQuotaOut(Schema):
+    key_id: int
+    name: str
+    requests_per_minute: int | None
+    tokens_per_day: int | None
+    requests_this_minute: int
+    tokens_today: int  # UTC day
+
+
 class StatusOut(Schema):
     hosts: list[HostOut]
     services: list[ServiceOut]
     swaps: list[SwapSummaryOut]  # swaps in flight
     lock: LockStateOut
+    engine: EngineOut
     clients: list[ClientUsageOut]  # broker traffic per X-Client-Id
+    key_quotas: list[KeyQuotaOut]  # keys with quotas: this minute's requests, today's tokens
 
 
 class EndpointOut(Schema):

@@ -2,10 +2,12 @@
 
     POST /api/swap                   {model, host?, dry_run?} -> 202 {id, state, url, ...}
     POST /api/swap/{key}/validate    {host?} -> {ok, checks: [{name, ok, detail}], command}
-    GET  /api/swap/{id}              state, transitions with times, error, checks, command
+    GET  /api/swap/{id}              state, transitions with times, error, checks, command,
+                                     launch phase, its elapsed time and the ETA
     GET  /api/swap/{id}/log          stored log lines (JSON), `after` / `limit` to page
     GET  /api/swap/{id}/stream       SSE: stored lines, then live ones, then a final state
     POST /api/swap/{id}/cancel       202; the engine stops what it launched within ~1 s
+                                     (423 while someone else holds the swap lock)
     GET  /api/swaps                  recent swaps, newest first
 
 The swaps themselves run in the engine (arbiter.engine.swap_dispatch); these views only
@@ -16,23 +18,28 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 
+from arbiter import audit
 from arbiter.engine.launch import display
-from arbiter.engine.preflight import get_catalog_model, preflight, resolve_host
+from arbiter.engine.multi_node import swap_host_names
+from arbiter.engine.preflight import get_catalog_model, preflight, swap_hosts
 from arbiter.engine.swap_log import announce_cancelled_while_pending
-from arbiter.engine.swap_store import create_swap, request_cancel
+from arbiter.engine.swap_store import create_swap, phase_progress, request_cancel
 from arbiter.errors import NotFound
 from arbiter.models import ApiKey, Swap, SwapLogLine, SwapTransition
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
+from coordination.locks import assert_may_change_gpu
 
 router = Router(tags=["swaps"])
 
@@ -47,7 +54,11 @@ class SwapIn(Schema):
 
     model: str = Field(..., min_length=1, max_length=63, description="Catalog key")
     host: str | None = Field(
-        None, min_length=1, max_length=63, description="Default: the model's default host"
+        None,
+        min_length=1,
+        max_length=63,
+        description="Default: the model's default host. A multi-node model swaps on all of "
+        "its tensor_parallel_hosts; naming one of them (or none) is the same swap",
     )
     dry_run: bool = Field(False, description="Pre-flight and the command only; nothing runs")
 
@@ -73,13 +84,22 @@ class CheckOut(Schema):
     detail: str
 
 
+class NodeCommandOut(Schema):
+    host: str
+    node_rank: int = Field(..., description="0: the head, which serves the API")
+    command: str
+
+
 class ValidateOut(Schema):
     ok: bool
     model: str
     host: str
     checks: list[CheckOut]
-    command: str
+    command: str = Field(..., description="The head's (the only host's) launch command")
     argv: list[str]
+    commands: list[NodeCommandOut] = Field(
+        ..., description="Every host's launch command; a multi-node model has one per host"
+    )
 
 
 class TransitionOut(Schema):
@@ -91,7 +111,8 @@ class TransitionOut(Schema):
 class SwapSummaryOut(Schema):
     id: int
     model: str
-    host: str
+    host: str = Field(..., description="The host it serves on (a multi-node model's head)")
+    hosts: list[str] = Field(..., description="Every host the swap works on, the head first")
     service: str | None
     state: str
     final: bool
@@ -103,6 +124,19 @@ class SwapSummaryOut(Schema):
     finished_at: datetime | None
     elapsed_seconds: float
     progress: float = Field(..., description="0..1 through the successful path's phases")
+    phase: str | None = Field(
+        ..., description="The launch phase: pull / weights / load (null outside the launch)"
+    )
+    phase_label: str
+    phase_elapsed_seconds: float | None = Field(..., description="Time in the current phase")
+    eta_seconds: float | None = Field(
+        ...,
+        description="Time the launch will still take, from earlier swaps of the same model "
+        "on the same host; null when there is no estimate yet",
+    )
+    phase_durations: dict[str, float] = Field(
+        ..., description="Seconds each finished launch phase took"
+    )
     url: str
 
 
@@ -124,6 +158,9 @@ class LogLineOut(Schema):
     at: datetime
     stream: str
     text: str
+    node: str = Field(
+        "", description="The host whose container printed it, in a multi-node swap ('' else)"
+    )
 
 
 class SwapLogOut(Schema):
@@ -175,6 +212,7 @@ def _summary(swap: Swap, states: list[str]) -> dict[str, Any]:
         "id": swap.pk,
         "model": swap.model_key,
         "host": swap.host.name,
+        "hosts": swap_host_names(swap),
         "service": swap.service.name if swap.service else None,
         "state": swap.state,
         "final": swap.state in Swap.FINAL_STATES,
@@ -186,6 +224,7 @@ def _summary(swap: Swap, states: list[str]) -> dict[str, Any]:
         "finished_at": swap.finished_at,
         "elapsed_seconds": round(max(0.0, (end - start).total_seconds()), 3),
         "progress": _progress(swap, states),
+        **asdict(phase_progress(swap)),
         "url": _urls(swap.pk)["url"],
     }
 
@@ -217,7 +256,13 @@ def swap_detail(swap_id: int) -> dict[str, Any]:
 
 
 def _line_out(line: SwapLogLine) -> dict[str, Any]:
-    return {"seq": line.seq, "at": line.at, "stream": line.stream, "text": line.text}
+    return {
+        "seq": line.seq,
+        "at": line.at,
+        "stream": line.stream,
+        "text": line.text,
+        "node": line.node,
+    }
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -229,9 +274,17 @@ def _line_out(line: SwapLogLine) -> dict[str, Any]:
 )
 def start_swap(request: HttpRequest, payload: SwapIn):
     token = request.headers.get(LOCK_TOKEN_HEADER) or None
-    swap = create_swap(
-        payload.model, payload.host, payload.dry_run, _requested_by(request), lock_token=token
-    )
+    with transaction.atomic():  # the swap and its audit row commit together
+        swap = create_swap(
+            payload.model, payload.host, payload.dry_run, _requested_by(request), lock_token=token
+        )
+        audit.record(
+            request,
+            "swap.start",
+            "swap",
+            swap.pk,
+            after={"model": swap.model_key, "host": swap.host.name, "dry_run": swap.dry_run},
+        )
     return Status(
         202, {"id": swap.pk, "state": swap.state, "dry_run": swap.dry_run, **_urls(swap.pk)}
     )
@@ -247,7 +300,7 @@ async def validate_swap(request: HttpRequest, key: str, payload: ValidateIn | No
     host_name = payload.host if payload else None
 
     def resolve() -> str:
-        return resolve_host(get_catalog_model(key), host_name).name
+        return swap_hosts(get_catalog_model(key), host_name)[0].name  # a pair's head
 
     host = await sync_to_async(resolve)()
     result = await preflight(key, host)
@@ -259,6 +312,11 @@ async def validate_swap(request: HttpRequest, key: str, payload: ValidateIn | No
         "checks": result.as_dicts(),
         "command": display(argv) if argv else "",
         "argv": argv,
+        # Every host's command, the head first (one entry for a single-host model).
+        "commands": [
+            {"host": node.host_name, "node_rank": node.node_rank, "command": node.command}
+            for node in result.nodes
+        ],
     }
 
 
@@ -306,7 +364,20 @@ def get_swap_log(request: HttpRequest, swap_id: int, query: Query[LogQuery]):
     summary="Cancel a swap: it stops and removes the container it launched",
 )
 def cancel_swap(request: HttpRequest, swap_id: int):
-    cancelled = request_cancel(swap_id)
+    # Stopping a swap changes what runs on the GPU: while the lock is held only its
+    # holder's token may (423 otherwise, nothing flagged).
+    with transaction.atomic():
+        assert_may_change_gpu(request.headers.get(LOCK_TOKEN_HEADER) or None)
+        state_before = Swap.objects.filter(pk=swap_id).values_list("state", flat=True).first()
+        cancelled = request_cancel(swap_id)
+        audit.record(
+            request,
+            "swap.cancel",
+            "swap",
+            swap_id,
+            before={"state": state_before},
+            after={"state": Swap.CANCELLED} if cancelled else {"cancel_requested": True},
+        )
     if cancelled is not None:
         announce_cancelled_while_pending(cancelled)
     swap = get_swap(swap_id)
@@ -380,8 +451,13 @@ async def swap_events(swap_id: int, after: int = 0) -> AsyncIterator[str]:
 
 def _after(request: HttpRequest, after: int) -> int:
     # EventSource reconnects with Last-Event-ID (the last line's seq it saw).
-    header = request.headers.get("Last-Event-ID", "")
-    return max(after, int(header)) if header.isdigit() else after
+    # ASCII digits only: str.isdigit() also accepts "²" (int() refuses it) and other
+    # scripts' digits; a header longer than any seq would be is ignored too (int() of a
+    # string of thousands of digits raises, Python's int_max_str_digits).
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if header.isascii() and header.isdigit() and len(header) <= 18:
+        return max(after, int(header))
+    return after
 
 
 @router.get(

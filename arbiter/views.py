@@ -1,8 +1,12 @@
 """Plain Django views of the core: liveness and JSON 404s."""
 
+import logging
+
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+
+log = logging.getLogger(__name__)
 
 
 @require_GET
@@ -11,8 +15,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception as exc:  # any database failure means "not healthy", never a 500 page
-        return JsonResponse({"status": "error", "database": str(exc)}, status=503)
+    except Exception:  # any database failure means "not healthy", never a 500 page
+        # The error itself (paths, host names, user names) goes to the log, never to an
+        # unauthenticated caller.
+        log.exception("healthz: the database did not answer")
+        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
     return JsonResponse({"status": "ok"})
 
 

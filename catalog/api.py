@@ -1,8 +1,10 @@
 """Catalog API: /api/models (CRUD), per-host disk status, hub download and delete.
 
-Authentication is the API's global one (key, or session + CSRF). The disk routes are
-async: they talk to every host over SSH concurrently on the server's own event loop,
-and the download streams `hf download` progress as Server-Sent Events.
+Authentication is the API's global one (key, or session + CSRF). While someone holds
+the swap lock, a download, a delete from disk, and a PUT or DELETE of a model that is on
+a GPU (`on_a_gpu`) are refused with 423 unless `X-Swap-Lock-Token` is the holder's.
+The disk routes are async: they talk to every host over SSH concurrently on the server's
+own event loop, and the download streams `hf download` progress as Server-Sent Events.
 """
 
 import json
@@ -13,9 +15,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Router, Status
 
+from arbiter import audit
+from arbiter.engine.host_paths import host_hub_cache
 from arbiter.engine.ssh import SshTarget
 from arbiter.errors import ArbiterError, Conflict, InvalidInput, NotFound
 from arbiter.models import Host, Service, Swap
@@ -23,13 +28,15 @@ from catalog.disk import (
     delete_hub_model,
     disk_report,
     download_hub_model,
+    hub_cache_folder,
     model_disk_status,
-    model_host_path,
 )
 from catalog.models import CatalogModel
 from catalog.schemas import CatalogModelIn, CatalogModelOut, DiskOut
 from catalog.store import create_model, update_model
 from catalog.validation import validate_catalog_fields
+from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
+from coordination.locks import assert_may_change_gpu
 
 router = Router(tags=["catalog"])
 
@@ -54,6 +61,34 @@ def _refuse_while_swapping(model: CatalogModel, what: str) -> None:
             field="key",
             swap_id=swap.pk,
         )
+
+
+def on_a_gpu(model: CatalogModel) -> bool:
+    """Is the model running or about to: a service serves it, the latest complete swap
+    on a service brought it there, or a swap of it is under way."""
+    if active_swap(model) is not None:
+        return True
+    names = {model.served_name, model.hub_repo} - {""}
+    if Service.objects.filter(loaded_model__in=names).exists():
+        return True
+    last_swapped_in = (
+        Swap.objects.filter(service=OuterRef("pk"), state=Swap.COMPLETE, dry_run=False)
+        .order_by("-finished_at", "-pk")
+        .values("model_key")[:1]
+    )
+    return (
+        Service.objects.annotate(last_swapped_in=Subquery(last_swapped_in))
+        .filter(last_swapped_in=model.key)
+        .exists()
+    )
+
+
+def _gate_gpu_change(request: HttpRequest, model: CatalogModel | None = None) -> None:
+    """While someone holds the swap lock, only its holder may change what a GPU runs
+    (423 with the holder, expires_at and Retry-After). With a model: only when that
+    model is on a GPU (`on_a_gpu`); editing a model that runs nowhere is no GPU change."""
+    if model is None or on_a_gpu(model):
+        assert_may_change_gpu(request.headers.get(LOCK_TOKEN_HEADER) or None)
 
 
 def inventory_targets() -> list[SshTarget]:
@@ -90,7 +125,7 @@ def list_models(request: HttpRequest):
 @router.post("/models", response={201: CatalogModelOut}, summary="Add a catalog model")
 def create_catalog_model(request: HttpRequest, payload: CatalogModelIn):
     cleaned = validate_catalog_fields(payload.model_dump())
-    model = create_model(cleaned)
+    model = create_model(cleaned, who=request)
     return Status(201, CatalogModelOut.from_model(get_model(model.key)))
 
 
@@ -109,10 +144,11 @@ def update_catalog_model(request: HttpRequest, key: str, payload: CatalogModelIn
         model = get_model(key)
         # Validation first, then the write: a rejected PUT changes nothing.
         cleaned = validate_catalog_fields(data)
+        _gate_gpu_change(request, model)
         # A running swap re-reads the model; changing its launch settings mid-way would
         # make the log and the launched container disagree.
         _refuse_while_swapping(model, "change")
-        update_model(model, cleaned)
+        update_model(model, cleaned, who=request)
     return CatalogModelOut.from_model(get_model(key))
 
 
@@ -120,7 +156,15 @@ def update_catalog_model(request: HttpRequest, key: str, payload: CatalogModelIn
 def delete_catalog_model(request: HttpRequest, key: str):
     with transaction.atomic():
         model = get_model(key)
+        _gate_gpu_change(request, model)
         _refuse_while_swapping(model, "delete")
+        audit.record(
+            request,
+            "catalog.delete",
+            "catalog_model",
+            model.key,
+            before={"served_name": model.served_name, "hub_repo": model.hub_repo},
+        )
         model.delete()  # past swaps keep their model_key; their FK becomes null
     return Status(204, None)
 
@@ -135,7 +179,7 @@ async def model_disk(request: HttpRequest, key: str):
     model = await sync_to_async(get_model)(key)
     targets = await sync_to_async(inventory_targets)()
     roots = list(settings.ARBITER_MODEL_ROOTS)
-    return await disk_report(targets, model_host_path(model), local=model.is_local, roots=roots)
+    return await disk_report(targets, model, roots=roots)
 
 
 def _serving_conflict(model: CatalogModel, host_name: str) -> None:
@@ -159,8 +203,18 @@ async def delete_model_disk(request: HttpRequest, key: str, host: str):
     model = await sync_to_async(get_model)(key)
     _hub_only(model, "delete from disk")
     target = await sync_to_async(_target)(host)
+    await sync_to_async(_gate_gpu_change)(request)
     await sync_to_async(_serving_conflict)(model, host)
     await delete_hub_model(target, model)
+    # Files on a host, not rows: recorded once the delete succeeded.
+    await sync_to_async(audit.record)(
+        request,
+        "catalog.disk_delete",
+        "catalog_model",
+        model.key,
+        before={"host": host, "present": True},
+        after={"host": host, "present": False},
+    )
     return Status(204, None)
 
 
@@ -170,16 +224,18 @@ def sse(event: str, data: dict[str, Any]) -> str:
 
 
 async def _download_events(
-    target: SshTarget, key: str, repo: str, revision: str, host_path: str
+    target: SshTarget, key: str, repo: str, revision: str
 ) -> AsyncIterator[str]:
     # Plain values only: nothing here holds an ORM object across an await.
     yield sse("start", {"host": target.name, "model": key, "repo": repo})
     try:
+        cache_dir = await host_hub_cache(target)  # this host's own hub cache
         async for line in download_hub_model(
-            target, repo, revision, settings.ARBITER_HF_CACHE_DIR, settings.ARBITER_HF_TOKEN
+            target, repo, revision, cache_dir, settings.ARBITER_HF_TOKEN
         ):
             yield sse("progress", {"line": line})
-        status = await model_disk_status(target, host_path, local=False, roots=[])
+        folder = hub_cache_folder(repo, cache_dir)
+        status = await model_disk_status(target, folder, local=False, roots=[])
     except ArbiterError as error:
         yield sse("error", {"host": target.name, "model": key, **error.as_body()["error"]})
         return
@@ -195,10 +251,18 @@ async def download_model(request: HttpRequest, key: str, host: str):
     model = await sync_to_async(get_model)(key)
     _hub_only(model, "download")
     target = await sync_to_async(_target)(host)
+    # Checked before the stream starts: a refused download answers 423, not an SSE error.
+    await sync_to_async(_gate_gpu_change)(request)
+    # Recorded when the download is accepted; its outcome is in the stream it answers.
+    await sync_to_async(audit.record)(
+        request,
+        "catalog.download",
+        "catalog_model",
+        model.key,
+        after={"host": target.name, "repo": model.hub_repo, "revision": model.hub_revision},
+    )
     response = StreamingHttpResponse(
-        _download_events(
-            target, model.key, model.hub_repo, model.hub_revision, model_host_path(model)
-        ),
+        _download_events(target, model.key, model.hub_repo, model.hub_revision),
         content_type="text/event-stream",
     )
     response["Cache-Control"] = "no-cache"

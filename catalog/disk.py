@@ -14,9 +14,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, TypedDict, cast
 
-from django.conf import settings
-
 from arbiter.engine import ssh
+from arbiter.engine.host_paths import host_hub_cache
 from arbiter.engine.ssh import SshTarget
 from arbiter.errors import ArbiterError, InvalidInput, SshError
 from catalog.validation import (
@@ -55,11 +54,28 @@ def hub_cache_folder(repo: str, cache_dir: str) -> str:
     return posixpath.join(cache_dir, f"models--{org}--{name}")
 
 
-def model_host_path(model: CatalogModel) -> str:
-    """Where the model's files live on a host: its local path, or its hub cache folder."""
+def model_host_path(model: CatalogModel, cache_dir: str) -> str:
+    """Where the model's files live on a host: its local path, or its folder in the
+    host's hub cache (`arbiter.engine.host_paths`; "" while that is not known)."""
     if model.local_path:
         return model.local_path
-    return hub_cache_folder(model.hub_repo, settings.ARBITER_HF_CACHE_DIR)
+    return hub_cache_folder(model.hub_repo, cache_dir) if cache_dir else ""
+
+
+# The hub CLI: `hf` (huggingface_hub setup.py console_scripts hf=huggingface_hub.cli.hf:main)
+# is often missing from a non-interactive SSH PATH (pip --user / pipx / uv tool put it in
+# ~/.local/bin, which only login shells add); the same CLI runs as a module then
+# (huggingface_hub/cli/hf.py ends in `if __name__ == "__main__": main()`).
+HF_ARGV = ["hf"]
+HF_MODULE_ARGV = ["python3", "-m", "huggingface_hub.cli.hf"]
+
+
+async def hub_cli(target: SshTarget) -> list[str]:
+    """`hf` when the host's non-interactive shell finds it, else `python3 -m ...`."""
+    found = await ssh.run(
+        target, ["command", "-v", "hf"], timeout=DISK_COMMAND_TIMEOUT, check=False
+    )
+    return list(HF_ARGV) if found.exit_status == 0 else list(HF_MODULE_ARGV)
 
 
 def _parse_du(stdout: str) -> int | None:
@@ -166,7 +182,7 @@ async def download_hub_model(
     (with hf's message) after the last line.
     """
     repo, revision = _checked_hub_args(repo, revision)
-    argv = ["hf", "download", repo]
+    argv = [*await hub_cli(target), "download", repo]
     if revision:
         argv += ["--revision", revision]
     argv += ["--cache-dir", cache_dir]
@@ -212,8 +228,8 @@ async def delete_hub_model(target: SshTarget, model: CatalogModel) -> None:
     if model.local_path or not model.hub_repo:
         raise InvalidInput("local models are never deleted by Arbiter", field="key")
     _checked_hub_args(model.hub_repo, model.hub_revision)
-    cache_dir = settings.ARBITER_HF_CACHE_DIR
-    path = model_host_path(model)
+    cache_dir = await host_hub_cache(target)
+    path = model_host_path(model, cache_dir)
     # Belt and braces: the folder must sit strictly below the cache dir before `rm -rf`.
     if not (cache_dir.startswith("/") and is_inside(path, cache_dir)):
         raise InvalidInput(f"refusing to delete {path!r}: not inside {cache_dir}", field="key")
@@ -233,6 +249,8 @@ class DiskEntry(TypedDict):
 
 async def _entry(target: SshTarget, host_path: str, local: bool, roots: list[str]) -> DiskEntry:
     try:
+        if not local:  # `host_path` is the hub repo: its folder in this host's cache
+            host_path = hub_cache_folder(host_path, await host_hub_cache(target))
         status = await model_disk_status(target, host_path, local=local, roots=roots)
     except ArbiterError as error:  # unreachable, host key rejected, timeout ...
         return DiskEntry(
@@ -256,7 +274,12 @@ async def _entry(target: SshTarget, host_path: str, local: bool, roots: list[str
 
 
 async def disk_report(
-    targets: list[SshTarget], host_path: str, *, local: bool, roots: list[str]
+    targets: list[SshTarget], model: CatalogModel, *, roots: list[str]
 ) -> list[DiskEntry]:
-    """Every host's status, asked concurrently; a failing host is an entry with `error`."""
-    return list(await asyncio.gather(*(_entry(t, host_path, local, roots) for t in targets)))
+    """Every host's status, asked concurrently; a failing host is an entry with `error`.
+
+    A local model is looked for at its path; a hub model in each host's own hub cache.
+    """
+    where = model.local_path or model.hub_repo
+    local = bool(model.local_path)
+    return list(await asyncio.gather(*(_entry(t, where, local, roots) for t in targets)))

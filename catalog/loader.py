@@ -18,7 +18,7 @@ from arbiter.errors import ArbiterError
 from arbiter.inventory.loader import _read_yaml  # the strict YAML reader (duplicate keys)
 from arbiter.inventory.problems import Problems, show, unknown_key_reason
 from catalog.models import CatalogModel
-from catalog.store import create_model, host_problems
+from catalog.store import create_model, host_problems, served_name_conflict, served_name_owner
 from catalog.validation import FIELDS, catalog_field_problems
 
 
@@ -70,6 +70,7 @@ def entry_problems(entries: list[Any], source: str) -> tuple[list[dict], list[st
     problems = Problems(source)
     cleaned_entries: list[dict] = []
     first_index: dict[str, int] = {}
+    first_served: dict[str, int] = {}
     for index, entry in enumerate(entries):
         where = f"models[{index}]"
         if not isinstance(entry, dict):
@@ -90,6 +91,16 @@ def entry_problems(entries: list[Any], source: str) -> tuple[list[dict], list[st
             )
         elif isinstance(key, str):
             first_index[key] = index
+        served_name = cleaned.get("served_name")
+        if not field_problems and served_name in first_served:
+            also = f"models[{first_served[served_name]}]"
+            problems.add(
+                f"{where}.served_name",
+                f"duplicate served name {show(served_name)} (also {also}; served names are "
+                "unique, set served_name)",
+            )
+        elif not field_problems and served_name:
+            first_served[served_name] = index
         if not field_problems:
             cleaned_entries.append(cleaned)
     return cleaned_entries, problems.messages
@@ -103,6 +114,17 @@ def seed_catalog(entries: list[Any], *, source: str = "catalog") -> SeedResult:
     result = SeedResult()
     with transaction.atomic():
         existing = set(CatalogModel.objects.values_list("key", flat=True))
+        new = [cleaned for cleaned in cleaned_entries if cleaned["key"] not in existing]
+        # A new entry must not take the served name of a model already in the database
+        # (one kept from an earlier seed, or added through the API or the dashboard).
+        taken = [
+            f"{source}: model {cleaned['key']!r}: "
+            f"{served_name_conflict(cleaned['served_name'], owner).message}"
+            for cleaned in new
+            if (owner := served_name_owner(cleaned["served_name"])) is not None
+        ]
+        if taken:
+            raise CatalogError(taken)
         for cleaned in cleaned_entries:
             if cleaned["key"] in existing:
                 result.kept.append(cleaned["key"])

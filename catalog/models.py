@@ -23,8 +23,22 @@ class CatalogModel(models.Model):
     container_name = models.CharField(max_length=128, default="arbiter-vllm")
     tensor_parallel_size = models.PositiveSmallIntegerField(default=1)
     tensor_parallel_hosts = models.JSONField(default=list, blank=True)
+    # How the hosts of a multi-node model find each other: vLLM's own multiprocessing
+    # multi-node mode, or a Ray cluster (arbiter.engine.multi_node).
+    MULTI_NODE_NATIVE = "native"
+    MULTI_NODE_RAY = "ray"
+    MULTI_NODE_CHOICES = [(MULTI_NODE_NATIVE, "vLLM native"), (MULTI_NODE_RAY, "Ray")]
+    multi_node = models.CharField(max_length=8, choices=MULTI_NODE_CHOICES, default="native")
     max_model_len = models.PositiveIntegerField(null=True, blank=True)
-    gpu_memory_utilization = models.FloatField(default=0.9)
+    # Null: chosen per host at launch (0.9 on discrete GPUs; on unified memory derived from
+    # the host's MemAvailable, see arbiter.engine.preflight).
+    gpu_memory_utilization = models.FloatField(null=True, blank=True, default=None)
+    # The argv placed right after the image (e.g. ["vllm", "serve"]); [] runs the image's
+    # own entrypoint. Resolved from the image when a model is created without it.
+    command = models.JSONField(default=list, blank=True)
+    # vLLM sleep mode on a unified-memory host only when the model opts in (wake-up crashes
+    # are reported there).
+    sleep_on_unified_memory = models.BooleanField(default=False)
     extra_engine_flags = models.JSONField(default=list, blank=True)
     extra_container_args = models.JSONField(default=list, blank=True)
     estimated_vram_mib = models.PositiveIntegerField(default=0)
@@ -46,7 +60,12 @@ class CatalogModel(models.Model):
                     (models.Q(hub_repo="") & ~models.Q(local_path=""))
                     | (~models.Q(hub_repo="") & models.Q(local_path=""))
                 ),
-            )
+            ),
+            # Clients name a model by its served name: two models with one name would
+            # send one client's requests (and prompts) to the other's backend.
+            models.UniqueConstraint(
+                fields=["served_name"], name="catalog_model_unique_served_name"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -26,10 +26,31 @@ class CatalogModelIn(Schema):
     image: str = DEFAULT_IMAGE
     port: int = 8000
     container_name: str | None = Field(None, description="Default: ARBITER_CONTAINER_NAME")
-    tensor_parallel_size: int = 1
-    tensor_parallel_hosts: list[str] = []
+    tensor_parallel_size: int = Field(
+        1, description="GPUs in all; with tensor_parallel_hosts, the total over every host"
+    )
+    tensor_parallel_hosts: list[str] = Field(
+        [],
+        description="A multi-node model's hosts, head first: none, or 2+ distinct hosts "
+        "that each have a cluster_address in the inventory",
+    )
+    multi_node: str = Field(
+        "native",
+        description="How those hosts connect: native (vLLM's own multi-node mode) or ray",
+    )
     max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = Field(
+        None,
+        description="In (0, 1]; null: 0.9, or derived from free memory on unified-memory hosts",
+    )
+    command: list[str] | None = Field(
+        None,
+        description='argv after the image, e.g. ["vllm", "serve"]; [] runs the image\'s '
+        "entrypoint; null: the known default for the image",
+    )
+    sleep_on_unified_memory: bool = Field(
+        False, description="Allow vLLM sleep mode (idle unloads) on unified-memory hosts"
+    )
     extra_engine_flags: list[str] = Field([], description="One option per item, `--x[=v]`")
     extra_container_args: list[str] = Field([], description="Allow-listed `--opt=value`")
     estimated_vram_mib: int = 0
@@ -54,8 +75,11 @@ class CatalogModelOut(Schema):
     container_name: str
     tensor_parallel_size: int
     tensor_parallel_hosts: list[str]
+    multi_node: str
     max_model_len: int | None
-    gpu_memory_utilization: float
+    gpu_memory_utilization: float | None
+    command: list[str]
+    sleep_on_unified_memory: bool
     extra_engine_flags: list[str]
     extra_container_args: list[str]
     estimated_vram_mib: int
@@ -81,8 +105,11 @@ class CatalogModelOut(Schema):
             container_name=model.container_name,
             tensor_parallel_size=model.tensor_parallel_size,
             tensor_parallel_hosts=list(model.tensor_parallel_hosts or []),
+            multi_node=model.multi_node,
             max_model_len=model.max_model_len,
             gpu_memory_utilization=model.gpu_memory_utilization,
+            command=list(model.command or []),
+            sleep_on_unified_memory=model.sleep_on_unified_memory,
             extra_engine_flags=list(model.extra_engine_flags or []),
             extra_container_args=list(model.extra_container_args or []),
             estimated_vram_mib=model.estimated_vram_mib,

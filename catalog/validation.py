@@ -11,6 +11,7 @@ would also match before a trailing newline.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 import unicodedata
@@ -20,9 +21,16 @@ from typing import Any
 from django.conf import settings
 
 from arbiter.errors import InvalidInput
-from catalog.launch_rules import container_arg_problem, engine_flag_problem, image_problem
+from catalog.launch_rules import (
+    container_arg_problem,
+    default_command,
+    engine_flag_problem,
+    image_problem,
+)
 
 KINDS = ("llm", "embeddings", "tts")
+# How the hosts of a multi-node model find each other (CatalogModel.multi_node).
+MULTI_NODE_MODES = ("native", "ray")
 DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 DEFAULTS: dict[str, Any] = {
     "display_name": "",
@@ -36,8 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "container_name": None,  # ARBITER_CONTAINER_NAME, read when used (see default_value)
     "tensor_parallel_size": 1,
     "tensor_parallel_hosts": [],
+    "multi_node": "native",
     "max_model_len": None,
-    "gpu_memory_utilization": 0.9,
+    "gpu_memory_utilization": None,  # chosen per host at launch (see the model field)
+    "command": None,  # the image's default (DEFAULT_COMMANDS), resolved after the image
+    "sleep_on_unified_memory": False,
     "extra_engine_flags": [],
     "extra_container_args": [],
     "estimated_vram_mib": 0,
@@ -227,11 +238,31 @@ def check_served_name(value: Any) -> str:
     return text
 
 
+def allowed_image_patterns() -> list[str]:
+    """ARBITER_ALLOWED_IMAGES, read when used (tests and a changed deployment see the new
+    list; a row stored under an older list fails its pre-launch re-check)."""
+    return list(settings.ARBITER_ALLOWED_IMAGES)
+
+
+def image_allowed(image: str) -> bool:
+    """Whether an allow-list pattern matches the whole reference (fnmatch, case-sensitive:
+    docker references are case-sensitive and repositories lowercase)."""
+    return any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed_image_patterns())
+
+
 def check_image(value: Any) -> str:
     text = _text(value, max_len=255, empty_ok=False)
     reason = image_problem(text)
     if reason:
         raise Bad(reason)
+    # The image runs on a GPU host with the hub token in its environment: only images
+    # the deployment allows, whoever asks.
+    if not image_allowed(text):
+        patterns = ", ".join(allowed_image_patterns()) or "(none)"
+        raise Bad(
+            f"{text!r} is not allowed by ARBITER_ALLOWED_IMAGES ({patterns}); "
+            "ask the administrator to add a pattern for it"
+        )
     return text
 
 
@@ -245,12 +276,14 @@ def check_container_name(value: Any) -> str:
     return text
 
 
-def check_gpu_memory_utilization(value: Any) -> float:
+def check_gpu_memory_utilization(value: Any) -> float | None:
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Bad(f"must be a number in (0, 1], got {shown(value)}")
+        raise Bad(f"must be a number in (0, 1] or null, got {shown(value)}")
     number = float(value)
     if not math.isfinite(number) or not 0 < number <= 1:
-        raise Bad(f"must be a number in (0, 1], got {shown(value)}")
+        raise Bad(f"must be a number in (0, 1] or null, got {shown(value)}")
     return number
 
 
@@ -283,6 +316,39 @@ def _string_list(value: Any, check_item: Callable[[str], str]) -> list[str]:
     return items
 
 
+# One word of a launch command: a program or subcommand name, never an option (flags
+# belong in extra_engine_flags, where they are checked one by one) and never anything a
+# shell would read specially, although it is always quoted on its way to the host.
+COMMAND_WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+-]{0,127}")
+MAX_COMMAND_WORDS = 8
+
+
+def _command_word(item: str) -> str:
+    if item.startswith("-"):
+        raise Bad(
+            f"must not start with '-' (engine flags go in extra_engine_flags), got {shown(item)}"
+        )
+    if not COMMAND_WORD_RE.fullmatch(item):
+        raise Bad(
+            "must be a program or subcommand name: letters, digits and _ . / + - "
+            f"(no spaces or shell characters), got {shown(item)}"
+        )
+    return item
+
+
+def check_command(value: Any) -> list[str]:
+    words = _string_list(value, _command_word)
+    if len(words) > MAX_COMMAND_WORDS:
+        raise Bad(f"must have at most {MAX_COMMAND_WORDS} items")
+    return words
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Bad(f"must be true or false, got {shown(value)}")
+    return value
+
+
 def _engine_flag(item: str) -> str:
     if has_control(item):
         raise Bad("must not contain control characters")
@@ -305,6 +371,25 @@ def _host_name(item: str) -> str:
     return item
 
 
+def check_tensor_parallel_hosts(value: Any) -> list[str]:
+    """The hosts of a multi-node model, head first: none, or 2+ distinct hosts.
+
+    Each host runs one node (one container of the same name), so a host named twice would
+    start two nodes in one container slot; one host alone is a single-host model.
+    """
+    hosts = _string_list(value, _host_name)
+    for index, name in enumerate(hosts):
+        first = hosts.index(name)
+        if first != index:
+            raise Bad(f"item {index}: host {name!r} is already item {first} (one node per host)")
+    if len(hosts) == 1:
+        raise Bad(
+            "must name at least 2 hosts (the head first), or none for a model on one host, "
+            f"got {shown(hosts)}"
+        )
+    return hosts
+
+
 def check_default_host(value: Any) -> str | None:
     if value in (None, ""):
         return None
@@ -324,9 +409,12 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "port": lambda v: _integer(v, 1, 65535, "an integer 1-65535"),
     "container_name": check_container_name,
     "tensor_parallel_size": lambda v: _integer(v, 1, 64, "an integer 1-64"),
-    "tensor_parallel_hosts": lambda v: _string_list(v, _host_name),
+    "tensor_parallel_hosts": check_tensor_parallel_hosts,
+    "multi_node": lambda v: _choice(v, MULTI_NODE_MODES),
     "max_model_len": check_max_model_len,
     "gpu_memory_utilization": check_gpu_memory_utilization,
+    "command": check_command,
+    "sleep_on_unified_memory": _boolean,
     "extra_engine_flags": lambda v: _string_list(v, _engine_flag),
     "extra_container_args": lambda v: _string_list(v, _container_arg),
     "estimated_vram_mib": lambda v: _integer(v, 0, 2**31 - 1, "an integer >= 0"),
@@ -372,6 +460,22 @@ def catalog_field_problems(
         value = data.get(name, default_value(name))
         if value is None and name == "container_name":  # omitted in the API body
             value = default_value(name)
+        if value is None and name == "command":
+            image = cleaned.get("image")
+            if image is None:  # the image itself is bad: that is the problem to report
+                continue
+            known = default_command(image)
+            if known is None:
+                problems.append(
+                    (
+                        "command",
+                        f"Arbiter knows no launch command for image {image!r}: give command, "
+                        'e.g. ["vllm", "serve"] when its entrypoint runs its arguments, or [] '
+                        "when its entrypoint already is `vllm serve`",
+                    )
+                )
+                continue
+            value = known
         try:
             cleaned[name] = CHECKS[name](value)
         except Bad as error:
@@ -392,7 +496,27 @@ def catalog_field_problems(
             problems.append(("hub_revision", "only applies to hub models (hub_repo)"))
     if "served_name" not in failed and not cleaned.get("served_name"):
         cleaned["served_name"] = cleaned.get("hub_repo") or cleaned.get("key", "")
+    problems += _split_problems(cleaned, failed)
     return cleaned, problems
+
+
+def _split_problems(cleaned: dict[str, Any], failed: set[str]) -> list[tuple[str, str]]:
+    """tensor_parallel_size is the total over every host of a multi-node model (vLLM's
+    `--tensor-parallel-size N --nnodes K`, docs "Parallelism and Scaling"), so each host
+    must take an equal share of it."""
+    if failed & {"tensor_parallel_size", "tensor_parallel_hosts"}:
+        return []
+    hosts = cleaned.get("tensor_parallel_hosts") or []
+    size = cleaned.get("tensor_parallel_size")
+    if not hosts or size is None or size % len(hosts) == 0:
+        return []
+    return [
+        (
+            "tensor_parallel_size",
+            f"must be divisible by the number of tensor_parallel_hosts ({len(hosts)}): it is "
+            f"the total over all hosts, each running the same share, got {size}",
+        )
+    ]
 
 
 def validate_catalog_fields(

@@ -6,6 +6,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -14,10 +15,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from arbiter.errors import Conflict, NotFound
 from arbiter.models import Host
+from arbiter.roles import OPERATOR, level_of, may
 from catalog.api import get_model, inventory_targets
-from catalog.disk import disk_report, model_host_path
+from catalog.disk import disk_report
 from catalog.forms import CatalogModelForm, HubModelForm, LocalModelForm
 from catalog.models import CatalogModel
+from dashboard.roles import for_level
 
 FORMS: dict[str, type[CatalogModelForm]] = {"hub": HubModelForm, "local": LocalModelForm}
 
@@ -46,13 +49,15 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def add_model(request: HttpRequest, source: str) -> HttpResponse:
+    if not may(request.user, OPERATOR):  # the page shows viewers no form (dashboard/roles.py)
+        raise PermissionDenied("adding a model needs the operator role")
     form_class = FORMS.get(source)
     if form_class is None:
         raise Http404("unknown model source")
     form = form_class(request.POST, prefix=source)
     if form.is_valid():
         try:
-            model = form.save()
+            model = form.save(who=request)
         except Conflict:
             return _page(request, {source: form}, status=409)
         messages.success(request, f"Added {model.key} to the catalog.")
@@ -69,12 +74,7 @@ async def disk_fragment(request: HttpRequest, key: str) -> HttpResponse:
     except NotFound as error:
         raise Http404(error.message) from error
     targets = await sync_to_async(inventory_targets)()
-    entries = await disk_report(
-        targets,
-        model_host_path(model),
-        local=model.is_local,
-        roots=list(settings.ARBITER_MODEL_ROOTS),
-    )
+    entries = await disk_report(targets, model, roots=list(settings.ARBITER_MODEL_ROOTS))
     html = render_to_string(
         # No request: the fragment has no form, and the lazy user must not load here.
         "catalog/partials/model_disk.html",
@@ -87,4 +87,6 @@ async def disk_fragment(request: HttpRequest, key: str) -> HttpResponse:
             "delete_url": reverse("api:delete_model_disk", kwargs={"key": key}),
         },
     )
-    return HttpResponse(html)
+    # Download / Delete only for operators (dashboard/roles.py).
+    level = await sync_to_async(level_of)(await request.auser())
+    return HttpResponse(for_level(html, level))

@@ -12,11 +12,14 @@
 Lock calls are authenticated like every API call; the token is not a credential.
 """
 
+from django.db import transaction
 from django.http import HttpRequest
 from ninja import Query, Router, Status
 
+from arbiter import audit, route_policy
 from arbiter.errors import Forbidden, InvalidInput
 from arbiter.models import ApiKey
+from arbiter.roles import ADMIN, may
 from coordination import locks
 from coordination.lock_schemas import LockExtendedOut, LockGrantOut, LockIn, LockStateOut
 
@@ -40,20 +43,44 @@ def get_lock(request: HttpRequest):
 )
 def acquire_or_extend_lock(request: HttpRequest, payload: LockIn):
     token = _token(request)
-    if token is None:
-        grant = locks.acquire(payload.holder, payload.ttl_seconds, payload.purpose)
-        return Status(201, grant)
-    return Status(200, locks.extend(token, payload.ttl_seconds))
+    # The lock change and its audit row commit together (never the token in the row).
+    with transaction.atomic():
+        if token is None:
+            grant = locks.acquire(payload.holder, payload.ttl_seconds, payload.purpose)
+            audit.record(
+                request,
+                "lock.acquire",
+                "lock",
+                grant.scope,
+                after={
+                    "holder": grant.holder,
+                    "purpose": grant.purpose,
+                    "generation": grant.generation,
+                    "expires_at": grant.expires_at,
+                },
+            )
+            return Status(201, grant)
+        before = locks.current_lock()
+        state = locks.extend(token, payload.ttl_seconds)
+        audit.record(
+            request,
+            "lock.extend",
+            "lock",
+            state.scope,
+            before={"expires_at": before.expires_at},
+            after={"holder": state.holder, "expires_at": state.expires_at},
+        )
+    return Status(200, state)
 
 
 @router.delete(
     "/swap/lock",
     response={204: None},
-    summary="Release the swap lock with its token, or force-release it (staff)",
+    summary="Release the swap lock with its token, or force-release it (admin person)",
 )
 def release_lock(
     request: HttpRequest,
-    force: bool = Query(False, description="Staff only: take the lock from its holder"),
+    force: bool = Query(False, description="Admin people only: take the lock from its holder"),
     reason: str = Query("", description="Recorded with the release (up to 500 characters)"),
     lock_delay_seconds: int = Query(
         0, description="With force: nobody may acquire for this many seconds"
@@ -66,10 +93,41 @@ def release_lock(
                 field="lock_delay_seconds",
                 errors=[{"field": "lock_delay_seconds", "message": "only with force=true"}],
             )
-        locks.release(_token(request), reason=reason)
+        with transaction.atomic():
+            before = locks.current_lock()
+            locks.release(_token(request), reason=reason)
+            audit.record(
+                request,
+                "lock.release",
+                "lock",
+                before.scope,
+                before={"holder": before.holder, "generation": before.generation},
+                after={"holder": None, "reason": reason},
+            )
         return Status(204, None)
-    # Taking a lock from someone is a person's act: a staff session, never an API key.
-    if isinstance(request.auth, ApiKey) or not getattr(request.auth, "is_staff", False):
-        raise Forbidden("force release needs a logged-in staff user (an API key is not one)")
-    locks.force_release(request.auth, reason=reason, lock_delay_seconds=lock_delay_seconds)
+    # Taking a lock from someone is a person's act: an admin's session, never an API key.
+    if isinstance(request.auth, ApiKey) or not may(request.auth, ADMIN):
+        raise Forbidden(
+            "force release needs a logged-in person with the admin role; "
+            + route_policy.describe(request.auth),
+            needed=route_policy.PERSON_ADMIN,
+        )
+    with transaction.atomic():
+        # LockAudit stays the banner's own record; the trail gets its row too.
+        record = locks.force_release(
+            request.auth, reason=reason, lock_delay_seconds=lock_delay_seconds
+        )
+        audit.record(
+            request,
+            "lock.force_release",
+            "lock",
+            record.scope,
+            before={"holder": record.old_holder, "generation": record.old_generation},
+            after={
+                "holder": None,
+                "generation": record.new_generation,
+                "reason": reason,
+                "lock_delay_seconds": lock_delay_seconds,
+            },
+        )
     return Status(204, None)

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Router, Status
 
+from arbiter import audit
 from arbiter.errors import NotFound
 from coordination.models import ScheduledJob
 from coordination.schedule_schemas import ScheduledJobIn, ScheduledJobOut
@@ -28,6 +29,17 @@ def get_job(job_id: str) -> ScheduledJob:
     if job is None:
         raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
     return job
+
+
+def _audited(job: ScheduledJob) -> dict[str, Any]:
+    """A job's fields for the audit trail."""
+    return {
+        "name": job.name,
+        "owner": job.owner,
+        "cron": job.cron,
+        "timezone": job.timezone,
+        "target_model": job.target_model.key,
+    }
 
 
 def job_out(job: ScheduledJob, now: datetime) -> dict[str, Any]:
@@ -62,15 +74,29 @@ def get_scheduled_job(request: HttpRequest, job_id: str):
     summary="Register a scheduled job (201), or update the one with this id in place (200)",
 )
 def register_scheduled_job(request: HttpRequest, payload: ScheduledJobIn):
-    job, created = register_job(payload.model_dump())
+    with transaction.atomic():  # the job and its audit row commit together
+        jobs = ScheduledJob.objects.select_related("target_model")
+        before = jobs.filter(job_id=payload.id).first()
+        job, created = register_job(payload.model_dump())
+        audit.record(
+            request,
+            "schedule.register",
+            "schedule",
+            job.job_id,
+            before=_audited(before) if before is not None else None,
+            after=_audited(job),
+        )
     _push_to_dashboards()
     return Status(201 if created else 200, job_out(get_job(job.job_id), timezone.now()))
 
 
 @router.delete("/schedule/{job_id}", response={204: None}, summary="Remove a scheduled job")
 def delete_scheduled_job(request: HttpRequest, job_id: str):
-    deleted, _ = ScheduledJob.objects.filter(job_id=job_id).delete()
-    if not deleted:
-        raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
+    with transaction.atomic():
+        job = ScheduledJob.objects.select_related("target_model").filter(job_id=job_id).first()
+        if job is None:
+            raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
+        audit.record(request, "schedule.delete", "schedule", job_id, before=_audited(job))
+        job.delete()
     _push_to_dashboards()
     return Status(204, None)

@@ -2,7 +2,8 @@
 
 `deliver_pending` runs when an event's transaction commits (and when a retry falls due);
 `drain_webhook_outbox` runs every minute (huey's periodic tasks are minute-grained) and
-catches whatever a restart or a lost wake-up left behind.
+catches whatever a restart or a lost wake-up left behind; `prune_webhook_deliveries`
+applies the delivery retention hourly.
 
 Neither task sends anything itself: each due delivery goes to a small pool of sender
 threads in the worker process and the task returns at once. A receiver that hangs so
@@ -102,3 +103,11 @@ def drain_webhook_outbox() -> None:
     queued = send_due_deliveries()
     if queued:
         logger.info("webhook outbox: %s due deliveries queued", queued)
+
+
+@db_periodic_task(crontab(minute="17"))
+def prune_webhook_deliveries() -> None:
+    """Hourly: finished deliveries past ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS go."""
+    deleted = webhooks.prune_finished()
+    if deleted:
+        logger.info("webhook retention: %s finished deliveries deleted", deleted)

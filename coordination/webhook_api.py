@@ -3,7 +3,10 @@
     GET    /api/webhooks                                 endpoints (never a secret)
     POST   /api/webhooks                                 {url, secret?, events?, description?}
                                                          -> 201 with the secret, shown once
+    PATCH  /api/webhooks/{id}                            {url?, description?, events?, enabled?}
     DELETE /api/webhooks/{id}                            204 (its deliveries go with it)
+    POST   /api/webhooks/{id}/test                       one signed `webhook.test` event, sent
+                                                         now; 200 with what happened
     POST   /api/webhooks/{id}/rotate                     {secret?, previous_valid_hours?}
                                                          -> the new secret, shown once
     GET    /api/webhooks/{id}/deliveries                 newest first, with every attempt
@@ -15,12 +18,14 @@ data); reading and redelivering need any identity, never anonymous access.
 
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Prefetch
 from django.http import HttpRequest
 from ninja import Router, Status
 
+from arbiter import audit
 from arbiter.errors import ArbiterError, InvalidInput, NotFound
-from arbiter.models import ApiKey
+from arbiter.roles import ADMIN, may
 from coordination import tasks as _tasks  # noqa: F401 - see below
 from coordination import webhooks
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
@@ -31,7 +36,9 @@ from coordination.webhook_schemas import (
     WebhookCreatedOut,
     WebhookIn,
     WebhookOut,
+    WebhookPatchIn,
     WebhookRotatedOut,
+    WebhookTestOut,
 )
 
 router = Router(tags=["coordination"])
@@ -51,13 +58,15 @@ def _require_identity(request: HttpRequest) -> None:
 
 
 def _require_manager(request: HttpRequest) -> None:
-    user = request.auth
-    if not isinstance(user, ApiKey) and not getattr(user, "is_staff", False):
-        raise Forbidden("changing webhooks needs an API key or a staff user")
+    # arbiter.route_policy already asks the admin role of every webhook write; this
+    # keeps the view safe if it is ever mounted without that policy.
+    if not may(request.auth, ADMIN):
+        raise Forbidden("changing webhooks needs the admin role")
 
 
-def _endpoint(webhook_id: int) -> WebhookEndpoint:
-    endpoint = WebhookEndpoint.objects.filter(pk=webhook_id).first()
+def _endpoint(webhook_id: int, *, for_update: bool = False) -> WebhookEndpoint:
+    rows = WebhookEndpoint.objects.select_for_update() if for_update else WebhookEndpoint.objects
+    endpoint = rows.filter(pk=webhook_id).first()
     if endpoint is None:
         raise NotFound(f"no webhook with id {webhook_id}", field="webhook_id")
     return endpoint
@@ -114,16 +123,77 @@ def list_webhooks(request: HttpRequest):
 )
 def create_webhook(request: HttpRequest, payload: WebhookIn):
     _require_manager(request)
-    endpoint, secret = webhooks.create_endpoint(
-        payload.url, secret=payload.secret, events=payload.events, description=payload.description
-    )
+    with transaction.atomic():  # the endpoint and its audit row (never the secret) together
+        endpoint, secret = webhooks.create_endpoint(
+            payload.url,
+            secret=payload.secret,
+            events=payload.events,
+            description=payload.description,
+        )
+        audit.record(
+            request,
+            "webhook.create",
+            "webhook",
+            endpoint.pk,
+            after={"url": endpoint.url, "events": endpoint.events},
+        )
     return Status(201, {**_endpoint_out(endpoint), "secret": secret})
+
+
+@router.patch(
+    "/webhooks/{webhook_id}",
+    response=WebhookOut,
+    summary="Change an endpoint's url, description, events or enabled",
+)
+def update_webhook(request: HttpRequest, webhook_id: int, payload: WebhookPatchIn):
+    _require_manager(request)
+    changes = payload.model_dump(exclude_unset=True)
+    with transaction.atomic():
+        endpoint = _endpoint(webhook_id, for_update=True)
+        before, after = webhooks.update_endpoint(endpoint, changes)
+        if after:
+            audit.record(
+                request, "webhook.update", "webhook", endpoint.pk, before=before, after=after
+            )
+            from dashboard.coordination import webhooks_changed  # the dashboard imports us
+
+            transaction.on_commit(webhooks_changed, robust=True)
+    return _endpoint_out(endpoint)
+
+
+@router.post(
+    "/webhooks/{webhook_id}/test",
+    response=WebhookTestOut,
+    summary="Send one signed test event to this endpoint now and say what happened",
+)
+def test_webhook(request: HttpRequest, webhook_id: int):
+    _require_manager(request)
+    # Outside any transaction: the HTTP request may take up to the delivery deadline.
+    result = webhooks.send_test(_endpoint(webhook_id))
+    outcome = {
+        "ok": result.ok,
+        "status_code": result.status_code,
+        "error": result.error,
+        "event_id": result.event_id,
+    }
+    with transaction.atomic():
+        audit.record(request, "webhook.test", "webhook", webhook_id, after=outcome)
+    return result
 
 
 @router.delete("/webhooks/{webhook_id}", response={204: None}, summary="Remove an endpoint")
 def delete_webhook(request: HttpRequest, webhook_id: int):
     _require_manager(request)
-    _endpoint(webhook_id).delete()
+    with transaction.atomic():
+        endpoint = _endpoint(webhook_id)
+        audit.record(
+            request,
+            "webhook.delete",
+            "webhook",
+            webhook_id,
+            before={"url": endpoint.url, "events": endpoint.events},
+        )
+        endpoint.delete()
     return Status(204, None)
 
 
@@ -135,10 +205,19 @@ def delete_webhook(request: HttpRequest, webhook_id: int):
 def rotate_webhook_secret(request: HttpRequest, webhook_id: int, payload: RotateIn | None = None):
     _require_manager(request)
     payload = payload or RotateIn.model_validate({})
-    endpoint = _endpoint(webhook_id)
-    secret = webhooks.rotate_secret(
-        endpoint, new_secret=payload.secret, previous_valid_hours=payload.previous_valid_hours
-    )
+    with transaction.atomic():
+        endpoint = _endpoint(webhook_id)
+        secret = webhooks.rotate_secret(
+            endpoint, new_secret=payload.secret, previous_valid_hours=payload.previous_valid_hours
+        )
+        # That it rotated and until when the old secret signs; never either secret.
+        audit.record(
+            request,
+            "webhook.rotate",
+            "webhook",
+            endpoint.pk,
+            after={"previous_secret_expires_at": endpoint.previous_secret_expires_at},
+        )
     return {
         "id": endpoint.pk,
         "secret": secret,
@@ -172,7 +251,15 @@ def list_deliveries(request: HttpRequest, webhook_id: int, limit: int = 50):
 )
 def redeliver(request: HttpRequest, delivery_id: int):
     _require_identity(request)
-    delivery = webhooks.redeliver(delivery_id)
+    with transaction.atomic():
+        delivery = webhooks.redeliver(delivery_id)
+        audit.record(
+            request,
+            "webhook.redeliver",
+            "webhook_delivery",
+            delivery.pk,
+            after={"endpoint": delivery.endpoint_id, "event_id": delivery.event.event_id},
+        )
     return Status(
         202,
         {

@@ -20,6 +20,29 @@ class WebhookIn(Schema):
     description: str = Field("", max_length=200)
 
 
+class WebhookPatchIn(Schema):
+    """Only the fields given change; each is checked as on create (null is refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str | None = Field(None, max_length=1000, description="http(s) URL of the receiver")
+    description: str | None = Field(None, max_length=200)
+    events: list[str] | None = Field(None, description="empty = all")
+    enabled: bool | None = Field(None, description="true also clears `disabled_reason`")
+
+
+class WebhookTestOut(Schema):
+    """What one test send did; `ok` is a 2xx answer. It is also logged as a delivery."""
+
+    ok: bool
+    status_code: int | None
+    error: str  # empty when an answer came; "not sent: …" when the SSRF check refused
+    duration_ms: float
+    response_excerpt: str  # at most 500 characters
+    event_id: str  # the `webhook-id` header sent
+    delivery_id: int | None  # the logged delivery (None if the endpoint vanished meanwhile)
+
+
 class RotateIn(Schema):
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -1,12 +1,19 @@
-"""The dashboard socket: one group, fragments pushed by `arbiter.engine.events`."""
+"""The dashboard socket: one group, fragments pushed by `arbiter.engine.events`.
+
+Pushed fragments are rendered once for every viewer; each socket cuts out the actions its
+person may not take before sending (dashboard/roles.py). The level is read when the
+socket connects: a changed role shows after a reload.
+"""
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from arbiter.engine.events import DASHBOARD_GROUP, DashboardMessage
+from arbiter.roles import level_of
 from dashboard.auth import session_group
 from dashboard.coordination import coordination_panels
 from dashboard.fragments import clients_panel, hosts_panel, services_panel
+from dashboard.roles import for_level
 from dashboard.swaps import swap_panel
 
 
@@ -27,6 +34,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
+        self.level = await sync_to_async(level_of)(user)
         self.groups_joined = [DASHBOARD_GROUP]
         session_key = self.scope["session"].session_key
         if session_key:
@@ -35,7 +43,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         # A (re)connect always starts from the full current state.
-        await self.send(text_data=await sync_to_async(full_state)())
+        await self.send(text_data=for_level(await sync_to_async(full_state)(), self.level))
 
     async def disconnect(self, code: int) -> None:
         for group in getattr(self, "groups_joined", []):
@@ -47,4 +55,4 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     async def dashboard_fragment(self, message: DashboardMessage) -> None:
         """Forward a rendered fragment; htmx swaps it out-of-band by its id."""
-        await self.send(text_data=message["html"])
+        await self.send(text_data=for_level(message["html"], self.level))

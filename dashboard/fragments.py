@@ -27,13 +27,19 @@ def services_context() -> dict:
     }
 
 
-def page_context() -> dict:
+def clients_context() -> dict:
+    """Broker traffic per client (this process), and every key's quota usage (shared)."""
     from arbiter.broker.accounting import client_usage
+    from arbiter.broker.quotas import key_quotas
 
+    return {"clients": client_usage(), "key_quotas": key_quotas()}
+
+
+def page_context() -> dict:
     return {
         "hosts": [host_view(h) for h in Host.objects.filter(in_inventory=True)],
         **services_context(),
-        "clients": client_usage(),
+        **clients_context(),
     }
 
 
@@ -57,8 +63,6 @@ def host_card(host_id: int) -> str:
 
 def clients_panel(oob: bool = False) -> str:
     """Per-client broker traffic (counted in this process since it started)."""
-    from arbiter.broker.accounting import client_usage
-
     return render_to_string(
-        "dashboard/partials/clients_panel.html", {"clients": client_usage(), "oob": oob}
+        "dashboard/partials/clients_panel.html", {**clients_context(), "oob": oob}
     )

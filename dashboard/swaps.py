@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from arbiter.engine.events import publish_fragment
+from arbiter.engine.swap_store import phase_progress
 from arbiter.models import Swap, SwapLogLine, SwapTransition
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,11 @@ class SwapView(TypedDict):
     elapsed_label: str
     progress_pct: int
     steps: list[StepView]
+    phase: str  # the launch phase (pull / weights / load), "" outside the launch
+    phase_label: str
+    phase_elapsed_seconds: float
+    phase_elapsed_label: str
+    eta_label: str  # "about 4 min left", "no estimate yet", "" without a phase
 
 
 class SwapCardView(SwapView):
@@ -112,6 +119,15 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds:.1f} s"
     whole = int(seconds)
     return f"{whole // 60} min {whole % 60:02d} s"
+
+
+def eta_label(eta_seconds: float | None) -> str:
+    """What the panel says about the time left of a launch."""
+    if eta_seconds is None:
+        return "no estimate yet"
+    if eta_seconds < 60:
+        return "less than a minute left"
+    return f"about {math.ceil(eta_seconds / 60)} min left"
 
 
 def _steps(swap: Swap, transitions: list[tuple[str, datetime]]) -> list[StepView]:
@@ -150,6 +166,8 @@ def _progress_pct(swap: Swap, transitions: list[tuple[str, datetime]]) -> int:
 def _swap_view(swap: Swap, transitions: list[tuple[str, datetime]], now: datetime) -> SwapView:
     # Elapsed counts from the request (not the engine's claim), so it never jumps back.
     elapsed = ((swap.finished_at or now) - swap.created_at).total_seconds()
+    launch = phase_progress(swap, now)
+    in_phase = launch.phase_elapsed_seconds or 0.0
     return SwapView(
         id=swap.pk,
         model=swap.model_key,
@@ -168,6 +186,11 @@ def _swap_view(swap: Swap, transitions: list[tuple[str, datetime]], now: datetim
         elapsed_label=format_seconds(elapsed),
         progress_pct=_progress_pct(swap, transitions),
         steps=_steps(swap, transitions),
+        phase=launch.phase or "",
+        phase_label=launch.phase_label,
+        phase_elapsed_seconds=in_phase,
+        phase_elapsed_label=format_seconds(in_phase),
+        eta_label=eta_label(launch.eta_seconds) if launch.phase and swap.is_active else "",
     )
 
 

@@ -19,4 +19,8 @@ urlpatterns = [
     ),
     path("fragments/schedule", views.schedule_fragment, name="schedule_fragment"),
     path("fragments/webhooks", views.webhook_fragment, name="webhook_fragment"),
+    path("keys/", views.keys, name="keys"),
+    path("fragments/keys", views.keys_fragment, name="keys_fragment"),
+    path("webhooks/", views.webhooks, name="webhooks"),
+    path("audit/", views.audit, name="audit"),
 ]

@@ -19,6 +19,22 @@ def _close_async_test_connections():
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel layer instance. channels_redis gives every
+    process-local channel of one instance a single Redis list (its client prefix) and
+    counts the channel capacity (100) on that list: a test that joined a group and never
+    read left up to 100 fragments there for 60 s, and the next test's new channels on the
+    shared instance had their messages dropped ("channels over capacity"), so its
+    `receive` timed out (CI, PostgreSQL + Redis). A fresh instance has a fresh prefix.
+    The in-memory layer is unaffected either way."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 def alice(db, django_user_model):
     """Alice runs the cluster: staff and superuser."""
@@ -31,9 +47,23 @@ def bob(db, django_user_model):
     return django_user_model.objects.create_user("bob", "bob@example.com", "bob-pw-1")
 
 
+def grant(user, role: str):
+    """Put a person in a role's group (viewer, operator, admin; arbiter.roles)."""
+    from django.contrib.auth.models import Group
+
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    return user
+
+
+@pytest.fixture
+def operator_bob(bob):
+    """Bob in the operator group: swaps, the lock, the catalog, schedules."""
+    return grant(bob, "operator")
+
+
 @pytest.fixture
 def api_key(db) -> str:
-    """A raw API key (as the cron job would hold it)."""
+    """A raw API key (as the cron job would hold it); role operator, the default."""
     _key, raw_key = ApiKey.objects.create_key(name="nightly cron")
     return raw_key
 
@@ -42,6 +72,18 @@ def api_key(db) -> str:
 def key_client(api_key) -> Client:
     """A client that authenticates with `Authorization: Bearer <key>`."""
     return Client(headers={"Authorization": f"Bearer {api_key}"})
+
+
+@pytest.fixture
+def admin_key(db) -> str:
+    """A raw API key with the admin role (inventory, webhooks)."""
+    _key, raw_key = ApiKey.objects.create_key(name="admin automation", role=ApiKey.ROLE_ADMIN)
+    return raw_key
+
+
+@pytest.fixture
+def admin_key_client(admin_key) -> Client:
+    return Client(headers={"Authorization": f"Bearer {admin_key}"})
 
 
 @pytest.fixture

@@ -61,6 +61,20 @@ class Unauthorized(BrokerError):
         self.headers["WWW-Authenticate"] = 'Bearer realm="arbiter"'
 
 
+class ModelNotAllowed(BrokerError):
+    """The API key is limited to other models (ApiKey.allowed_models)."""
+
+    status = 403
+    error_type = "permission_error"
+
+    def __init__(self, model: str, key_name: str) -> None:
+        super().__init__(
+            f"The API key {key_name!r} may not use the model `{model}`.",
+            code="model_not_allowed",
+            param="model",
+        )
+
+
 class ModelNotFound(BrokerError):
     status = 404
 

@@ -3,8 +3,11 @@
 Checking a key is a database read, and `last_used_at` a write; at inference rates both
 would queue behind the engine's ORM work, so a verified key is remembered for a few
 seconds (`ARBITER_BROKER_KEY_CACHE_SECONDS`, default 10: a revoked key stops working
-in the broker within that time) and `last_used_at` is written at most once a minute.
-Only the SHA-256 of a raw key is kept in memory, never the key.
+in the broker within that time, and a changed quota applies within it) and
+`last_used_at` is written at most once a minute.
+A key's expiry is kept with it and checked on every cached hit, so an expired key stops
+at its `expires_at`, not up to a cache lifetime later. Only the SHA-256 of a raw key is
+kept in memory, never the key.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -21,16 +25,30 @@ from arbiter.broker.background import spawn
 from arbiter.models import ApiKey
 
 DEFAULT_CACHE_SECONDS = 10.0
-LAST_USED_EVERY = 60.0
+LAST_USED_EVERY = ApiKey.LAST_USED_EVERY.total_seconds()
 MAX_CACHED = 1000
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the API key's id and name."""
+    """Who sent a request: the API key's id, name, role and limits."""
 
     key_id: int
     name: str
+    role: str = ApiKey.ROLE_OPERATOR
+    # Catalog keys or served names this key may use; empty: every model.
+    allowed_models: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    # Quotas (`quotas`); None: no limit, and then no quota work at all on the request.
+    requests_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    @property
+    def has_quota(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_day is not None
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 def bearer_token(authorization: str) -> str:
@@ -41,7 +59,17 @@ def bearer_token(authorization: str) -> str:
 @sync_to_async
 def _verify(raw_key: str) -> Caller | None:
     key = ApiKey.objects.verify(raw_key)
-    return None if key is None else Caller(key.pk, key.name)
+    if key is None:
+        return None
+    return Caller(
+        key.pk,
+        key.name,
+        role=key.role,
+        allowed_models=tuple(key.allowed_models or ()),
+        expires_at=key.expires_at,
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_day=key.tokens_per_day,
+    )
 
 
 @sync_to_async
@@ -67,6 +95,9 @@ class KeyCache:
         now = time.monotonic()
         cached = self.entries.get(digest)
         if cached is not None and now - cached[1] < self._ttl():
+            if cached[0].expired():
+                self.entries.pop(digest, None)
+                return None
             return cached[0]
         touch = True
         if cached is not None:

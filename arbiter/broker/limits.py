@@ -1,7 +1,8 @@
 """Bounds: per-model concurrency (429), a bounded wait queue (503), service activity.
 
 All counters live in one process and are touched only from its event loop, so plain
-dicts need no lock. A deployment with several broker processes bounds each of them.
+dicts need no lock. With REDIS_URL the per-model limit is shared by every process
+instead (`shared_limits`); the wait queue stays per process.
 
 `ServiceActivity` is what eviction decides on: requests in flight per service and when
 the last one finished.
@@ -101,20 +102,19 @@ class ActivitySnapshot:
 
     in_flight: dict[str, int] = field(default_factory=dict)
     last_finished: dict[str, float] = field(default_factory=dict)  # epoch seconds
-    unloaded: frozenset[str] = frozenset()
 
 
 class ServiceActivity:
-    """Requests in flight per service, when each one's last request finished, and the
-    services the broker unloaded (holding no memory until they are used again)."""
+    """Requests in flight per service, and when each one's last request finished.
+
+    Which services are unloaded is not kept here: every process reads it from the
+    database (`residency`)."""
 
     def __init__(self) -> None:
         self.in_flight: dict[str, int] = {}
         self.last_finished: dict[str, float] = {}
-        self.unloaded: set[str] = set()
 
     def started(self, service: str) -> None:
-        # `unloaded` stays until the service is reloaded (`residency.Residency`).
         self.in_flight[service] = self.in_flight.get(service, 0) + 1
 
     def finished(self, service: str) -> None:
@@ -126,6 +126,4 @@ class ServiceActivity:
         self.last_finished[service] = time.time()
 
     def snapshot(self) -> ActivitySnapshot:
-        return ActivitySnapshot(
-            dict(self.in_flight), dict(self.last_finished), frozenset(self.unloaded)
-        )
+        return ActivitySnapshot(dict(self.in_flight), dict(self.last_finished))

@@ -1,8 +1,9 @@
 """On-demand loading: a request for a catalog model loaded nowhere starts ONE swap.
 
-Concurrent requests for the same model await the same future (in this process); the
-database's one-active-swap-per-host constraint guards across processes (a second
-process gets 409 from `create_swap` and joins the running swap instead). The broker
+Concurrent requests for the same model await the same future (in this process); across
+processes, the model's catalog row is locked while the swap is created, so a second
+process finds the first one's swap and follows it (`start_swap`), and the database's
+one-active-swap-per-host constraint still guards the host. The broker
 swaps with `requested_by="broker"` and no lock token, so while someone else holds the
 lock `create_swap` raises Locked and nothing starts; the lock is also checked before
 anything is evicted.
@@ -12,7 +13,7 @@ One load:
    else the best fitting host with an enabled vLLM service), and what must be evicted
    (`planner.plan_eviction`). A host already swapping is waited for; a swap already
    loading this model is joined.
-2. evict: POST each chosen service's `unload_route` (`residency`). The service the swap
+2. evict: call each chosen service's `unload_route` (`residency`). The service the swap
    reloads needs nothing: the swap stops its container and waits for the memory itself.
    On hosts that measure their free memory, wait until the room is really there.
 3. `create_swap(...)`, then wait for the swap to end.
@@ -24,13 +25,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
+from arbiter import audit
 from arbiter.broker import metrics
 from arbiter.broker.background import spawn
 from arbiter.broker.errors import (
@@ -45,10 +49,13 @@ from arbiter.broker.limits import ActivitySnapshot
 from arbiter.broker.planner import EvictionPlan, HostMemory, Incoming, Resident, choose_host
 from arbiter.broker.planner import plan_eviction as plan_host
 from arbiter.broker.swapwait import SwapEnd, SwapWatcher
+from arbiter.broker.table import json_bytes
+from arbiter.engine.host_memory import claimed_mib, latest_unified, sleep_level
+from arbiter.engine.multi_node import is_multi_node, pair_host_rows, running_pair_on
 from arbiter.engine.preflight import get_catalog_model, vllm_service
 from arbiter.engine.swap_store import active_swap_on, create_swap
 from arbiter.errors import ArbiterError, Conflict
-from arbiter.models import GpuSample, Host, Service
+from arbiter.models import GpuSample, Host, Service, Swap
 from catalog.models import CatalogModel
 
 if TYPE_CHECKING:  # residency imports this module's lock gate
@@ -58,6 +65,9 @@ log = logging.getLogger(__name__)
 
 BLOCKED_RETRY_SECONDS = 1.0  # how often a load waiting for busy services re-plans
 REQUESTED_BY = "broker"
+# A swap of the model that completed this recently is taken as the load being asked
+# for: longer than a probe tick and a route table's life, shorter than any real reuse.
+JUST_LOADED_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class Eviction:
 
     service: str
     url: str
+    method: str = "POST"
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -82,11 +94,13 @@ class LoadStep:
 
 # -- planning (synchronous ORM, run in a thread) ----------------------------------------
 def assert_lock_free() -> None:
-    """Raise Locked (423) when another party holds the swap lock; the broker has no token."""
-    from coordination.locks import assert_may_swap
+    """Raise Locked (423) when another party holds the swap lock; the broker has no token.
 
-    with transaction.atomic():
-        assert_may_swap(None)
+    Loads, reloads, evictions and idle unloads all pass this one gate.
+    """
+    from coordination.locks import assert_may_change_gpu
+
+    assert_may_change_gpu(None)
 
 
 def _measured_free(host: Host) -> int | None:
@@ -97,15 +111,38 @@ def _measured_free(host: Host) -> int | None:
     return host.mem_available_mib
 
 
-def residents_of(host: Host, target: Service, activity: ActivitySnapshot) -> list[Resident]:
-    estimates = dict(CatalogModel.objects.values_list("served_name", "estimated_vram_mib"))
+def residents_of(
+    host: Host, target: Service, activity: ActivitySnapshot, unified: bool = False
+) -> list[Resident]:
+    """What each service on the host holds, and what unloading it would keep (planner)."""
+    models = {
+        served: (estimate, opted_in)
+        for served, estimate, opted_in in CatalogModel.objects.values_list(
+            "served_name", "estimated_vram_mib", "sleep_on_unified_memory"
+        )
+    }
     residents = []
     for service in Service.objects.filter(host=host, in_inventory=True, disabled=False):
         in_flight = activity.in_flight.get(service.name, 0)
-        if service.health == "down" or (service.name in activity.unloaded and not in_flight):
-            vram = 0  # nothing running (or the broker unloaded it and nobody uses it now)
+        estimate, opted_in = models.get(service.loaded_model, (0, False))
+        held = estimate or service.vram_resident_mib
+        if unified and service.loaded_model:
+            # vLLM claims gpu_memory_utilization × MemTotal of the pool, not its estimate.
+            held = claimed_mib(service, host.mem_total_mib) or held
+        level = sleep_level(service.kind, service.unload_route)
+        # vLLM's level-1 sleep keeps the weights (taken as the model's estimate: the
+        # catalog has no separate figure); level 2 and other backends keep nothing.
+        keeps = min(held, estimate or held) if level == 1 else 0
+        if service.health == "down":
+            vram = 0  # nothing running
+        elif service.unloaded_at is not None and not in_flight:
+            # Unloaded (by any broker process): on unified memory a vLLM sleeper's
+            # weights are still in the pool; elsewhere they left the GPU.
+            vram = keeps if unified else 0
         else:
-            vram = estimates.get(service.loaded_model) or service.vram_resident_mib
+            vram = held
+        # vLLM's sleep on unified memory only for models that opt in (host_memory).
+        sleeps_ok = not unified or level is None or opted_in
         residents.append(
             Resident(
                 service=service.name,
@@ -113,8 +150,9 @@ def residents_of(host: Host, target: Service, activity: ActivitySnapshot) -> lis
                 in_flight=in_flight,
                 last_finished=activity.last_finished.get(service.name),
                 can_coexist_with=tuple(service.can_coexist_with or ()),
-                evictable=bool(service.unload_route),
+                evictable=bool(service.unload_route) and sleeps_ok,
                 replaced=service.pk == target.pk,
+                keeps_mib=keeps,
             )
         )
     return residents
@@ -124,7 +162,11 @@ def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
     """Decide the next step of loading `model_key` (see the module docstring)."""
     assert_lock_free()
     model = get_catalog_model(model_key)
-    if model.default_host_id is not None:
+    if is_multi_node(model):
+        # A multi-node model loads on its pair only, as one swap named by its head; the
+        # swap itself frees every host of the pair (SwapRunner.step_stopping).
+        hosts = pair_host_rows(model)[:1]
+    elif model.default_host_id is not None:
         hosts = list(Host.objects.filter(pk=model.default_host_id, in_inventory=True))
     else:
         hosts = list(
@@ -144,12 +186,21 @@ def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
                 return LoadStep("join", host.name, swap_id=running.pk)
             busy_swaps.append(running.pk)
             continue
+        pair = running_pair_on(host)
+        if pair is not None and pair.model_key != model.key and not is_multi_node(model):
+            # The broker never evicts a pair: its hosts serve it as one unit until a
+            # swap replaces the whole pair.
+            continue
         service = vllm_service(host)
         if service is None:
             continue
-        residents = residents_of(host, service, activity)
+        unified = latest_unified(host.pk)
+        residents = residents_of(host, service, activity, unified)
         measured = _measured_free(host)
-        memory = HostMemory(host.name, host.vram_budget_mib, host.vram_margin_mib, measured)
+        ram_free = host.mem_available_mib if host.state == "live" and not unified else None
+        memory = HostMemory(
+            host.name, host.vram_budget_mib, host.vram_margin_mib, measured, unified, ram_free
+        )
         incoming = Incoming(service.name, model.estimated_vram_mib, tuple(service.can_coexist_with))
         plans.append(
             (plan_host(memory, residents, incoming), host, residents, measured is not None)
@@ -157,11 +208,16 @@ def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
     best = choose_host(plan for plan, *_ in plans)
     if best is not None:
         _plan, host, _residents, measured = next(p for p in plans if p[0] is best)
-        urls = {
-            s.name: s.base_url.rstrip("/") + "/" + s.unload_route.lstrip("/")
+        routes = {
+            s.name: Eviction(
+                s.name,
+                s.base_url.rstrip("/") + "/" + s.unload_route.lstrip("/"),
+                s.unload_method or "POST",
+                json_bytes(s.unload_body),
+            )
             for s in Service.objects.filter(host=host, name__in=best.evict)
         }
-        evict = tuple(Eviction(name, urls[name]) for name in best.evict)
+        evict = tuple(routes[name] for name in best.evict)
         return LoadStep("go", host.name, evict=evict, plan=best, measured=measured)
     if busy_swaps:
         return LoadStep("wait", swap_id=busy_swaps[0])
@@ -188,10 +244,31 @@ def room_now(host_name: str, needed: int) -> bool:
     return measured is None or measured - host.vram_margin_mib >= needed
 
 
-def start_swap(model_key: str, host_name: str) -> tuple[int, bool]:
-    """Create the swap, or find the one in the way: (swap id, whether it loads our model)."""
+def start_swap(
+    model_key: str, host_name: str, on_behalf: audit.Actor | None = None
+) -> tuple[int, bool]:
+    """Create the swap, or find the one in the way: (swap id, whether it loads our model).
+
+    Several broker processes may plan the same load at once (each has its own `Loads`).
+    The catalog row's lock (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises
+    writers anyway) makes them create the swap one at a time: whoever comes second finds
+    the first one's swap for this model, active or just completed, and follows it, so a
+    model is loaded exactly once however many processes asked for it.
+    The swap is audited as broker.load: the engine, on behalf of the request's key.
+    """
     try:
-        swap = create_swap(model_key, host_name, False, REQUESTED_BY)
+        with transaction.atomic():
+            existing = _swap_loading(model_key)
+            if existing is not None:
+                return existing, True
+            swap = create_swap(model_key, host_name, False, REQUESTED_BY)
+            audit.record(
+                on_behalf or audit.ENGINE,
+                "broker.load",
+                "catalog_model",
+                model_key,
+                after={"host": host_name, "swap_id": swap.pk},
+            )
     except Conflict as conflict:
         swap_id = conflict.extra.get("swap_id")
         if swap_id is None:
@@ -199,6 +276,32 @@ def start_swap(model_key: str, host_name: str) -> tuple[int, bool]:
         running = active_swap_on(Host.objects.get(name=host_name).pk)
         return int(swap_id), running is not None and running.model_key == model_key
     return swap.pk, True
+
+
+def _swap_loading(model_key: str) -> int | None:
+    """Under the model's row lock: the swap already loading it, or one that completed
+    moments ago (another process's load, which this process's route table and the
+    probes have not seen yet) whose host has not been swapped since."""
+    model = CatalogModel.objects.select_for_update().filter(key=model_key).first()
+    if model is None:
+        return None  # create_swap names the missing model
+    swaps = Swap.objects.filter(model_key=model_key, dry_run=False).order_by("-pk")
+    running = swaps.filter(state__in=Swap.ACTIVE_STATES).values_list("pk", flat=True).first()
+    if running is not None:
+        return running
+    recent = timezone.now() - timedelta(seconds=JUST_LOADED_SECONDS)
+    done = (
+        swaps.filter(state=Swap.COMPLETE, finished_at__gte=recent).select_related("service").first()
+    )
+    if done is None or done.service is None or done.service.unloaded_at is not None:
+        return None
+    latest_on_host = (
+        Swap.objects.filter(host_id=done.host_id, dry_run=False)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    return done.pk if latest_on_host == done.pk else None
 
 
 # -- the shared load -------------------------------------------------------------------
@@ -226,11 +329,18 @@ class Loads:
         self.activity = residency.activity
         self.pending: dict[str, asyncio.Future[SwapEnd]] = {}
 
-    async def load(self, model_key: str, timeout: float) -> SwapEnd:
-        """Wait up to `timeout` for the model's load (starting it if nobody has)."""
+    async def load(
+        self, model_key: str, timeout: float, on_behalf: audit.Actor | None = None
+    ) -> SwapEnd:
+        """Wait up to `timeout` for the model's load (starting it if nobody has).
+
+        `on_behalf`: the engine acting for the request's key, which the audit rows of the
+        load and its evictions name (the request that started the load, when several
+        share it).
+        """
         load = self.pending.get(model_key)
         if load is None:
-            load = spawn(self._load(model_key, time.monotonic() + timeout))
+            load = spawn(self._load(model_key, time.monotonic() + timeout, on_behalf))
             self.pending[model_key] = load
             load.add_done_callback(lambda done: self._forget(model_key, done))
         try:
@@ -251,13 +361,15 @@ class Loads:
         outcome = "complete" if error is None else load_outcome(error)
         metrics.LOADS.labels(outcome).inc()
 
-    async def _load(self, model_key: str, deadline: float) -> SwapEnd:
+    async def _load(
+        self, model_key: str, deadline: float, on_behalf: audit.Actor | None = None
+    ) -> SwapEnd:
         while True:
             try:
                 step = await sync_to_async(plan_load)(model_key, self.activity.snapshot())
                 if step.action == "go":
-                    await self._evict(step, deadline)
-                    swap_id, ours = await sync_to_async(start_swap)(model_key, step.host)
+                    await self._evict(step, deadline, on_behalf)
+                    swap_id, ours = await sync_to_async(start_swap)(model_key, step.host, on_behalf)
                     if ours:
                         log.info(
                             "broker: loading %s on %s (swap %s)", model_key, step.host, swap_id
@@ -302,13 +414,22 @@ class Loads:
             )
         return end
 
-    async def _evict(self, step: LoadStep, deadline: float) -> None:
+    async def _evict(
+        self, step: LoadStep, deadline: float, on_behalf: audit.Actor | None = None
+    ) -> None:
         if not step.evict:
             return
         for eviction in step.evict:
             log.info("broker: evicting %s on %s", eviction.service, step.host)
             try:
-                await self.residency.unload(eviction.service, eviction.url, "eviction")
+                await self.residency.unload(
+                    eviction.service,
+                    eviction.url,
+                    "eviction",
+                    eviction.method,
+                    eviction.body,
+                    on_behalf=on_behalf,
+                )
             except httpx.HTTPError as exc:
                 raise LoadFailed(
                     f"Could not unload {eviction.service} to make room: {type(exc).__name__}.",

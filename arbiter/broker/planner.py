@@ -16,6 +16,11 @@ The rules (SPEC "Broker"):
 - Never evict a service with requests in flight: the load waits for it instead.
 - Never evict while someone else holds the swap lock.
 - If it cannot fit even with every evictable service gone: a clear error, no eviction.
+- vLLM's level-1 sleep (its unload route `/sleep`) offloads the weights to CPU RAM and
+  discards the KV cache (docs.vllm.ai "Sleep Mode"). On a unified-memory host CPU RAM
+  is the same pool: an asleep vLLM still holds its weights there, and putting one to
+  sleep frees only the rest. On discrete GPUs it frees the GPU memory but needs host RAM
+  for the weights, so it is only evicted while the host's MemAvailable can take them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class HostMemory:
     margin_mib: int = 0
     # Measured free memory (MemAvailable on unified memory hosts), when reported.
     measured_free_mib: int | None = None
+    # One pool for CPU and GPU (GB10): what a vLLM keeps asleep stays in it.
+    unified: bool = False
+    # Host RAM free for offloaded weights (MemAvailable on discrete-GPU hosts), if measured.
+    ram_free_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,9 @@ class Resident:
     evictable: bool = True
     # The service the swap itself reloads (its current model goes with the swap).
     replaced: bool = False
+    # What unloading it keeps: the weights a vLLM's level-1 sleep offloads to CPU RAM
+    # (still in the pool on unified memory; taken from host RAM on discrete GPUs).
+    keeps_mib: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,12 @@ def room(host: HostMemory, residents: Iterable[Resident]) -> int | None:
     return min(known) if known else None
 
 
+def freed_by_unload(resident: Resident, host: HostMemory) -> int:
+    """The memory unloading `resident` gives back to a new model."""
+    kept = resident.keeps_mib if host.unified else 0
+    return max(0, resident.vram_mib - kept)
+
+
 def plan_eviction(
     host: HostMemory,
     residents: Iterable[Resident],
@@ -128,18 +146,26 @@ def plan_eviction(
     candidates = [
         r
         for r in residents
-        if not r.replaced and r.vram_mib > 0 and r.evictable and not coexists(r, incoming)
+        if not r.replaced
+        and freed_by_unload(r, host) > 0
+        and r.evictable
+        and not coexists(r, incoming)
     ]
     idle = sorted(
         (r for r in candidates if r.in_flight == 0),
         key=lambda r: (r.last_finished is not None, r.last_finished or 0.0, r.service),
     )
     evict: list[str] = []
+    ram_left = None if host.unified or host.ram_free_mib is None else host.ram_free_mib
     for resident in idle:
         if free >= needed:
             break
+        if ram_left is not None and resident.keeps_mib:
+            if resident.keeps_mib > ram_left:
+                continue  # its weights would not fit in host RAM: it cannot be put to sleep
+            ram_left -= resident.keeps_mib
         evict.append(resident.service)
-        free += resident.vram_mib
+        free += freed_by_unload(resident, host)
     if free >= needed:
         return plan(
             fits=True,
@@ -148,7 +174,7 @@ def plan_eviction(
             reason=f"fits after evicting {', '.join(evict)}",
         )
     busy = [r for r in candidates if r.in_flight > 0]
-    if free + sum(r.vram_mib for r in busy) >= needed:
+    if free + sum(freed_by_unload(r, host) for r in busy) >= needed:
         # The busy ones are never evicted: wait until enough of them go idle.
         waiting = tuple(sorted(r.service for r in busy))
         return plan(

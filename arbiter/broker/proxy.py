@@ -220,6 +220,9 @@ class Relay:
         self.sent = 0
         self.complete = False
         self.closed = False
+        # Sees every chunk before it goes out (a key's token quota reads them); None on
+        # the lean path.
+        self.on_chunk: Callable[[bytes], None] | None = None
 
     async def read_all(self) -> bytes:
         """The whole body as the backend sent it (not decompressed: its
@@ -227,6 +230,8 @@ class Relay:
         try:
             body = b"".join([chunk async for chunk in self.response.aiter_raw()])
             self.sent, self.complete = len(body), True
+            if self.on_chunk is not None:
+                self.on_chunk(body)
             return body
         finally:
             await self.aclose()
@@ -242,6 +247,8 @@ class Relay:
         try:
             async for chunk in self.response.aiter_raw():
                 self.sent += len(chunk)
+                if self.on_chunk is not None:
+                    self.on_chunk(chunk)
                 yield chunk
             self.complete = True
         except httpx.HTTPError as exc:

@@ -12,12 +12,14 @@ import weakref
 from dataclasses import dataclass, field
 
 import httpx
+from django.conf import settings
 
 from arbiter.broker.keys import KeyCache
 from arbiter.broker.limits import ConcurrencyLimits, ServiceActivity, WaitQueue
 from arbiter.broker.loading import Loads
 from arbiter.broker.proxy import new_client, new_transport
 from arbiter.broker.residency import Residency
+from arbiter.broker.shared_limits import SharedLimits
 from arbiter.broker.swapwait import SwapWatcher
 from arbiter.broker.table import RouteTableCache
 from arbiter.broker.upstream import LeanTransport
@@ -37,10 +39,15 @@ class BrokerState:
     _client: httpx.AsyncClient | None = None
     residency: Residency = field(init=False)
     loads: Loads = field(init=False)
+    # With REDIS_URL the per-model limit holds across processes (`shared_limits`);
+    # without, `limits` bounds this process alone at no cost.
+    shared_limits: SharedLimits | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.residency = Residency(self.activity, lambda: self.client)
+        self.residency = Residency(self.activity, lambda: self.client, self.table.invalidate)
         self.loads = Loads(self.watcher, self.residency)
+        redis_url = getattr(settings, "REDIS_URL", "")
+        self.shared_limits = SharedLimits(redis_url) if redis_url else None
 
     @property
     def transport(self) -> LeanTransport:
@@ -57,6 +64,8 @@ class BrokerState:
         return self._client
 
     async def aclose(self) -> None:
+        if self.shared_limits is not None:
+            await self.shared_limits.aclose()
         if self._client is not None:
             await self._client.aclose()  # closes the transport with it
         elif self._transport is not None:

@@ -13,6 +13,7 @@ is newer news than the last probe, so until the next probe the table trusts the 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -21,6 +22,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from arbiter.broker.background import spawn
+from arbiter.engine.host_memory import unified_host_ids
+from arbiter.engine.served_auth import service_api_keys
 from arbiter.models import Service, Swap
 from catalog.models import CatalogModel
 
@@ -49,6 +52,19 @@ class ServiceRoute:
     load_route: str = ""
     # The swap running on this service right now (it is being reloaded), if any.
     swap_id: int | None = None
+    # `Service.unloaded_at` as read: None = loaded; past = asleep; future = an unload or
+    # reload is under way in some broker process (`residency` explains the protocol).
+    unloaded_at: datetime | None = None
+    unload_method: str = "POST"
+    unload_body: bytes | None = None  # JSON, ready to send
+    load_method: str = "POST"
+    load_body: bytes | None = None
+    # The host shares one memory pool between CPU and GPU (GB10): vLLM's sleep keeps the
+    # weights in that pool, and wake-ups are known to crash there (see `residency`).
+    unified_memory: bool = False
+    # The key the served model's vLLM demands on /v1 (`--api-key`, engine.served_auth):
+    # the broker sends it in place of the client's Arbiter key, which is never forwarded.
+    backend_api_key: str = ""
 
     @property
     def down(self) -> bool:
@@ -70,6 +86,7 @@ class CatalogEntry:
     estimated_vram_mib: int
     created: int
     idle_unload_seconds: int | None = None
+    sleep_on_unified_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,11 @@ def _effective(service: ServiceRoute, last_probe_at: datetime | None, done: dict
     return replace(service, loaded_model=served_name, health="up", health_since=finished_at)
 
 
+def json_bytes(body: object) -> bytes | None:
+    """A route's JSON body as sent (None: no body)."""
+    return None if body is None else json.dumps(body).encode()
+
+
 def read_route_table() -> RouteTable:
     """Read the table from the database (synchronous ORM; call through sync_to_async)."""
     active = [
@@ -135,7 +157,11 @@ def read_route_table() -> RouteTable:
         if swap.service_id not in done and swap.model is not None and swap.finished_at:
             done[swap.service_id] = (swap.finished_at, swap.model.served_name)
     services = []
-    for row in Service.objects.filter(in_inventory=True, disabled=False).select_related("host"):
+    rows = list(Service.objects.filter(in_inventory=True, disabled=False).select_related("host"))
+    unified = unified_host_ids(row.host_id for row in rows)
+    # The same lookup the prober uses: the key of the model each service last swapped in.
+    backend_keys = service_api_keys([row.pk for row in rows])
+    for row in rows:
         route = ServiceRoute(
             id=row.pk,
             name=row.name,
@@ -153,6 +179,13 @@ def read_route_table() -> RouteTable:
             unload_route=row.unload_route,
             load_route=row.load_route,
             swap_id=swapping.get(row.pk),
+            unloaded_at=row.unloaded_at,
+            unload_method=row.unload_method or "POST",
+            unload_body=json_bytes(row.unload_body),
+            load_method=row.load_method or "POST",
+            load_body=json_bytes(row.load_body),
+            unified_memory=row.host_id in unified,
+            backend_api_key=backend_keys.get(row.pk, ""),
         )
         services.append(_effective(route, row.last_probe_at, done))
     catalog = tuple(
@@ -164,6 +197,7 @@ def read_route_table() -> RouteTable:
             estimated_vram_mib=m.estimated_vram_mib,
             created=int(m.created_at.timestamp()),
             idle_unload_seconds=m.idle_unload_seconds,
+            sleep_on_unified_memory=m.sleep_on_unified_memory,
         )
         for m in CatalogModel.objects.select_related("default_host")
     )

@@ -1,8 +1,9 @@
 """The broker's async views: `/v1/...` by model or capability, and `/audio/...`.
 
 Each request: authenticate (API key) → read the body (413) → find the model (400/415)
-→ route (`routing`) → wait for a swap or a load when routing says so (bounded queue,
-bounded time) → forward (`proxy`), counting it against the per-model limit (429).
+→ count it against its key's quota, if it has one (429, `quotas`) → route (`routing`)
+→ wait for a swap or a load when routing says so (bounded queue, bounded time)
+→ forward (`proxy`), counting it against the per-model limit (429).
 Every error the broker answers itself is OpenAI-shaped (`errors.BrokerError`).
 """
 
@@ -16,8 +17,10 @@ import httpx
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from arbiter.broker import metrics
+from arbiter import audit
+from arbiter.broker import metrics, permissions, quotas
 from arbiter.broker.accounting import accounting, client_name
+from arbiter.broker.background import spawn
 from arbiter.broker.bodies import WithModel, json_model, multipart_model, read_body
 from arbiter.broker.errors import (
     BrokerError,
@@ -112,11 +115,14 @@ async def serve(
     route: str,
     prepare: Callable[[bytes], Prepared],
     methods: tuple[str, ...] = ("POST",),
+    names_model: bool = False,
 ) -> HttpResponse:
     """The common path of every proxied route (see the module docstring).
 
     `prepare(body)` checks the body and returns the queue key (the model), the
     routing function to apply to the table, and how to rename the body's model.
+    `names_model`: the queue key is the model the request names (checked against the
+    key's model list before anything loads); otherwise the service routed to is checked.
     """
     state = get_state()
     exchange: Exchange | None = None
@@ -127,12 +133,20 @@ async def serve(
             raise MethodNotAllowed(request.method or "", ", ".join(methods))
         body = read_body(request)
         key, decide, with_model = prepare(body)
-        decision = await settle(state, key, decide)
+        if caller.allowed_models and names_model:
+            permissions.check_model(caller, key, await state.table.get())
+        if caller.requests_per_minute is not None or caller.tokens_per_day is not None:
+            # Before routing: a request past its key's quota loads nothing (429).
+            await quotas.check_async(caller)
+        on_behalf = audit.for_key(caller.name, caller.role, request.META.get("REMOTE_ADDR"))
+        decision = await settle(state, key, decide, on_behalf)
+        if caller.allowed_models and not names_model:
+            permissions.check_forward(caller, decision, await state.table.get())
         exchange.model = decision.limit_key
         if decision.served_model and with_model is not None:
             # The request named the catalog key; the backend only knows the served name.
             body = with_model(decision.served_model)
-        return await forward(request, state, decision, body, exchange)
+        return await forward(request, state, decision, body, exchange, caller)
     except BrokerError as error:
         if error.status >= 500:
             log.info("broker %s %s: %s %s", route, request.path, error.status, error.message)
@@ -142,7 +156,12 @@ async def serve(
         return response
 
 
-async def settle(state: BrokerState, key: str, decide: Callable[[RouteTable], Decision]) -> Forward:
+async def settle(
+    state: BrokerState,
+    key: str,
+    decide: Callable[[RouteTable], Decision],
+    on_behalf: audit.Actor | None = None,
+) -> Forward:
     """Route; while routing says wait (a swap) or load, do so and route again, bounded."""
     deadline = time.monotonic() + queue_timeout()
     newer_than: float | None = None
@@ -159,19 +178,24 @@ async def settle(state: BrokerState, key: str, decide: Callable[[RouteTable], De
                     code="load_contended",
                     retry_after=QUEUE_RETRY_AFTER,
                 )
-        end = await wait_in_queue(state, key, decision, deadline)
+        end = await wait_in_queue(state, key, decision, deadline, on_behalf)
         newer_than = end.seen_at
 
 
 async def wait_in_queue(
-    state: BrokerState, key: str, decision: WaitForSwap | Load, deadline: float
+    state: BrokerState,
+    key: str,
+    decision: WaitForSwap | Load,
+    deadline: float,
+    on_behalf: audit.Actor | None = None,
 ) -> SwapEnd:
     with state.queue.slot(key):
         metrics.WAITING.inc()
         try:
             remaining = deadline - time.monotonic()
             if isinstance(decision, Load):
-                return await state.loads.load(decision.entry.key, remaining)
+                # The engine loads on behalf of this request's key (the audit trail).
+                return await state.loads.load(decision.entry.key, remaining, on_behalf)
             try:
                 return await state.watcher.wait(decision.swap_id, remaining)
             except TimeoutError:
@@ -186,23 +210,47 @@ async def wait_in_queue(
 
 
 async def forward(
-    request: HttpRequest, state: BrokerState, decision: Forward, body: bytes, exchange: Exchange
+    request: HttpRequest,
+    state: BrokerState,
+    decision: Forward,
+    body: bytes,
+    exchange: Exchange,
+    caller: Caller | None = None,
 ) -> HttpResponse:
     service, model = decision.service, decision.limit_key
-    state.limits.acquire(model)  # 429 past the per-model limit
+    # A key with a token quota: read the answer's tokens as it goes out (`quotas`).
+    tokens = (
+        quotas.TokenCounter() if caller is not None and caller.tokens_per_day is not None else None
+    )
+    shared = state.shared_limits
+    if shared is None:
+        state.limits.acquire(model)  # 429 past the per-model limit of this process
+        slot = ""
+    else:
+        slot = await shared.acquire(model)  # 429 past the limit of all processes together
     state.activity.started(service.name)
     metrics.IN_FLIGHT.labels(model).inc()
 
     def release(outcome: RelayOutcome | None, status: int) -> None:
-        state.limits.release(model)
+        if shared is None:
+            state.limits.release(model)
+        else:
+            shared.release(model, slot)
         state.activity.finished(service.name)
         metrics.IN_FLIGHT.labels(model).dec()
         exchange.finish(status, outcome.bytes if outcome else 0)
+        if tokens is not None and caller is not None and outcome is not None:
+            spawn(quotas.add_tokens_async(caller.key_id, tokens.total()))
 
     url = service.url(decision.path)
     if request.META.get("QUERY_STRING"):
         url += "?" + request.META["QUERY_STRING"]
     headers = forwarded_headers(request.headers.items(), request.META.get("REMOTE_ADDR", ""))
+    if service.backend_api_key:
+        headers.append(("Authorization", f"Bearer {service.backend_api_key}"))
+    if tokens is not None:
+        # A compressed answer could not be read for its tokens.
+        headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
     try:
         await state.residency.ensure_loaded(service)  # the broker may have unloaded it
         sent = time.perf_counter()
@@ -221,6 +269,8 @@ async def forward(
     metrics.FIRST_BYTE.labels(exchange.route).observe(time.perf_counter() - sent)
     status = upstream.status_code
     relay = Relay(upstream, lambda outcome: release(outcome, status))
+    if tokens is not None:
+        relay.on_chunk = tokens.feed
     response: HttpResponse | StreamingHttpResponse
     if buffered(upstream):
         try:
@@ -254,7 +304,7 @@ async def by_model(request: HttpRequest) -> HttpResponse:
         model, with_model = read_model(request, body)
         return model, lambda table: route_model(table, model, path, probe_retry_after()), with_model
 
-    return await serve(request, path, prepare)
+    return await serve(request, path, prepare, names_model=True)
 
 
 @csrf_exempt
@@ -292,12 +342,17 @@ async def models(request: HttpRequest) -> HttpResponse:
     """`GET /v1/models`: what is loaded where, what is loading, what can be loaded."""
     state = get_state()
     try:
-        await authenticate(request, state)
+        caller = await authenticate(request, state)
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed(request.method or "", "GET")
     except BrokerError as error:
         return error_response(error)
-    return JsonResponse(list_models(await state.table.get()))
+    table = await state.table.get()
+    listed = list_models(table)
+    if caller.allowed_models:
+        # A key limited to models sees only those (matched as requests are: `permissions`).
+        listed["data"] = permissions.visible_models(caller, listed["data"], table)
+    return JsonResponse(listed)
 
 
 @csrf_exempt

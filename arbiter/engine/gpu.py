@@ -5,6 +5,7 @@ report (`[N/A]`, `[Not Supported]`, empty) is None, never a made-up zero.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ NVIDIA_SMI_ARGV = [
 MEMINFO_ARGV = ["cat", "/proc/meminfo"]
 
 _MISSING = {"", "[n/a]", "n/a", "[not supported]", "[unknown error]", "[insufficient permissions]"}
+# What `--format=csv` (without `nounits`) appends to a number: "37 %", "11.17 W", "3 MiB".
+_UNITS = {"%", "W", "MiB", "MHz", "C"}
+# How much of a failing nvidia-smi's own message is kept (its first lines say it all:
+# "Failed to initialize NVML: Driver/library version mismatch" / "NVML library version: ...").
+DRIVER_MESSAGE_LINES = 3
+DRIVER_MESSAGE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -61,40 +68,86 @@ class GpuOutputError(ValueError):
     """nvidia-smi printed something we cannot read; the sample is a miss, not zeros."""
 
 
+class NvidiaSmiFailed(GpuOutputError):
+    """nvidia-smi ran and exited non-zero: a driver problem, reported in the tool's own words.
+
+    The host answered over SSH, so this is not a missed sample. The real tool prints these
+    on stdout, not stderr, with its NVML return code as exit status (docs.nvidia.com/deploy/
+    nvidia-smi, "RETURN VALUE"; see tests/engine/fixtures/nvidia_smi/README.md):
+    "Failed to initialize NVML: Driver/library version mismatch" + "NVML library version:
+    535.161", exit 18 (anderskm/gputil#55, mozilla/translations#1167); "No devices were
+    found" (edgelesssys/contrast#1411); "NVIDIA-SMI has failed because it couldn't
+    communicate with the NVIDIA driver. ...", exit 9 (anderskm/gputil#26).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def driver_message(stdout: str, stderr: str = "") -> str:
+    """The first lines of a failing nvidia-smi's message, trimmed (stdout first: see above)."""
+    text = stdout if stdout.strip() else stderr
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    message = "\n".join(lines[:DRIVER_MESSAGE_LINES])[:DRIVER_MESSAGE_CHARS]
+    return message or "nvidia-smi failed and printed nothing"
+
+
 def _number(raw: str) -> float | None:
     value = raw.strip()
     if value.lower() in _MISSING:
         return None
+    number, _, unit = value.partition(" ")
+    if unit in _UNITS:
+        value = number
     try:
         return float(value)
     except ValueError:
         raise GpuOutputError(f"not a number: {raw!r}") from None
 
 
-def parse_nvidia_smi_csv(text: str) -> list[GpuReading]:
-    """Parse `nvidia-smi --query-gpu=<QUERY_FIELDS> --format=csv,noheader,nounits`."""
+def _header_field(cell: str) -> str:
+    return cell.strip().partition(" [")[0]  # "memory.used [MiB]" -> "memory.used"
+
+
+def parse_nvidia_smi_csv(
+    text: str, fields: Sequence[str] = QUERY_FIELDS, header: bool = False
+) -> list[GpuReading]:
+    """Parse `nvidia-smi --query-gpu=<fields> --format=csv[,noheader][,nounits]`.
+
+    The sampler always asks for QUERY_FIELDS without header or units; other field lists
+    (real outputs quoted in bug reports, read by the tests) work too: a field we read but
+    that was not asked for is None, and a missing `index` is the row's position (nvidia-smi
+    lists GPUs in the driver's enumeration order).
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    if header and lines:
+        names = [_header_field(cell) for cell in lines.pop(0).split(",")]
+        if names != list(fields):
+            raise GpuOutputError(f"unexpected header: {names!r}, asked for {list(fields)!r}")
     readings = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
+    for position, line in enumerate(lines):
         cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) != len(QUERY_FIELDS):
-            raise GpuOutputError(
-                f"expected {len(QUERY_FIELDS)} columns, got {len(cells)}: {line!r}"
-            )
-        index, uuid, name, util, mem_used, mem_total, temperature, power = cells
+        if len(cells) != len(fields):
+            raise GpuOutputError(f"expected {len(fields)} columns, got {len(cells)}: {line!r}")
+        row = dict(zip(fields, cells, strict=True))
+        index = row.get("index", str(position))
         if not index.isdigit():
             raise GpuOutputError(f"bad GPU index: {index!r}")
+
+        def number(field: str, row: dict[str, str] = row) -> float | None:
+            return _number(row[field]) if field in row else None
+
         readings.append(
             GpuReading(
                 index=int(index),
-                uuid=uuid,
-                name=name,
-                utilization_pct=_number(util),
-                memory_used_mib=_number(mem_used),
-                memory_total_mib=_number(mem_total),
-                temperature_c=_number(temperature),
-                power_w=_number(power),
+                uuid=row.get("uuid", row.get("gpu_uuid", "")),
+                name=row.get("name", row.get("gpu_name", "")),
+                utilization_pct=number("utilization.gpu"),
+                memory_used_mib=number("memory.used"),
+                memory_total_mib=number("memory.total"),
+                temperature_c=number("temperature.gpu"),
+                power_w=number("power.draw"),
             )
         )
     return readings

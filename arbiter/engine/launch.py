@@ -15,16 +15,18 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from arbiter.engine.host_paths import CONTAINER_VLLM_CACHE, hub_cache_dir, vllm_cache_dir
 from arbiter.errors import InvalidInput
 from catalog.validation import catalog_field_problems, normalize_local_path
 
 if TYPE_CHECKING:
+    from arbiter.engine.multi_node import NodeRole
     from arbiter.models import Host, Service
     from catalog.models import CatalogModel
 
@@ -37,6 +39,12 @@ SLEEP_MODE_ENV = "--env=VLLM_SERVER_DEV_MODE=1"
 # is the layout of HF_HUB_CACHE; inside the container that is $HF_HOME/hub.
 CONTAINER_HUB_CACHE = "/root/.cache/huggingface/hub"
 STOP_TIMEOUT_SECONDS = 30
+# Labels on every container Arbiter starts (arbiter.engine.slot reads them back).
+LABEL_MANAGED = "arbiter.managed"
+LABEL_MODEL = "arbiter.model"
+LABEL_SWAP = "arbiter.swap"
+# vLLM's own default (EngineArgs.gpu_memory_utilization = 0.9).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 # The catalog fields the launch uses; checked again before every launch.
 LAUNCH_FIELDS = (
     "hub_repo",
@@ -49,6 +57,7 @@ LAUNCH_FIELDS = (
     "tensor_parallel_size",
     "max_model_len",
     "gpu_memory_utilization",
+    "command",
     "extra_engine_flags",
     "extra_container_args",
 )
@@ -96,60 +105,119 @@ def _format_number(value: float) -> str:
     return f"{value:g}"
 
 
+def _host_dir(host: Host, path: str) -> str:
+    # "" only while the SSH user's home is unknown: pre-flight asks the host for it.
+    if not path:
+        raise InvalidInput(
+            f"host: the home directory of {host.ssh_user} on {host.name} is not known yet "
+            "(pre-flight asks the host for it over SSH)",
+            field="host",
+        )
+    return path
+
+
 def build_run_argv(
     model: CatalogModel,
     host: Host,
-    service: Service,
+    service: Service | None,
     *,
     gpu_count: int | None = None,
+    swap_id: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    node: NodeRole | None = None,
 ) -> list[str]:
     """`docker run -d ...` for serving `model` as `service` on `host`.
 
-    Raises InvalidInput (naming the field) when a catalog value fails validation.
+    `swap_id` labels the container with the swap that starts it (a validation without a
+    swap shows the command without that one label). `node` is the host's part in a
+    multi-node model (arbiter.engine.multi_node): host networking, the interconnect
+    environment and vLLM's multi-node flags; `service` is then the host's own vLLM
+    service where it has one, and the API listens on the head service's port. Raises
+    InvalidInput (naming the field) when a catalog value fails validation.
     """
-    if service.host_id is not None and host.pk is not None and service.host_id != host.pk:
+    if service is None:
+        if node is None or node.head:
+            raise InvalidInput(f"host {host.name} has no vLLM service", field="host")
+    elif service.host_id is not None and host.pk is not None and service.host_id != host.pk:
         raise InvalidInput(f"service {service.name} is not on host {host.name}", field="host")
     problems = launch_field_problems(model)
     if problems:
-        field, reason = problems[0]
-        raise InvalidInput(f"{field}: {reason}", field=field)
+        name, reason = problems[0]
+        raise InvalidInput(f"{name}: {reason}", field=name)
+    gpus_here = model.tensor_parallel_size // node.nnodes if node else model.tensor_parallel_size
     argv = [
         "docker",
         "run",
         "--detach",
         f"--name={model.container_name}",
-        gpus_option(model.tensor_parallel_size, gpu_count),
+        gpus_option(gpus_here, gpu_count),
         "--ipc=host",
-        f"--publish={service_port(service.base_url)}:{model.port}",
     ]
+    if node is None:
+        assert service is not None  # checked above
+        argv.append(f"--publish={service_port(service.base_url)}:{model.port}")
+    else:
+        # The ranks reach each other on the interconnect, and the head's API answers on
+        # the host's port: host networking, nothing published (docker ignores --publish
+        # with --network=host anyway, with a warning).
+        argv.append("--network=host")
+        argv.extend(node.container_env())
     source = model.hub_repo
     if model.local_path:
         source = normalize_local_path(model.local_path, list(settings.ARBITER_MODEL_ROOTS))
         # Same path inside, read-only: Arbiter never changes a fine-tune's files.
         argv.append(f"--volume={source}:{source}:ro")
     else:
-        argv.append(f"--volume={settings.ARBITER_HF_CACHE_DIR}:{CONTAINER_HUB_CACHE}")
+        argv.append(f"--volume={_host_dir(host, hub_cache_dir(host))}:{CONTAINER_HUB_CACHE}")
         if settings.ARBITER_HF_TOKEN:
             argv.append(f"--env={HF_TOKEN_ENV}")
+    # vLLM's compile cache, kept on the host across swaps (arbiter.engine.host_paths).
+    argv.append(f"--volume={_host_dir(host, vllm_cache_dir(host))}:{CONTAINER_VLLM_CACHE}")
     argv.extend(model.extra_container_args or [])
     if SLEEP_MODE_FLAG in (model.extra_engine_flags or []):
         argv.append(SLEEP_MODE_ENV)
+    argv.extend(ownership_labels(model.key, swap_id))
     if model.image.startswith("-"):  # validation refuses it; never let it become an option
         raise InvalidInput("image: must not start with '-'", field="image")
     argv.append(model.image)
+    # The image's command (`vllm serve` for images whose entrypoint runs its arguments,
+    # nothing when the entrypoint already is `vllm serve`), then the model as the
+    # positional `model_tag`: `vllm serve [model_tag] [options]` (vLLM's
+    # entrypoints/cli/serve.py); `--model` is deprecated for `vllm serve`
+    # (vllm/utils/argparse_utils.py warns and moves it to the front).
+    argv.extend(model.command or [])
+    if source.startswith("-"):  # validation refuses it; never let it become an option
+        raise InvalidInput("hub_repo: must not start with '-'", field="hub_repo")
     argv += [
-        f"--model={source}",
+        source,
         f"--served-model-name={model.served_name}",
-        f"--port={model.port}",
+        f"--port={node.api_port if node else model.port}",
         f"--tensor-parallel-size={model.tensor_parallel_size}",
     ]
+    if node is not None:
+        argv.extend(node.engine_flags())
     if model.max_model_len:
         argv.append(f"--max-model-len={model.max_model_len}")
-    argv.append(f"--gpu-memory-utilization={_format_number(model.gpu_memory_utilization)}")
+    # Pre-flight chooses it per host when the catalog leaves it open (engine.host_memory).
+    utilization = (
+        gpu_memory_utilization or model.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    )
+    argv.append(f"--gpu-memory-utilization={_format_number(utilization)}")
     if model.hub_repo and model.hub_revision:
         argv.append(f"--revision={model.hub_revision}")
     argv.extend(model.extra_engine_flags or [])
     return argv
+
+
+def ownership_labels(model_key: str, swap_id: int | None = None) -> list[str]:
+    """The labels that mark a container as Arbiter's: only these are ever stopped unasked.
+
+    `docker ps --format '{{json .}}'` shows them in `Labels` (see `parse_ps`).
+    """
+    labels = [f"--label={LABEL_MANAGED}=true", f"--label={LABEL_MODEL}={model_key}"]
+    if swap_id is not None:
+        labels.append(f"--label={LABEL_SWAP}={swap_id}")
+    return labels
 
 
 def launch_env(local: bool) -> dict[str, str] | None:
@@ -167,19 +235,23 @@ def display(argv: list[str] | tuple[str, ...]) -> str:
 
 # -- the other docker commands ---------------------------------------------------------
 def build_stop_argv(name: str, timeout: int = STOP_TIMEOUT_SECONDS) -> list[str]:
-    return ["docker", "stop", f"--time={timeout}", "--", name]
+    # `-t` is the shorthand on every Docker release: of `--time` up to 27.x, of
+    # `--timeout` since 28.0, where `--time` became a deprecated alias (docker/cli
+    # cli/command/container/stop.go). Either long name fails on one side of 28.0.
+    return ["docker", "stop", "-t", str(int(timeout)), "--", name]
 
 
 def build_rm_argv(name: str) -> list[str]:
     return ["docker", "rm", "--force", "--", name]
 
 
-def build_logs_argv(name: str, follow: bool = True) -> list[str]:
-    """The whole log (followed): a re-attach skips the lines it already stored."""
+def build_logs_argv(name: str, follow: bool = True, tail: int | None = None) -> list[str]:
+    """The whole log (followed): a re-attach skips the lines it already stored; or its
+    last `tail` lines."""
     argv = ["docker", "logs"]
     if follow:
         argv.append("--follow")
-    return [*argv, "--tail=all", "--", name]
+    return [*argv, f"--tail={'all' if tail is None else tail}", "--", name]
 
 
 def build_ps_argv() -> list[str]:
@@ -202,10 +274,39 @@ class ContainerInfo:
     state: str
     image: str
     host_ports: tuple[int, ...]
+    labels: dict[str, str] = field(default_factory=dict)
+    networks: tuple[str, ...] = ()
+    command: str = ""
 
     @property
     def running(self) -> bool:
         return self.state in ("running", "restarting", "paused")
+
+    @property
+    def managed(self) -> bool:
+        """Started by Arbiter (it carries the label every Arbiter launch sets)."""
+        return self.labels.get(LABEL_MANAGED) == "true"
+
+    @property
+    def host_network(self) -> bool:
+        return "host" in self.networks
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """docker/cli's `Labels` column: `k=v` pairs joined by "," (sorted; formatter/container.go).
+
+    A value may itself hold a ",": a piece without "=" belongs to the value before it.
+    """
+    labels: dict[str, str] = {}
+    last = None
+    for piece in text.split(",") if text else []:
+        key, eq, value = piece.partition("=")
+        if eq or last is None:
+            labels[key] = value
+            last = key
+        else:
+            labels[last] += "," + piece
+    return labels
 
 
 def parse_ps(stdout: str) -> list[ContainerInfo]:
@@ -217,7 +318,10 @@ def parse_ps(stdout: str) -> list[ContainerInfo]:
             row: dict[str, Any] = json.loads(line)
         except ValueError:
             continue
+        # `Ports` lists published ports only: empty under `--network host` and for a
+        # stopped container (docker/cli formatter.DisplayablePorts).
         ports = tuple(int(port) for port in _PORTS_RE.findall(str(row.get("Ports", ""))))
+        networks = str(row.get("Networks", ""))
         containers.append(
             ContainerInfo(
                 id=str(row.get("ID", "")),
@@ -226,16 +330,13 @@ def parse_ps(stdout: str) -> list[ContainerInfo]:
                 state=str(row.get("State", "")),
                 image=str(row.get("Image", "")),
                 host_ports=ports,
+                labels=parse_labels(str(row.get("Labels", ""))),
+                networks=tuple(name for name in networks.split(",") if name),
+                # JSON-quoted by docker ("\"vllm serve …\""); kept as printed.
+                command=str(row.get("Command", "")),
             )
         )
     return containers
-
-
-def containers_to_replace(
-    containers: list[ContainerInfo], container_name: str, port: int | None
-) -> list[ContainerInfo]:
-    """What serves (or blocks) the slot: the catalog's container name, or the port."""
-    return [c for c in containers if c.name == container_name or (port and port in c.host_ports)]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ redirect, refused connection, timeout) is "down". Disabled services are never co
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -17,6 +17,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from arbiter.engine.events import publish_fragment
+from arbiter.engine.served_auth import auth_headers, service_api_keys
 from arbiter.models import Service
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class ProbeTarget:
     kind: str
     base_url: str
     health_path: str
+    # The key of a model started with --api-key: vLLM answers /v1 only with it.
+    api_key: str = field(default="", repr=False)
 
     def url(self, path: str) -> str:
         # base_url may carry a path prefix (http://h:8000/whisper), so append, never join.
@@ -58,10 +61,16 @@ class ProbeResult:
 @sync_to_async
 def load_targets() -> list[tuple[ProbeTarget, str]]:
     """Every probed service with its current health, re-read each round (inventory changes)."""
-    rows = Service.objects.filter(in_inventory=True, disabled=False).values_list(
-        "id", "name", "kind", "base_url", "health_path", "health"
+    rows = list(
+        Service.objects.filter(in_inventory=True, disabled=False).values_list(
+            "id", "name", "kind", "base_url", "health_path", "health"
+        )
     )
-    return [(ProbeTarget(*row[:5]), row[5]) for row in rows]
+    keys = service_api_keys([row[0] for row in rows])
+    return [
+        (ProbeTarget(id_, name, kind, url, path, api_key=keys.get(id_, "")), health)
+        for id_, name, kind, url, path, health in rows
+    ]
 
 
 @sync_to_async
@@ -119,17 +128,17 @@ class Prober:
             trust_env=False,
         )
 
-    async def _get(self, url: str) -> httpx.Response:
+    async def _get(self, url: str, api_key: str = "") -> httpx.Response:
         # httpx's timeout bounds each phase; this bounds the whole exchange, so a backend
         # trickling bytes cannot stretch a probe past the timeout either.
         async with asyncio.timeout(self.timeout):
-            return await self.client.get(url)
+            return await self.client.get(url, headers=auth_headers(api_key))
 
     async def probe_once(self, target: ProbeTarget) -> ProbeResult:
         """Probe one service; never raises for anything the backend or network does."""
         started = time.perf_counter()
         try:
-            response = await self._get(target.url(target.health_path))
+            response = await self._get(target.url(target.health_path), target.api_key)
         except (httpx.HTTPError, httpx.InvalidURL, TimeoutError) as exc:
             # Timeouts often carry no message, so the type name is the detail.
             return ProbeResult(DOWN, detail=f"{type(exc).__name__} {exc}".strip())
@@ -144,7 +153,7 @@ class Prober:
     async def _loaded_model(self, target: ProbeTarget) -> str:
         # /health said up; a failing model list leaves the service up with no model shown.
         try:
-            response = await self._get(target.url("/v1/models"))
+            response = await self._get(target.url("/v1/models"), target.api_key)
         except (httpx.HTTPError, TimeoutError) as exc:
             log.debug("model list of %s failed: %r", target.name, exc)
             return ""

@@ -2,12 +2,16 @@
 
 Viewers never trigger sampling: the loops write rows, pages read them. A host that
 fails a tick gets a miss counted (stale, then offline, see Host.state) and its last
-good values stay in the database, visibly aged.
+good values stay in the database, visibly aged. A host that answers but whose
+nvidia-smi fails (driver/library mismatch, no devices) is not a miss: the tick records
+its memory and `Host.driver_error` in the tool's own words, and no GPU readings.
 """
 
 import asyncio
 import logging
 import shlex
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
@@ -15,7 +19,8 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from arbiter.engine import ssh
+from arbiter import audit
+from arbiter.engine import ssh, swap_store
 from arbiter.engine.events import publish_fragment
 from arbiter.engine.gpu import (
     MEMINFO_ARGV,
@@ -23,7 +28,9 @@ from arbiter.engine.gpu import (
     GpuOutputError,
     GpuReading,
     MemInfo,
+    NvidiaSmiFailed,
     NvmlReader,
+    driver_message,
     parse_meminfo,
     parse_nvidia_smi_csv,
 )
@@ -33,22 +40,50 @@ from arbiter.models import GpuSample, Host
 log = logging.getLogger(__name__)
 
 SECTION_MARK = "@@arbiter-section@@"
+# Printed only when nvidia-smi exited 0: its failures go to stdout like its CSV does
+# (see gpu.NvidiaSmiFailed), so the exit status is what tells the two apart.
+GPU_OK_MARK = "@@arbiter-gpu-ok@@"
 # Both commands are constants; the batch is built from quoted argvs, never from input.
 BATCH_ARGV = [
     "sh",
     "-c",
-    f"{shlex.join(NVIDIA_SMI_ARGV)} ; echo {SECTION_MARK} ; {shlex.join(MEMINFO_ARGV)}",
+    f"{shlex.join(NVIDIA_SMI_ARGV)} && echo {GPU_OK_MARK} ; echo {SECTION_MARK} ; "
+    f"{shlex.join(MEMINFO_ARGV)}",
 ]
 HISTORY = timedelta(minutes=15)
 HOST_LIST_REFRESH_SECONDS = 10.0
+RETENTION_EVERY_SECONDS = 3600.0
 MAX_RECONNECT_BACKOFF = 30.0
 
 
-def parse_batch(stdout: str) -> tuple[list[GpuReading], MemInfo]:
+@dataclass(frozen=True)
+class BatchSample:
+    """One tick of a host: GPUs, memory, and nvidia-smi's own message when it failed."""
+
+    readings: list[GpuReading]
+    meminfo: MemInfo
+    driver_error: str = ""
+
+
+def read_batch(stdout: str, stderr: str = "") -> BatchSample:
+    """Split the batched output; a failing nvidia-smi gives no readings and its message."""
     gpu_text, mark, meminfo_text = stdout.partition(SECTION_MARK)
     if not mark:
         raise GpuOutputError("batched sample output is incomplete")
-    return parse_nvidia_smi_csv(gpu_text), parse_meminfo(meminfo_text)
+    meminfo = parse_meminfo(meminfo_text)
+    csv_text, ok, _ = gpu_text.partition(GPU_OK_MARK)
+    if not ok:
+        # Never invent readings from a failed run (the CSV may be half there).
+        return BatchSample([], meminfo, driver_message(gpu_text, stderr))
+    return BatchSample(parse_nvidia_smi_csv(csv_text), meminfo)
+
+
+def parse_batch(stdout: str, stderr: str = "") -> tuple[list[GpuReading], MemInfo]:
+    """GPUs and memory; a failing nvidia-smi raises NvidiaSmiFailed with its own message."""
+    sample = read_batch(stdout, stderr)
+    if sample.driver_error:
+        raise NvidiaSmiFailed(sample.driver_error)
+    return sample.readings, sample.meminfo
 
 
 def read_local_meminfo() -> MemInfo | None:
@@ -67,7 +102,11 @@ def _memory_figures(reading: GpuReading, meminfo: MemInfo | None) -> tuple[float
 
 
 @sync_to_async
-def record_sample(host_id: int, readings: list[GpuReading], meminfo: MemInfo | None) -> None:
+def record_sample(
+    host_id: int, readings: list[GpuReading], meminfo: MemInfo | None, driver_error: str = ""
+) -> None:
+    """The host answered: no miss. `driver_error` set means nvidia-smi failed (no readings);
+    the next good tick clears it."""
     now = timezone.now()
     rows = []
     for r in readings:
@@ -93,6 +132,7 @@ def record_sample(host_id: int, readings: list[GpuReading], meminfo: MemInfo | N
         last_attempt_at=now,
         missed_samples=0,
         last_error="",
+        driver_error=driver_error,
         mem_total_mib=meminfo.total_mib if meminfo else None,
         mem_available_mib=meminfo.available_mib if meminfo else None,
     )
@@ -116,8 +156,15 @@ def render_host_card(host_id: int) -> str:
 
 @sync_to_async
 def prune_history() -> int:
+    """The GPU sample history (every refresh: it is minutes long)."""
     deleted, _ = GpuSample.objects.filter(taken_at__lt=timezone.now() - HISTORY).delete()
     return deleted
+
+
+@sync_to_async
+def prune_retained() -> int:
+    """The tables kept for days (hourly): the audit trail and the logs of old swaps."""
+    return audit.prune() + swap_store.prune_logs()
 
 
 @sync_to_async
@@ -141,18 +188,23 @@ class Sampler:
     async def sample_once(self, host_id: int, sampling: str, target: ssh.SshTarget) -> bool:
         """Take one sample and publish the host's card; True when the host answered."""
         try:
+            driver_error = ""
             if sampling == Host.SAMPLING_NVML:
                 readings = await asyncio.to_thread(self.nvml.read)
                 meminfo = read_local_meminfo()
             else:
                 result = await ssh.run(target, BATCH_ARGV, timeout=max(self.interval, 5.0))
-                readings, meminfo = parse_batch(result.stdout)
+                sample = read_batch(result.stdout, result.stderr)
+                readings, meminfo = sample.readings, sample.meminfo
+                driver_error = sample.driver_error
+                if driver_error:
+                    log.warning("nvidia-smi on %s failed: %s", target.name, driver_error)
         except (SshError, GpuOutputError) as exc:
             log.warning("sample of %s failed: %s", target.name, exc)
             await record_miss(host_id, str(exc))
             ok = False
         else:
-            await record_sample(host_id, readings, meminfo)
+            await record_sample(host_id, readings, meminfo, driver_error)
             ok = True
         await publish_fragment(await render_host_card(host_id))
         return ok
@@ -199,10 +251,14 @@ class Sampler:
             self._tasks[host_id] = (target, sampling, task)
 
     async def run_forever(self) -> None:
+        next_retention = 0.0
         try:
             while True:
                 await self._sync_tasks()
                 await prune_history()
+                if time.monotonic() >= next_retention:
+                    await prune_retained()
+                    next_retention = time.monotonic() + RETENTION_EVERY_SECONDS
                 await asyncio.sleep(HOST_LIST_REFRESH_SECONDS)
         finally:
             for _target, _sampling, task in self._tasks.values():

@@ -9,6 +9,12 @@ that step — preflight and stopping are idempotent, a launch whose container al
 exists is not repeated, and the health wait follows the container's log again from
 the start, skipping the lines already stored. The runner keeps plain values only;
 everything in the database is re-read by id through `swap_store`.
+
+A multi-node model (arbiter.engine.multi_node) is one swap over every host of the pair:
+each step runs on every host (`nodes`, the head first), workers are started before the
+head, every host's log is followed, and the swap is healthy when the head serves. A
+failure or cancel on any host stops the containers on all of them, so nothing is left
+half-started.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,8 +32,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from arbiter.engine import ssh
+from arbiter.engine import launch_phases, ssh
 from arbiter.engine import swap_store as store
+from arbiter.engine.host_paths import host_hub_cache
 from arbiter.engine.launch import (
     ContainerState,
     build_rm_argv,
@@ -36,7 +44,8 @@ from arbiter.engine.launch import (
     launch_env,
     parse_state,
 )
-from arbiter.engine.preflight import LaunchPlan, load_plan, preflight, replaced_containers
+from arbiter.engine.preflight import LaunchPlan, load_plans, preflight, read_slot, slot_check
+from arbiter.engine.served_auth import auth_headers
 from arbiter.engine.swap_log import SwapJournal, split_lines
 from arbiter.engine.swap_memory import MemoryNotFreed, MemoryWait
 from arbiter.errors import SshError
@@ -69,10 +78,14 @@ class SwapRunner:
         self.swap_id = swap_id
         self.resume = resume
         self.health_timeout = float(settings.ARBITER_SWAP_HEALTH_TIMEOUT)
+        self.pull_timeout = float(settings.ARBITER_SWAP_PULL_TIMEOUT)
+        self.download_timeout = float(settings.ARBITER_SWAP_DOWNLOAD_TIMEOUT)
+        self.api_key = ""  # the served model's --api-key (served_auth), for the health wait
         self.memory_timeout = float(settings.ARBITER_SWAP_MEMORY_FREE_TIMEOUT)
         self.state = ""
-        self.plan: LaunchPlan | None = None
-        self.argv: tuple[str, ...] = ()
+        self.plan: LaunchPlan | None = None  # the head's (the only host's) plan
+        self.nodes: list[LaunchPlan] = []  # every host's plan, the head first
+        self.argv: tuple[str, ...] = ()  # the head's launch command
         self.journal = SwapJournal(swap_id)
         self.launch_task: asyncio.Task | None = None
         self.last_health = "not checked yet"
@@ -145,8 +158,10 @@ class SwapRunner:
                 )
             raise SwapLost(f"unexpected state {self.state}")
         except (SwapFailed, MemoryNotFreed) as failure:
+            await self.stop_pair_after_failure()
             return await self.fail(str(failure))
         except SshError as error:
+            await self.stop_pair_after_failure()
             return await self.fail(f"{self.state}: {error.message}")
         except SwapLost as lost:
             log.warning("swap %s: %s; leaving it", self.swap_id, lost)
@@ -197,10 +212,23 @@ class SwapRunner:
             raise SwapFailed("the swap has no launch plan")
         return self.plan
 
+    @property
+    def multi_node(self) -> bool:
+        return len(self.nodes) > 1
+
+    def workers_then_head(self) -> list[LaunchPlan]:
+        """Launch order: a worker waits for its head, vLLM's head waits for its workers;
+        workers first, so the head's start-up clock runs only once they are there."""
+        return [*self.nodes[1:], *self.nodes[:1]]
+
+    def argv_of(self, node: LaunchPlan) -> tuple[str, ...]:
+        return self.argv if node is self.plan else node.argv
+
     async def load_plan(self, snap: store.SwapSnapshot) -> None:
-        self.plan = await sync_to_async(load_plan)(snap.model_key, snap.host_name)
-        if self.plan is None:
+        self.nodes = await sync_to_async(load_plans)(snap.model_key, snap.host_name, self.swap_id)
+        if not self.nodes:
             raise SwapFailed(f"model {snap.model_key!r} is no longer in the catalog")
+        self.plan = self.nodes[0]
         if not self.argv:
             self.argv = self.plan.argv
 
@@ -212,8 +240,9 @@ class SwapRunner:
 
     async def step_preflight(self, snap: store.SwapSnapshot) -> None:
         await self.check_fence()
-        result = await preflight(snap.model_key, snap.host_name)
+        result = await preflight(snap.model_key, snap.host_name, swap_id=self.swap_id)
         self.plan = result.plan
+        self.nodes = result.nodes
         self.argv = result.plan.argv if result.plan else ()
         await sync_to_async(store.update_swap)(
             self.swap_id, checks=result.as_dicts(), launch_argv=list(self.argv)
@@ -226,60 +255,135 @@ class SwapRunner:
         if snap.dry_run:
             for container in result.replaced:
                 await self.say(f"dry run: would stop and remove {container.name}")
-            await self.say(f"dry run: would run {display(self.argv)}")
+            for node in self.workers_then_head():
+                where = f" on {node.host_name}" if self.multi_node else ""
+                await self.say(f"dry run: would run{where} {display(self.argv_of(node))}")
 
     async def step_stopping(self) -> None:
         await self.check_fence()
-        plan = self.require_plan()
-        containers = await replaced_containers(plan)
+        self.require_plan()
+        # Every host at once: each waits for its own memory to be freed.
+        await asyncio.gather(*(self.stop_slot(node) for node in self.nodes))
+
+    async def stop_slot(self, plan: LaunchPlan) -> None:
+        """Stop and remove what holds the slot on one host, once its memory is freed."""
+        where = f"{plan.host_name}: " if self.multi_node else ""
+        on = f" on {plan.host_name}" if self.multi_node else ""
+        # Read again: pre-flight may be a while ago (or before a restart). Only Arbiter's
+        # own containers and adopted ones are stopped; a foreign holder ends the swap.
+        slot = await read_slot(plan)
+        if not slot.ok:
+            raise SwapFailed(f"{where}slot: {slot_check(plan, slot).detail}")
+        containers = slot.to_replace
         memory = MemoryWait(plan, self.memory_timeout, say=self.say)
         await memory.take_baseline()
         for container in containers:
             if container.running:
-                await self.say(f"stopping {container.name}")
-                await self.docker(build_stop_argv(container.name), DOCKER_TIMEOUT + 30)
+                await self.say(f"stopping {container.name}{on}")
+                await self.docker(build_stop_argv(container.name), DOCKER_TIMEOUT + 30, plan)
         if not containers:
             await self.say(f"nothing to stop on {plan.host_name}")
         # The driver frees a stopped process's memory a little later; the container is
         # removed only afterwards (its name must be free before the launch).
         await memory.wait(stopped_any=any(c.running for c in containers))
         for container in containers:
-            await self.say(f"removing {container.name}")
+            await self.say(f"removing {container.name}{on}")
             result = await ssh.run(
                 plan.target, build_rm_argv(container.name), timeout=DOCKER_TIMEOUT, check=False
             )
             if result.exit_status != 0 and "No such container" not in result.stderr:
-                raise SwapFailed(f"docker rm {container.name} failed: {result.stderr.strip()}")
+                raise SwapFailed(
+                    f"{where}docker rm {container.name} failed: {result.stderr.strip()}"
+                )
 
     async def step_launch(self) -> None:
         await self.check_fence()
-        plan = self.require_plan()
-        if not self.argv:
+        self.require_plan()
+        if not self.argv or not all(node.argv for node in self.nodes):
             raise SwapFailed("no launch command was computed")
-        if self.resume:
-            state = await self.container_state()
-            if state is not None:
-                await self.say(f"{plan.container_name} was started before the restart")
-                return
-        await self.say(f"$ {display(self.argv)}")
-        env = launch_env(plan.local)
+        started = False
+        for node in self.workers_then_head():
+            if self.resume and await self.container_state(node) is not None:
+                await self.say(
+                    f"{node.container_name} on {node.host_name} was started before the restart"
+                )
+                continue
+            await self.prepare_launch(node)
+            if not started:
+                await sync_to_async(store.begin_phase)(self.swap_id, store.LOAD)
+                started = True
+            await self.run_container(node)
+        if not started:
+            await sync_to_async(store.begin_phase)(self.swap_id, store.LOAD)
+
+    async def run_container(self, node: LaunchPlan) -> None:
+        """`docker run -d` on one host."""
+        argv = self.argv_of(node)
+        where = f" on {node.host_name}" if self.multi_node else ""
+        await self.say(f"${where} {display(argv)}" if where else f"$ {display(argv)}")
+        env = launch_env(node.local)
         # Shielded: a cancel waits for `docker run -d` to return (seconds, or an image
         # pull) so the container it creates is known and can be removed.
         self.launch_task = asyncio.ensure_future(
-            ssh.run(plan.target, list(self.argv), timeout=LAUNCH_TIMEOUT, env=env, check=False)
+            ssh.run(node.target, list(argv), timeout=LAUNCH_TIMEOUT, env=env, check=False)
         )
         result = await asyncio.shield(self.launch_task)
         await self.journal.add(
-            [("arbiter", f"docker: {line}") for line in split_lines(result.stderr)]
+            [("arbiter", f"docker{where}: {line}") for line in split_lines(result.stderr)]
         )
         if result.exit_status != 0:
             reason = result.stderr.strip() or "(no message)"
-            raise SwapFailed(f"docker run failed with status {result.exit_status}: {reason}")
-        await self.say(f"container {result.stdout.strip()[:12]} started")
+            raise SwapFailed(f"docker run{where} failed with status {result.exit_status}: {reason}")
+        await self.say(f"container {result.stdout.strip()[:12]} started{where}")
+
+    async def prepare_launch(self, plan: LaunchPlan) -> None:
+        """The pull and weights phases on one host, each only when needed (launch_phases)."""
+        source = await sync_to_async(launch_phases.load_model_source)(plan.model_key)
+        if source is None:
+            raise SwapFailed(f"model {plan.model_key!r} is no longer in the catalog")
+
+        async def add(lines: list[str]) -> None:
+            await self.journal.add([("arbiter", line) for line in lines])
+
+        try:
+            if not await launch_phases.image_present(plan.target, source.image):
+                await self.run_phase(
+                    store.PULL,
+                    f"{source.image} is not on {plan.host_name}: pulling it "
+                    f"(timeout {self.pull_timeout:g} s)",
+                    lambda: launch_phases.pull_image(
+                        plan.target, source.image, self.pull_timeout, add
+                    ),
+                )
+            cache = "" if source.local else await host_hub_cache(plan.target)
+            if cache and not await launch_phases.weights_present(
+                plan.target, source.hub_repo, cache
+            ):
+                await self.run_phase(
+                    store.WEIGHTS,
+                    f"{source.hub_repo} is not in the hub cache of {plan.host_name}",
+                    lambda: launch_phases.download_weights(
+                        plan.target, source, cache, self.download_timeout, add
+                    ),
+                )
+        except launch_phases.PhaseFailed as failure:
+            raise SwapFailed(str(failure)) from None
+
+    async def run_phase(self, phase: str, why: str, work: Callable[[], Awaitable[None]]) -> None:
+        await sync_to_async(store.begin_phase)(self.swap_id, phase)
+        await self.say(f"phase {phase}: {why}")
+        await work()
+        seconds = await sync_to_async(store.end_phase)(self.swap_id, phase)
+        await self.say(f"phase {phase} took {seconds:.1f} s")
 
     async def step_wait_healthy(self, launching_at: datetime | None) -> None:
         plan = self.require_plan()
-        started = launching_at or timezone.now()
+        # The health budget counts from the container start (the load phase), not from
+        # the launch, so a long pull or download does not eat it.
+        loading_since = await sync_to_async(store.phase_started_at)(self.swap_id, store.LOAD)
+        started = loading_since or launching_at or timezone.now()
+        source = await sync_to_async(launch_phases.load_model_source)(plan.model_key)
+        self.api_key = source.api_key if source else ""
         deadline = (
             time.monotonic() + self.health_timeout - (timezone.now() - started).total_seconds()
         )
@@ -287,47 +391,70 @@ class SwapRunner:
             f"waiting for {plan.served_name!r} in {plan.url('/v1/models')} "
             f"(timeout {self.health_timeout:g} s)"
         )
-        follower = self.follow_logs()
+        # One log follower per host; a worker's log that ends means that worker is gone.
+        followers = {node.host_name: self.follow_logs(node) for node in self.nodes}
         try:
             async with httpx.AsyncClient(timeout=HEALTH_REQUEST_TIMEOUT, trust_env=False) as client:
                 while True:
                     if await self.served(client):
                         break
-                    if follower.done():
-                        follower = await self.after_log_end(follower)
+                    for node in self.nodes:
+                        if followers[node.host_name].done():
+                            followers[node.host_name] = await self.after_log_end(
+                                node, followers[node.host_name]
+                            )
                     if time.monotonic() >= deadline:
-                        await self.stop_follower(follower)
+                        await self.stop_followers(followers)
                         await self.sync_logs()
-                        await self.docker(build_stop_argv(plan.container_name), DOCKER_TIMEOUT + 30)
+                        for node in self.nodes:
+                            await self.docker(
+                                build_stop_argv(node.container_name), DOCKER_TIMEOUT + 30, node
+                            )
+                        stopped = (
+                            ", ".join(f"{n.container_name} on {n.host_name}" for n in self.nodes)
+                            if self.multi_node
+                            else plan.container_name
+                        )
                         raise SwapFailed(
-                            f"{plan.served_name!r} was not served within "
-                            f"{self.health_timeout:g} s (last check: {self.last_health}); "
-                            f"container {plan.container_name} stopped"
+                            f"load: {plan.served_name!r} was not served within "
+                            f"{self.health_timeout:g} s of the container start "
+                            f"(ARBITER_SWAP_HEALTH_TIMEOUT; last check: {self.last_health}); "
+                            f"container {stopped} stopped"
                         )
                     await asyncio.sleep(HEALTH_POLL_INTERVAL)
         finally:
-            await self.stop_follower(follower)
+            await self.stop_followers(followers)
         await self.sync_logs()
+        seconds = await sync_to_async(store.end_phase)(self.swap_id, store.LOAD, last=True)
+        await self.say(f"phase load took {seconds:.1f} s")
 
     # -- helpers -----------------------------------------------------------------------
-    async def docker(self, argv: list[str], timeout: float) -> ssh.CommandResult:
-        return await ssh.run(self.require_plan().target, argv, timeout=timeout, check=False)
+    async def docker(
+        self, argv: list[str], timeout: float, node: LaunchPlan | None = None
+    ) -> ssh.CommandResult:
+        target = (node or self.require_plan()).target
+        return await ssh.run(target, argv, timeout=timeout, check=False)
 
-    async def container_state(self) -> ContainerState | None:
-        plan = self.require_plan()
-        result = await self.docker(build_state_argv(plan.container_name), DOCKER_TIMEOUT)
+    async def container_state(self, node: LaunchPlan | None = None) -> ContainerState | None:
+        node = node or self.require_plan()
+        result = await self.docker(build_state_argv(node.container_name), DOCKER_TIMEOUT, node)
         if result.exit_status != 0:
             return None
         return parse_state(result.stdout)
 
     async def served(self, client: httpx.AsyncClient) -> bool:
         plan = self.require_plan()
+        # A model started with --api-key answers /v1 only with the key (served_auth).
+        headers = auth_headers(self.api_key)
         try:
-            health = await client.get(plan.url(plan.health_path))
+            health = await client.get(plan.url(plan.health_path), headers=headers)
             if not health.is_success:
                 self.last_health = f"{plan.health_path} answered HTTP {health.status_code}"
                 return False
-            models = await client.get(plan.url("/v1/models"))
+            models = await client.get(plan.url("/v1/models"), headers=headers)
+            if models.status_code == 401:
+                self.last_health = "/v1/models answered HTTP 401 (does the model need --api-key?)"
+                return False
         except (httpx.HTTPError, httpx.InvalidURL) as error:
             self.last_health = f"{plan.health_path}: {type(error).__name__} {error}".strip()
             return False
@@ -341,50 +468,91 @@ class SwapRunner:
         self.last_health = f"/v1/models lists {ids!r}, not {plan.served_name!r}"
         return False
 
-    async def after_log_end(self, follower: asyncio.Task) -> asyncio.Task:
-        """The followed log ended: the container exited (fail) or the SSH stream dropped."""
+    async def after_log_end(self, node: LaunchPlan, follower: asyncio.Task) -> asyncio.Task:
+        """A followed log ended: the container exited (fail) or the SSH stream dropped."""
         error = None if follower.cancelled() else follower.exception()
-        state = await self.container_state()
+        state = await self.container_state(node)
         if state is not None and state.running:
             if error is not None:
                 log.info("swap %s: log stream dropped (%s); following again", self.swap_id, error)
                 await asyncio.sleep(LOG_RETRY_DELAY)
-            return self.follow_logs()
+            return self.follow_logs(node)
         await self.sync_logs()
+        where = f" on {node.host_name}" if self.multi_node else ""
+        role = "" if not self.multi_node else ("head " if node.head else "worker ")
         if state is None:
-            raise SwapFailed(f"container {self.require_plan().container_name} disappeared")
-        raise SwapFailed(f"container exited with status {state.exit_code}")
+            raise SwapFailed(f"{role}container {node.container_name}{where} disappeared")
+        raise SwapFailed(f"{role}container{where} exited with status {state.exit_code}")
 
-    async def stop_follower(self, follower: asyncio.Task) -> None:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await follower
+    async def stop_followers(self, followers: dict[str, asyncio.Task]) -> None:
+        for follower in followers.values():
+            follower.cancel()
+        for follower in followers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
 
     async def sync_logs(self) -> None:
-        plan = self.require_plan()
-        await self.journal.sync(plan.target, plan.container_name)
+        for node in self.nodes or [self.require_plan()]:
+            await self.journal.sync(node.target, node.container_name, self.node_tag(node))
 
-    def follow_logs(self) -> asyncio.Task:
-        plan = self.require_plan()
-        return asyncio.create_task(self.journal.follow(plan.target, plan.container_name))
+    def node_tag(self, node: LaunchPlan) -> str:
+        """The host a log line is tagged with: only a multi-node swap tags its lines."""
+        return node.host_name if self.multi_node else ""
+
+    def follow_logs(self, node: LaunchPlan) -> asyncio.Task:
+        return asyncio.create_task(
+            self.journal.follow(node.target, node.container_name, self.node_tag(node))
+        )
+
+    async def stop_pair_after_failure(self) -> None:
+        """A multi-node swap that fails after its launch began stops every host's
+        container: no worker is left waiting for a head, no head for a worker. Best
+        effort per host (an unreachable host is reported, the others still stopped)."""
+        if not self.multi_node or self.state not in (Swap.LAUNCHING, Swap.WAITING_HEALTHY):
+            return
+        if self.launch_task is not None:
+            with contextlib.suppress(Exception):
+                await self.launch_task
+        for node in self.nodes:
+            try:
+                result = await self.docker(
+                    build_stop_argv(node.container_name, CANCEL_STOP_SECONDS), DOCKER_TIMEOUT, node
+                )
+            except SshError as error:
+                await self.say(
+                    f"could not stop {node.container_name} on {node.host_name}: {error.message}"
+                )
+                continue
+            if result.exit_status == 0:
+                await self.say(f"stopped {node.container_name} on {node.host_name}")
 
     async def _cancel(self) -> str:
         """Cancelled on request: remove what this swap launched, then record it."""
         if self.launch_task is not None:
             with contextlib.suppress(Exception):
                 await self.launch_task
+        problems = []
+        if self.plan is not None and self.state in (Swap.LAUNCHING, Swap.WAITING_HEALTHY):
+            await self.sync_logs()
+            for node in self.nodes or [self.plan]:
+                name = node.container_name
+                try:
+                    on = f" on {node.host_name}" if self.multi_node else ""
+                    await self.say(f"cancel: stopping and removing {name}{on}")
+                    await self.docker(
+                        build_stop_argv(name, CANCEL_STOP_SECONDS), DOCKER_TIMEOUT, node
+                    )
+                    await self.docker(build_rm_argv(name), DOCKER_TIMEOUT, node)
+                except SshError as error:
+                    where = f"{node.host_name}: " if self.multi_node else ""
+                    problems.append(f"{where}{error.message}")
         try:
-            if self.plan is not None and self.state in (Swap.LAUNCHING, Swap.WAITING_HEALTHY):
-                name = self.plan.container_name
-                await self.sync_logs()
-                await self.say(f"cancel: stopping and removing {name}")
-                await self.docker(build_stop_argv(name, CANCEL_STOP_SECONDS), DOCKER_TIMEOUT)
-                await self.docker(build_rm_argv(name), DOCKER_TIMEOUT)
+            if problems:
+                return await self.finish(
+                    Swap.CANCELLED,
+                    detail=f"cancelled on request; cleanup failed: {'; '.join(problems)}",
+                )
             return await self.finish(Swap.CANCELLED, detail="cancelled on request")
-        except SshError as error:
-            return await self.finish(
-                Swap.CANCELLED, detail=f"cancelled on request; cleanup failed: {error.message}"
-            )
         except SwapLost:
             return ""
 

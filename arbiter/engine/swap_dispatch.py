@@ -4,8 +4,9 @@ Claims are conditional UPDATEs with a row count (`swap_store.claim_pending`,
 `claim_stale`), so several engine processes can run dispatchers on one database and
 each swap is run by exactly one. A swap whose heartbeat is stale was left by an engine
 that died: it is re-attached (`SwapRunner(resume=True)`), never failed for that alone.
-In the embedded single-process setup nobody else can own an in-flight swap, so on
-start every one of them is re-attached at once instead of after the stale delay.
+The engine runs in exactly one process (`arbiter.engine.leader`), so a dispatcher that
+starts — at start-up, or in the process that just took the leadership over — re-attaches
+every in-flight swap at once instead of after the stale delay: nobody else runs them.
 """
 
 from __future__ import annotations
@@ -38,11 +39,6 @@ class SwapDispatcher:
         self.tasks: dict[int, asyncio.Task[str]] = {}
         self._started = False
 
-    def _first_stale_after(self) -> float:
-        if getattr(settings, "ARBITER_PROCESS_COUNT", 1) == 1:
-            return 0.0
-        return self.stale_after
-
     async def tick(self) -> list[int]:
         """One round: reap finished runners, claim work, start runners; the ids started."""
         for swap_id, task in list(self.tasks.items()):
@@ -50,7 +46,7 @@ class SwapDispatcher:
                 del self.tasks[swap_id]
                 if not task.cancelled() and task.exception() is not None:
                     log.error("swap %s runner crashed", swap_id, exc_info=task.exception())
-        stale_after = self.stale_after if self._started else self._first_stale_after()
+        stale_after = self.stale_after if self._started else 0.0
         self._started = True
         resumed = await sync_to_async(store.claim_stale)(stale_after, set(self.tasks))
         for swap_id in resumed:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from arbiter.engine import ssh
-from arbiter.engine.gpu import GpuOutputError
+from arbiter.engine.gpu import GpuOutputError, NvidiaSmiFailed
 from arbiter.engine.preflight import LaunchPlan
 from arbiter.engine.sampler import BATCH_ARGV, parse_batch
 from arbiter.errors import SshError
@@ -63,7 +63,13 @@ class MemoryWait:
         """The GPUs the new model will use, with what they hold now."""
         result = await ssh.run(self.plan.target, BATCH_ARGV, timeout=READ_TIMEOUT)
         try:
-            readings, meminfo = parse_batch(result.stdout)
+            readings, meminfo = parse_batch(result.stdout, result.stderr)
+        except NvidiaSmiFailed as error:
+            # The host answers but its driver does not: say so in nvidia-smi's own words.
+            raise MemoryNotFreed(
+                f"cannot read GPU memory on {self.plan.host_name}: GPU driver problem: "
+                f"{error.message}"
+            ) from error
         except GpuOutputError as error:
             raise MemoryNotFreed(
                 f"cannot read GPU memory on {self.plan.host_name}: {error}"

@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q
 from django.dispatch import Signal
 from django.utils import timezone
 
-from arbiter.engine.preflight import get_catalog_model, resolve_host, vllm_service
+from arbiter.engine.multi_node import pair_conflict
+from arbiter.engine.preflight import get_catalog_model, swap_hosts, vllm_service
 from arbiter.errors import Conflict, InvalidInput, NotFound
-from arbiter.models import Service, Swap, SwapLogLine, SwapTransition
+from arbiter.models import Host, Service, Swap, SwapHost, SwapLogLine, SwapTransition
 
 # Sent inside the transaction that records a swap's final state, with `swap_id`,
 # `state` and `dry_run`: receivers (the webhook outbox) write in that same transaction.
@@ -27,21 +29,30 @@ swap_finished = Signal()
 RUNNING_STATES = tuple(s for s in Swap.ACTIVE_STATES if s != Swap.PENDING)
 
 
-def _conflict(running: Swap) -> Conflict:
+def _conflict(running: Swap, host_name: str) -> Conflict:
     return Conflict(
-        f"host {running.host.name} is busy: swap {running.pk} ({running.model_key}) is "
-        f"{running.state}",
+        f"host {host_name} is busy: swap {running.pk} ({running.model_key}) is {running.state}",
         field="host",
         swap_id=running.pk,
     )
 
 
 def active_swap_on(host_id: int) -> Swap | None:
-    return (
-        Swap.objects.select_related("host")
-        .filter(host_id=host_id, state__in=Swap.ACTIVE_STATES)
+    """The active swap working on the host: as its head, or as a worker of a pair."""
+    claim = (
+        SwapHost.objects.select_related("swap")
+        .filter(host_id=host_id, active=True, swap__state__in=Swap.ACTIVE_STATES)
         .first()
     )
+    return claim.swap if claim is not None else None
+
+
+def _busy(hosts: list[Host]) -> Conflict | None:
+    for host in hosts:
+        running = active_swap_on(host.pk)
+        if running is not None:
+            return _conflict(running, host.name)
+    return None
 
 
 def create_swap(
@@ -56,40 +67,47 @@ def create_swap(
     The swap lock is checked first and in the same transaction as the insert, so no
     grant can slip in between; the swap records the lock generation it was accepted
     under (None when the lock was free). A dry run executes nothing, so it needs no lock.
-    One active swap per host is checked here and enforced by the database itself.
+    A swap holds every host it works on (the head, and a multi-node model's workers)
+    through one active `SwapHost` row per host, which the database keeps unique: no
+    two swaps touch one host at once, whichever host each names.
     """
     from coordination.locks import assert_may_swap
 
     with transaction.atomic():
         lock_generation = None if dry_run else assert_may_swap(lock_token)
         model = get_catalog_model(model_key)
-        host = resolve_host(model, host_name)
-        service = vllm_service(host)
+        hosts = swap_hosts(model, host_name)
+        head = hosts[0]
+        service = vllm_service(head)
         if service is None:
             raise InvalidInput(
-                f"host: {host.name} has no enabled vLLM service to serve models", field="host"
+                f"host: {head.name} has no enabled vLLM service to serve models", field="host"
             )
-        running = active_swap_on(host.pk)
-        if running is not None:
-            raise _conflict(running)
+        conflict = _busy(hosts) or pair_conflict(model, hosts)
+        if conflict is not None:
+            raise conflict
         try:
             with transaction.atomic():  # a savepoint: the caller's transaction survives
                 swap = Swap.objects.create(
                     model=model,
                     model_key=model.key,
-                    host=host,
+                    host=head,
                     service=service,
                     dry_run=dry_run,
                     requested_by=requested_by[:150],
                     lock_generation=lock_generation,
                 )
+                SwapHost.objects.bulk_create(
+                    SwapHost(swap=swap, host=host, node_rank=rank)
+                    for rank, host in enumerate(hosts)
+                )
                 SwapTransition.objects.create(swap=swap, state=Swap.PENDING, at=swap.created_at)
         except IntegrityError as error:
-            # Another request created a swap for this host between our check and insert.
-            running = active_swap_on(host.pk)
-            if running is None:
+            # Another request claimed one of these hosts between our check and insert.
+            conflict = _busy(hosts)
+            if conflict is None:
                 raise
-            raise _conflict(running) from error
+            raise conflict from error
     return swap
 
 
@@ -157,6 +175,8 @@ def record_transition(
             # unloaded is loaded again.
             Service.objects.filter(swaps__pk=swap_id).update(unloaded_at=None)
         if final:
+            # The hosts are free for the next swap the moment this one has ended.
+            SwapHost.objects.filter(swap_id=swap_id, active=True).update(active=False)
             dry_run = Swap.objects.filter(pk=swap_id).values_list("dry_run", flat=True).get()
             swap_finished.send(Swap, swap_id=swap_id, state=state, dry_run=dry_run)
     return TransitionRecord(swap_id, state, now, detail, error)
@@ -167,11 +187,12 @@ def update_swap(swap_id: int, **fields: object) -> None:
 
 
 def store_log_lines(
-    swap_id: int, first_seq: int, lines: list[tuple[str, str]]
+    swap_id: int, first_seq: int, lines: list[tuple[str, str]], node: str = ""
 ) -> list[SwapLogLine]:
+    """Store lines in order; `node` names the host that printed them (multi-node swaps)."""
     now = timezone.now()
     rows = [
-        SwapLogLine(swap_id=swap_id, seq=first_seq + i, at=now, stream=stream, text=text)
+        SwapLogLine(swap_id=swap_id, seq=first_seq + i, at=now, stream=stream, text=text, node=node)
         for i, (stream, text) in enumerate(lines)
     ]
     return SwapLogLine.objects.bulk_create(rows)
@@ -179,21 +200,26 @@ def store_log_lines(
 
 @dataclass(frozen=True)
 class LogPosition:
-    """Where a swap's stored log ends: the last seq, and lines per container stream."""
+    """Where a swap's stored log ends: the last seq, and container lines per node and
+    stream (node "" for a single-host swap)."""
 
     last_seq: int
-    stdout: int
-    stderr: int
+    counts: dict[tuple[str, str], int]
+
+    def count(self, node: str, stream: str) -> int:
+        return self.counts.get((node, stream), 0)
 
 
 def log_position(swap_id: int) -> LogPosition:
     lines = SwapLogLine.objects.filter(swap_id=swap_id)
-    totals = lines.aggregate(
-        last=Max("seq"),
-        stdout=Count("pk", filter=Q(stream="stdout")),
-        stderr=Count("pk", filter=Q(stream="stderr")),
+    last = lines.aggregate(last=Max("seq"))["last"] or 0
+    per_node = (
+        lines.filter(stream__in=("stdout", "stderr"))
+        .order_by()  # no default ordering in the GROUP BY
+        .values_list("node", "stream")
+        .annotate(lines=Count("pk"))
     )
-    return LogPosition(totals["last"] or 0, totals["stdout"], totals["stderr"])
+    return LogPosition(last, {(node, stream): n for node, stream, n in per_node})
 
 
 @dataclass(frozen=True)
@@ -294,3 +320,139 @@ def request_cancel(swap_id: int) -> TransitionRecord | None:
     if record is None:
         Swap.objects.filter(pk=swap_id, state__in=RUNNING_STATES).update(cancel_requested=True)
     return record
+
+
+# -- launch phases and the ETA ---------------------------------------------------------
+# The launch of a swap runs up to three phases, each with its own budget: the image pull
+# (only when the image is not on the host), the weights (only for a hub model not yet in
+# the host's hub cache), and the load (container start until the served model answers).
+PULL = "pull"
+WEIGHTS = "weights"
+LOAD = "load"
+LAUNCH_PHASES = (PULL, WEIGHTS, LOAD)
+PHASE_LABELS = {PULL: "pulling the image", WEIGHTS: "downloading the weights", LOAD: "loading"}
+# The ETA takes the median over this many of the latest complete swaps of the same
+# model on the same host; older ones describe an image or a host that may have changed.
+ETA_HISTORY = 5
+
+
+def begin_phase(swap_id: int, phase: str) -> datetime:
+    """Enter a launch phase; a swap resumed in the same phase keeps its start time."""
+    with transaction.atomic():
+        swap = Swap.objects.select_for_update().only("phase", "phase_started_at").get(pk=swap_id)
+        if swap.phase == phase and swap.phase_started_at is not None:
+            return swap.phase_started_at
+        now = timezone.now()
+        Swap.objects.filter(pk=swap_id).update(phase=phase, phase_started_at=now)
+        return now
+
+
+def end_phase(swap_id: int, phase: str, *, last: bool = False) -> float:
+    """Record how long `phase` took (the ETA of later swaps); `last` leaves the launch."""
+    with transaction.atomic():
+        swap = Swap.objects.select_for_update().only("phase_started_at", "phase_durations")
+        row = swap.get(pk=swap_id)
+        started = row.phase_started_at or timezone.now()
+        seconds = round(max(0.0, (timezone.now() - started).total_seconds()), 3)
+        durations = dict(row.phase_durations or {})
+        durations[phase] = seconds
+        updates: dict[str, object] = {"phase_durations": durations}
+        if last:
+            updates.update(phase="", phase_started_at=None)
+        Swap.objects.filter(pk=swap_id).update(**updates)
+    return seconds
+
+
+def phase_started_at(swap_id: int, phase: str) -> datetime | None:
+    """When the swap entered `phase`, if that is its phase now."""
+    row = Swap.objects.filter(pk=swap_id).values("phase", "phase_started_at").first()
+    if row is None or row["phase"] != phase:
+        return None
+    return row["phase_started_at"]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def eta_seconds(swap: Swap, now: datetime | None = None) -> float | None:
+    """Seconds the launch will still take, from earlier swaps of this model on this host.
+
+    The current phase's median duration minus the time spent in it (never below zero),
+    plus the median of each later phase. A phase that an earlier swap skipped (its
+    image was there already) gives no sample; None when any phase needed has none:
+    "no estimate yet". Later phases are taken to run (a load always does; a pull
+    happens before the weights, so when the weights are needed is not yet known and
+    the estimate counts them only if earlier swaps of this model downloaded them).
+    """
+    if swap.phase not in LAUNCH_PHASES or swap.state not in Swap.ACTIVE_STATES:
+        return None
+    history = list(
+        Swap.objects.filter(
+            model_key=swap.model_key, host_id=swap.host_id, state=Swap.COMPLETE, dry_run=False
+        )
+        .exclude(pk=swap.pk)
+        .order_by("-finished_at", "-pk")
+        .values_list("phase_durations", flat=True)[:ETA_HISTORY]
+    )
+    samples: dict[str, list[float]] = {phase: [] for phase in LAUNCH_PHASES}
+    for durations in history:
+        for phase, seconds in (durations or {}).items():
+            if phase in samples and isinstance(seconds, int | float):
+                samples[phase].append(float(seconds))
+    current = LAUNCH_PHASES.index(swap.phase)
+    if not samples[swap.phase] or not samples[LOAD]:
+        return None
+    now = now or timezone.now()
+    elapsed = (now - swap.phase_started_at).total_seconds() if swap.phase_started_at else 0.0
+    remaining = max(0.0, _median(samples[swap.phase]) - elapsed)
+    for phase in LAUNCH_PHASES[current + 1 :]:
+        if samples[phase]:
+            remaining += _median(samples[phase])
+    return round(remaining, 1)
+
+
+@dataclass(frozen=True)
+class PhaseProgress:
+    """Where a swap's launch is: its phase, for how long, and the time left."""
+
+    phase: str | None
+    phase_label: str
+    phase_elapsed_seconds: float | None
+    eta_seconds: float | None
+    phase_durations: dict[str, float]
+
+
+def phase_progress(swap: Swap, now: datetime | None = None) -> PhaseProgress:
+    """The one place the API and the dashboard read a swap's launch progress from."""
+    now = now or timezone.now()
+    phase = swap.phase or None
+    elapsed = None
+    if phase and swap.phase_started_at is not None:
+        end = now if swap.state in Swap.ACTIVE_STATES else (swap.finished_at or now)
+        elapsed = round(max(0.0, (end - swap.phase_started_at).total_seconds()), 3)
+    durations = {
+        k: float(v) for k, v in (swap.phase_durations or {}).items() if isinstance(v, int | float)
+    }
+    return PhaseProgress(
+        phase=phase,
+        phase_label=PHASE_LABELS.get(phase or "", ""),
+        phase_elapsed_seconds=elapsed,
+        eta_seconds=eta_seconds(swap, now),
+        phase_durations=durations,
+    )
+
+
+def prune_logs(now: datetime | None = None) -> int:
+    """Delete the log lines of swaps that ended more than ARBITER_SWAP_LOG_RETENTION_DAYS
+    ago (0 keeps them); the swaps and their transitions stay. Returns the lines deleted."""
+    days = settings.ARBITER_SWAP_LOG_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    deleted, _ = SwapLogLine.objects.filter(swap__finished_at__lt=cutoff).delete()
+    return deleted

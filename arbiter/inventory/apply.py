@@ -42,6 +42,10 @@ def _host_fields(config: HostConfig, simulated: bool) -> dict[str, Any]:
         "sampling": config.sampling,
         "vram_budget_mib": config.vram_budget_mib,
         "vram_margin_mib": config.vram_margin_mib,
+        "hf_cache_dir": config.hf_cache_dir or "",
+        "max_ssh_sessions": config.max_ssh_sessions,
+        "cluster_address": config.cluster_address or "",
+        "cluster_interface": config.cluster_interface or "",
         "simulated": simulated,
         "in_inventory": True,
     }
@@ -60,6 +64,11 @@ def _service_fields(config: ServiceConfig, host: Any) -> dict[str, Any]:
         "can_coexist_with": list(config.can_coexist_with),
         "load_route": config.load_route or "",
         "unload_route": config.unload_route or "",
+        "load_method": config.load_method,
+        "load_body": config.load_body,
+        "unload_method": config.unload_method,
+        "unload_body": config.unload_body,
+        "adopt_containers": list(config.adopt_containers),
         "disabled": config.disabled,
         "in_inventory": True,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 SAMPLING_MODES = ("ssh", "nvml")
 SERVICE_KINDS = ("vllm", "http")
@@ -10,6 +11,8 @@ CAPABILITIES = ("llm", "tts", "stt", "image", "embeddings", "audio")
 
 DEFAULT_SSH_USER = "arbiter"
 DEFAULT_SSH_PORT = 22
+# Concurrent SSH channels per host connection: under OpenSSH's MaxSessions (10).
+DEFAULT_MAX_SSH_SESSIONS = 8
 DEFAULT_HEALTH_PATH = {"vllm": "/health", "http": "/health"}
 
 # The OpenAI-compatible routes a capability answers, used when `request_paths` is left out.
@@ -55,6 +58,12 @@ class HostConfig:
     sampling: str = "ssh"
     vram_budget_mib: int | None = None
     vram_margin_mib: int = 0
+    # The hub cache on the host (None: ARBITER_HF_CACHE_DIR, else ~/.cache/huggingface/hub).
+    hf_cache_dir: str | None = None
+    max_ssh_sessions: int = DEFAULT_MAX_SSH_SESSIONS
+    # The interconnect a multi-node model talks over (None: the host takes part in none).
+    cluster_address: str | None = None
+    cluster_interface: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,15 @@ class ServiceConfig:
     can_coexist_with: tuple[str, ...] = ()
     load_route: str | None = None
     unload_route: str | None = None
+    # How the routes are called: an HTTP method and an optional JSON body (Ollama unloads
+    # with `POST /api/generate {"model": ..., "keep_alive": 0}`).
+    load_method: str = "POST"
+    load_body: Any = None
+    unload_method: str = "POST"
+    unload_body: Any = None
+    # Containers Arbiter did not start but may stop and replace for this service (the
+    # `vllm_node` a Spark launcher script started); see arbiter.engine.slot.
+    adopt_containers: tuple[str, ...] = ()
     disabled: bool = False
 
 

@@ -5,21 +5,23 @@ the inventory (every start) leaves an edited column alone and only refreshes the
 value remembered beside it, so the edit survives restarts; `reset_edits` puts the file's
 values back. Setting a field to the file's value ends its edit.
 
-Only operating knobs are editable - how much VRAM a host offers, whether a service is in
-use and what it holds resident - never where a host is or how it is reached: those stay
-the file's.
+Only operating knobs are editable - how much VRAM a host offers, which interconnect
+address and interface its multi-node launches use, whether a service is in use, what it
+holds resident and which foreign containers it may take over - never where Arbiter finds
+a host or how it logs in (address, SSH settings): those stay the file's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db import models, transaction
 
 from arbiter.errors import NotFound
 
-HOST_EDITABLE = ("vram_budget_mib", "vram_margin_mib")
-SERVICE_EDITABLE = ("disabled", "vram_resident_mib")
+HOST_EDITABLE = ("vram_budget_mib", "vram_margin_mib", "cluster_address", "cluster_interface")
+SERVICE_EDITABLE = ("disabled", "vram_resident_mib", "adopt_containers")
 
 
 def keep_edits(file_fields: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -41,10 +43,21 @@ def _current_row(model: type[models.Model], name: str, what: str) -> Any:
     return row
 
 
-def edit_row(model: type[models.Model], name: str, changes: dict[str, Any], what: str) -> Any:
-    """Set `changes` on the named row, remembering each field's file value."""
+def edit_row(
+    model: type[models.Model],
+    name: str,
+    changes: dict[str, Any],
+    what: str,
+    check: Callable[[Any], None] | None = None,
+) -> Any:
+    """Set `changes` on the named row, remembering each field's file value.
+
+    `check(row)` runs on the locked row first; what it raises leaves everything unwritten.
+    """
     with transaction.atomic():
         row = _current_row(model, name, what)
+        if check is not None:
+            check(row)
         overrides = dict(row.inventory_overrides)
         for field, value in changes.items():
             file_value = overrides.get(field, getattr(row, field))
@@ -58,10 +71,17 @@ def edit_row(model: type[models.Model], name: str, changes: dict[str, Any], what
     return row
 
 
-def reset_edits(model: type[models.Model], name: str, what: str) -> Any:
-    """Put the file's values back on every edited field of the named row."""
+def reset_edits(
+    model: type[models.Model], name: str, what: str, check: Callable[[Any], None] | None = None
+) -> Any:
+    """Put the file's values back on every edited field of the named row.
+
+    `check(row)` runs on the locked row first; what it raises leaves everything unwritten.
+    """
     with transaction.atomic():
         row = _current_row(model, name, what)
+        if check is not None:
+            check(row)
         edited = list(row.inventory_overrides)
         for field, file_value in row.inventory_overrides.items():
             setattr(row, field, file_value)

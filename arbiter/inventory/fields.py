@@ -8,6 +8,7 @@ with the reason. Being strict pays off here: a port written `"22"` or a budget o
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Collection
@@ -21,6 +22,9 @@ T = TypeVar("T")
 Validator = Callable[[Any], T]
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Docker's rule for container names (moby daemon/names: RestrictedNameChars + "+").
+CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+MAX_CONTAINER_NAME_CHARS = 128
 POSIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 HOSTNAME_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
@@ -37,6 +41,21 @@ def slug(value: Any) -> str:
         return value
     raise must(
         'must be a lowercase slug of a-z, 0-9 and "-" (1-63 characters, not starting with "-")',
+        value,
+    )
+
+
+def container_name(value: Any) -> str:
+    """A docker container name as `docker ps` shows it (no leading "/")."""
+    if (
+        isinstance(value, str)
+        and CONTAINER_NAME_RE.fullmatch(value)
+        and len(value) <= MAX_CONTAINER_NAME_CHARS
+    ):
+        return value
+    raise must(
+        "must be a container name: [a-zA-Z0-9][a-zA-Z0-9_.-]+ (docker's rule), "
+        f"at most {MAX_CONTAINER_NAME_CHARS} characters",
         value,
     )
 
@@ -74,6 +93,29 @@ def non_negative_int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_DB_INT:
         raise must(f"must be at most {MAX_DB_INT}", value)
     return _integer(value, 0, MAX_DB_INT, "must be an integer >= 0")
+
+
+MAX_SSH_SESSIONS = 100
+
+
+def ssh_sessions(value: Any) -> int:
+    """Concurrent SSH channels per connection; keep it under the host's MaxSessions."""
+    return _integer(value, 1, MAX_SSH_SESSIONS, f"must be an integer 1-{MAX_SSH_SESSIONS}")
+
+
+def host_dir(value: Any) -> str:
+    """An absolute, normalized directory on a host that docker can bind-mount as is:
+    no `:` or `,` (they split `--volume` / `--mount` specs) and no control characters."""
+    if (
+        isinstance(value, str)
+        and value.startswith("/")
+        and os.path.normpath(value) == value
+        and not any(c in value for c in ":,")
+        and value.isprintable()
+        and len(value) <= 1024
+    ):
+        return value
+    raise must("must be an absolute, normalized path without ':' or ','", value)
 
 
 def one_of(choices: Collection[str]) -> Validator[str]:
@@ -159,6 +201,50 @@ def host_address(value: Any) -> str:
     raise must(expectation, value)
 
 
+def cluster_address(value: Any) -> str:
+    """This host's address on the interconnect a multi-node model talks over.
+
+    It becomes the node's VLLM_HOST_IP and, on the head, every node's --master-addr, so it
+    must name exactly one host: a hostname or an IP literal, not an unspecified (0.0.0.0,
+    ::) or multicast address. Loopback is allowed (simulated hosts share 127.0.0.1).
+    """
+    expectation = "must be an IP address or a hostname (RFC 1123) on the interconnect"
+    if not isinstance(value, str) or not value:
+        raise must(expectation, value)
+    if any(char.isspace() for char in value):
+        raise must("must not contain whitespace", value)
+    if value.startswith("-"):
+        raise must('must not start with "-"', value)
+    # An IPv6 zone ("fe80::1%eth0") is this host's own view of a link, not an address
+    # the other nodes can dial.
+    if _is_ip_literal(value) and "%" not in value:
+        address = ipaddress.ip_address(value)
+        if address.is_unspecified or address.is_multicast:
+            raise must("must be one host's address (not unspecified or multicast)", value)
+        return value
+    if _is_hostname(value):
+        return value
+    raise must(expectation, value)
+
+
+# Linux accepts 1-15 bytes without "/", ":" or whitespace, other than "." and ".."
+# (net/core/dev.c, dev_valid_name; IFNAMSIZ is 16 with the NUL). Narrower here: the name
+# goes into NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME and UCX_NET_DEVICES, where "," separates
+# a list and a leading "^" or "=" changes its meaning (NCCL's environment variable docs).
+INTERFACE_NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")
+
+
+def network_interface(value: Any) -> str:
+    """A Linux network interface name, e.g. enp1s0f1np1 (a Spark's QSFP port)."""
+    if isinstance(value, str) and INTERFACE_NAME_RE.fullmatch(value) and value not in (".", ".."):
+        return value
+    raise must(
+        "must be a Linux network interface name: 1-15 of A-Z a-z 0-9 _ . - (not starting "
+        'with "-"), e.g. enp1s0f1np1',
+        value,
+    )
+
+
 # --- Paths and URLs ------------------------------------------------------------------
 
 
@@ -195,6 +281,31 @@ def http_path(value: Any) -> str:
         raise must("must not contain whitespace or control characters", value)
     if len(value) > MAX_ROUTE_CHARS:
         raise must(f"must be at most {MAX_ROUTE_CHARS} characters", value)
+    return value
+
+
+ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+BODILESS_METHODS = ("GET", "DELETE")
+MAX_BODY_CHARS = 4096
+
+
+def route_method(value: Any) -> str:
+    """The HTTP method of a service's load or unload route (upper case, as sent)."""
+    if isinstance(value, str) and value in ROUTE_METHODS:
+        return value
+    raise must("must be one of " + ", ".join(f'"{m}"' for m in ROUTE_METHODS), value)
+
+
+def json_body(value: Any) -> dict | list:
+    """A JSON object or list sent with a load or unload route (YAML maps onto JSON)."""
+    if not isinstance(value, (dict, list)):
+        raise must("must be a mapping or a list (sent as JSON)", value)
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise must("must hold only JSON values (strings, numbers, true/false, ~)", value) from None
+    if len(text) > MAX_BODY_CHARS:
+        raise must(f"must be at most {MAX_BODY_CHARS} characters as JSON", value)
     return value
 
 

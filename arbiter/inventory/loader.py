@@ -13,6 +13,7 @@ from . import fields
 from .config import (
     CAPABILITIES,
     DEFAULT_HEALTH_PATH,
+    DEFAULT_MAX_SSH_SESSIONS,
     SAMPLING_MODES,
     SERVICE_KINDS,
     HostConfig,
@@ -35,6 +36,10 @@ HOST_KEYS = (
     "sampling",
     "vram_budget_mib",
     "vram_margin_mib",
+    "hf_cache_dir",
+    "max_ssh_sessions",
+    "cluster_address",
+    "cluster_interface",
 )
 SERVICE_KEYS = (
     "name",
@@ -48,6 +53,11 @@ SERVICE_KEYS = (
     "can_coexist_with",
     "load_route",
     "unload_route",
+    "load_method",
+    "load_body",
+    "unload_method",
+    "unload_body",
+    "adopt_containers",
     "disabled",
 )
 
@@ -267,6 +277,16 @@ def _read_host(reader: MappingReader, defaults: HostDefaults, base_dir: Path) ->
         "vram_margin_mib": reader.get(
             "vram_margin_mib", fields.non_negative_int, defaults.vram_margin_mib
         ),
+        "hf_cache_dir": reader.get("hf_cache_dir", fields.nullable(fields.host_dir), None),
+        "max_ssh_sessions": reader.get(
+            "max_ssh_sessions", fields.ssh_sessions, DEFAULT_MAX_SSH_SESSIONS
+        ),
+        "cluster_address": reader.get(
+            "cluster_address", fields.nullable(fields.cluster_address), None
+        ),
+        "cluster_interface": reader.get(
+            "cluster_interface", fields.nullable(fields.network_interface), None
+        ),
     }
     budget, margin = values["vram_budget_mib"], values["vram_margin_mib"]
     if budget is not None and margin is not None and margin >= budget:
@@ -274,6 +294,11 @@ def _read_host(reader: MappingReader, defaults: HostDefaults, base_dir: Path) ->
         reader.problem(
             "vram_margin_mib",
             f"must be less than vram_budget_mib ({budget}), got {margin}{inherited}",
+        )
+    # An invalid cluster_address is reported as such; only a missing one is this problem.
+    if values["cluster_interface"] and reader.entry.get("cluster_address") is None:
+        reader.problem(
+            "cluster_interface", "needs cluster_address (the host's address on that interface)"
         )
     if not reader.ok:
         return None
@@ -305,6 +330,7 @@ def _read_services(problems: Problems, raw_services: Any, raw_hosts: Any) -> lis
     service_names = _names_in(raw_services)
     services: list[ServiceConfig] = []
     first_with_name: dict[str, int] = {}
+    adopted_by: dict[tuple[str, str], int] = {}  # (host, container) -> services index
     for index, entry in enumerate(raw_services):
         key_path = f"services[{index}]"
         if not isinstance(entry, dict):
@@ -320,9 +346,29 @@ def _read_services(problems: Problems, raw_services: Any, raw_hosts: Any) -> lis
             )
         elif isinstance(name, str):
             first_with_name[name] = index
+        _check_adoptions(reader, entry, adopted_by, index)
         if service is not None and reader.ok:
             services.append(service)
     return services
+
+
+def _check_adoptions(
+    reader: MappingReader, entry: dict, adopted_by: dict[tuple[str, str], int], index: int
+) -> None:
+    """A container lives on one host, and only one service there may take it over."""
+    names, host = entry.get("adopt_containers"), entry.get("host")
+    if not isinstance(names, list) or not isinstance(host, str):
+        return
+    for position, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        first = adopted_by.setdefault((host, name), index)
+        if first != index:
+            reader.problem(
+                f"adopt_containers[{position}]",
+                f"container {show(name)} on host {show(host)} is already adopted by "
+                f"services[{first}]",
+            )
 
 
 def _read_service(
@@ -366,6 +412,20 @@ def _read_service(
             )
     load_route = reader.get("load_route", fields.nullable(fields.http_path), None)
     unload_route = reader.get("unload_route", fields.nullable(fields.http_path), None)
+    calls = {}
+    for prefix, route in (("load", load_route), ("unload", unload_route)):
+        method = reader.get(f"{prefix}_method", fields.route_method, "POST")
+        body = reader.get(f"{prefix}_body", fields.nullable(fields.json_body), None)
+        if body is not None and route is None:
+            reader.problem(f"{prefix}_body", f"needs {prefix}_route (the body is sent there)")
+        elif body is not None and method in fields.BODILESS_METHODS:
+            reader.problem(f"{prefix}_body", f"a {method} request carries no body")
+        calls[prefix] = (method, body)
+    adopt_containers = reader.get(
+        "adopt_containers",
+        fields.list_of(fields.container_name, expectation="must be a list of container names"),
+        (),
+    )
     disabled = reader.get("disabled", fields.boolean, False)
     if not reader.ok:
         return None
@@ -381,5 +441,10 @@ def _read_service(
         can_coexist_with=can_coexist_with,
         load_route=load_route,
         unload_route=unload_route,
+        load_method=calls["load"][0],
+        load_body=calls["load"][1],
+        unload_method=calls["unload"][0],
+        unload_body=calls["unload"][1],
+        adopt_containers=adopt_containers,
         disabled=disabled,
     )

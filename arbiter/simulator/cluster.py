@@ -27,11 +27,20 @@ from arbiter.simulator.demo_catalog import write_demo_catalog
 from arbiter.simulator.dockerd import Container
 from arbiter.simulator.gpus import GB10, H100_80GB, RTX_6000_ADA
 from arbiter.simulator.host import CommandRecord, HostSpec, ServiceSpec, SimulatedHost
+from arbiter.simulator.scenarios import hosts_for, set_scene
+from arbiter.simulator.scripted import ScriptedRun, start_scripted
+from arbiter.simulator.timing import scale_from_env
 
 T = TypeVar("T")
 VRAM_MARGIN_MIB = 2048
+# Every default host has a cluster_address (all simulated hosts share loopback), so any
+# two of them can run one multi-node model; none names a cluster_interface (no NCCL
+# interface pinning), as on hosts joined by one ordinary network.
+LOOPBACK = "127.0.0.1"
 DEFAULT_HOSTS = [
-    HostSpec("sim-a", (RTX_6000_ADA, RTX_6000_ADA), mem_total_kb=263_808_756),
+    HostSpec(
+        "sim-a", (RTX_6000_ADA, RTX_6000_ADA), mem_total_kb=263_808_756, cluster_address=LOOPBACK
+    ),
     HostSpec(
         "sim-b",
         (H100_80GB,),
@@ -40,9 +49,10 @@ DEFAULT_HOSTS = [
             ServiceSpec("sim-b-vllm"),
             ServiceSpec("sim-b-tts", "http", ("tts",), ("/v1/audio/speech",), disabled=True),
         ),
+        cluster_address=LOOPBACK,
     ),
     # DGX Spark: 128 GB of unified memory, shared by the CPU and the GB10's GPU.
-    HostSpec("sim-gb10", (GB10,), mem_total_kb=125_000_000),
+    HostSpec("sim-gb10", (GB10,), mem_total_kb=125_000_000, cluster_address=LOOPBACK),
 ]
 GB10_EVERY = 8  # generated clusters: every 8th host is a DGX Spark
 
@@ -128,11 +138,19 @@ class SimulatedCluster:
         startup_delay: float = 2.0,
         release_delay: float = 0.5,
         control: bool = True,
+        scenario: str | None = None,
+        time_scale: float | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.specs = list(hosts or DEFAULT_HOSTS)
+        # A scenario (arbiter.simulator.scenarios, e.g. "spark-pair") brings its hosts and
+        # what its scripts already started there.
+        self.scenario = scenario
+        self.specs = list(hosts or hosts_for(scenario) or DEFAULT_HOSTS)
         self.startup_delay = startup_delay
         self.release_delay = release_delay
+        # Realistic pull / download / load durations × this (ARBITER_SIM_TIME_SCALE when
+        # not given); None keeps every tool quick (arbiter.simulator.timing).
+        self.time_scale = time_scale if time_scale is not None else scale_from_env()
         self.with_control = control
         self.client_key_path = self.data_dir / "client_key"
         self.known_hosts_path = self.data_dir / "known_hosts"
@@ -159,23 +177,25 @@ class SimulatedCluster:
                 startup_delay=self.startup_delay,
                 release_delay=self.release_delay,
                 port=port if port and port_is_free(port) else 0,
+                time_scale=self.time_scale,
             )
             await host.start()
             self.hosts[spec.name] = host
             for service in spec.service_specs():
                 # A remembered port may be busy with our own running container: keep it.
                 kept = remembered.get("services", {}).get(service.name)
-                self.service_ports[service.name] = kept or self._unused_port()
+                self.service_ports[service.name] = kept or self.unused_port()
         self._write_ports()
         self.write_known_hosts()
         self.write_config()
         self.catalog_path = write_demo_catalog(self.data_dir, self.hosts)
+        await set_scene(self, self.scenario)
         if self.with_control:
             self.control = ControlServer(self, asyncio.get_running_loop())
             self.control.start()
             (self.data_dir / "control.json").write_text(json.dumps({"url": self.control.url}))
 
-    def _unused_port(self) -> int:
+    def unused_port(self) -> int:
         """A free port no other service of this cluster was given: nothing listens on a
         reserved port yet, so the OS may hand the same free port out twice in a row."""
         taken = set(self.service_ports.values())
@@ -240,6 +260,10 @@ class SimulatedCluster:
                     "vram_margin_mib": VRAM_MARGIN_MIB,
                 }
             )
+            if spec.cluster_address:
+                hosts[-1]["cluster_address"] = spec.cluster_address
+            if spec.cluster_interface:
+                hosts[-1]["cluster_interface"] = spec.cluster_interface
             for service in spec.service_specs():
                 services.append(
                     {
@@ -348,8 +372,33 @@ class ClusterThread:
     def inject(self, host: str, **faults: Any) -> None:
         self.call(host, "inject", **faults)
 
+    def driver_fault(self, host: str, fault: str) -> None:
+        """Break the host's GPU driver ("version_mismatch", ...) or mend it ("none")."""
+        self.call(host, "set_driver_fault", fault)
+
+    def set_sshd(self, host: str, **values: Any) -> dict[str, Any]:
+        """The host's sshd policy: accept_env, max_sessions, hf_on_path, hub_module,
+        docker_group, nvidia_runtime (see arbiter.simulator.sshd)."""
+        return self.call(host, "set_sshd", **values)
+
+    def accept_hf_token(self, *hosts: str) -> None:
+        """`AcceptEnv LANG LC_* HF_TOKEN` on these hosts (all when none are named)."""
+        for name in hosts or tuple(self.cluster.hosts):
+            self.set_sshd(name, accept_env=["LANG", "LC_*", "HF_TOKEN"])
+
     def commands(self, host: str) -> list[CommandRecord]:
         return list(self.cluster.hosts[host].commands)
+
+    def start_container(
+        self, host: str, name: str, image: str, port: int, network: str = "host", **extra: Any
+    ) -> Container:
+        """Start a container the way a script would (no Arbiter labels; scripted.py)."""
+        run = ScriptedRun(name, image, port, network, **extra)
+        return self.run(start_scripted(self.cluster.hosts[host], run))
+
+    def container(self, host: str, name: str) -> Container | None:
+        """The named container as `docker ps --all` lists it now (None: there is none)."""
+        return self.call(host, "container", name)
 
     def containers(self, host: str) -> list[Container]:
         async def snapshot() -> list[Container]:

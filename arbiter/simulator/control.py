@@ -8,8 +8,22 @@ standard library in a thread; every action runs on the cluster's event loop.
     POST /hosts/{name}/gpus/{index}     {"utilization": 80, "memory_used_mib": 1000, "reset": false}
     POST /hosts/{name}/down             POST /hosts/{name}/up
     POST /hosts/{name}/faults           {"slow_start": 5, "fail_start": true, ...}
+    POST /hosts/{name}/driver           {"fault": "version_mismatch"} (or no_devices,
+                                        driver_not_loaded; "none" mends it)
     POST /hosts/{name}/rotate-host-key
+    POST /hosts/{name}/sshd             {"accept_env": ["LANG", "LC_*", "HF_TOKEN"],
+                                        "max_sessions": 10, "hf_on_path": false,
+                                        "hub_module": true, "docker_group": true,
+                                        "nvidia_runtime": true} (any subset; sshd.py)
+    POST /hosts/{name}/time-scale       {"scale": 0.01}: pulls, downloads and loads take
+                                        realistic time × scale; null: quick (timing.py)
     GET  /hosts/{name}/commands?since=N the exec requests received from index N on
+    GET  /hosts/{name}/containers       what runs there: name, image, state, labels,
+                                        network, ports (`docker ps --all`)
+    POST /hosts/{name}/containers       {"name": "vllm_node", "image": "nvcr.io/nvidia/vllm:
+                                        25.09-py3", "network": "host", "port": 8888} starts
+                                        a container the way a script would (scripted.py);
+                                        optional "env", "devices", "serve_args": lists
 """
 
 from __future__ import annotations
@@ -23,11 +37,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from arbiter.simulator.gpus import DRIVER_FAULT_NAMES
+from arbiter.simulator.scripted import ScriptedRun, ScriptError, start_scripted, summary
+from arbiter.simulator.sshd import SshdPolicy
+
 if TYPE_CHECKING:
     from arbiter.simulator.cluster import SimulatedCluster
 
 GPU_FIELDS = {"utilization", "temperature", "power", "memory_used_mib", "reset"}
-FAULT_FIELDS = {"slow_start", "fail_start", "crash_after_ready", "bad_model"}
+FAULT_FIELDS = {"slow_start", "fail_start", "crash_after_ready", "bad_model", "log_flood_mib"}
 MAX_BODY = 64 * 1024
 
 
@@ -87,6 +105,8 @@ class ControlServer:
             since = _int(query.get("since", ["0"])[0], "since")
             records = list(host.commands)[since:]
             return {"commands": [_record(r) for r in records], "next": since + len(records)}
+        if rest == "/containers" and method in ("GET", "POST"):
+            return self.containers(host, method, body)
         if method == "POST" and rest == "/down":
             self.on_loop(host.go_down)
             return {"up": False}
@@ -96,6 +116,19 @@ class ControlServer:
         if method == "POST" and rest == "/rotate-host-key":
             self.on_loop(host.rotate_host_key)
             return {"host_key": host.host_key_line()}
+        if method == "POST" and rest == "/driver":
+            fault = _fields(body, {"fault"}).get("fault")
+            if not isinstance(fault, str):
+                raise ControlError(400, f"fault must be one of {list(DRIVER_FAULT_NAMES)}")
+            self.on_loop(lambda: host.set_driver_fault(fault))  # ValueError: 400
+            return {"driver_fault": host.board.driver_fault}
+        if method == "POST" and rest == "/sshd":
+            values = _fields(body, set(SshdPolicy.FIELDS))
+            return {"sshd": self.on_loop(lambda: host.set_sshd(**values))}  # ValueError: 400
+        if method == "POST" and rest == "/time-scale":
+            scale = _fields(body, {"scale"}).get("scale")
+            self.on_loop(lambda: host.set_time_scale(scale))  # ValueError: 400
+            return {"time_scale": host.timing.scale}
         if method == "POST" and rest == "/faults":
             values = _fields(body, FAULT_FIELDS)
             self.on_loop(lambda: host.inject(**values))
@@ -109,6 +142,17 @@ class ControlServer:
             self.on_loop(lambda: host.set_gpu(index, **values))
             return {"gpus": self.on_loop(host.state)["gpus"]}
         raise ControlError(404 if method in ("GET", "POST") else 405, f"no route: {method} {path}")
+
+    def containers(self, host: Any, method: str, body: Any) -> Any:
+        if method == "GET":
+            listed = self.on_loop(lambda: [summary(c) for c in host.containers])
+            return {"containers": listed}
+        try:
+            run = ScriptedRun.from_body(body if isinstance(body, dict) else {})
+            container = self.on_loop(lambda: start_scripted(host, run))
+        except ScriptError as error:
+            raise ControlError(error.status, str(error)) from None
+        return summary(container)
 
 
 def _int(text: str, name: str) -> int:
@@ -132,6 +176,7 @@ def _record(record: Any) -> dict[str, Any]:
         "argvs": record.argvs,
         "time": record.time,
         "env_names": record.env_names,
+        "env_dropped": record.env_dropped,
         "exit_status": record.exit_status,
     }
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from arbiter.simulator.hub import weights_bytes
+from arbiter.simulator.hub import DEFAULT_CACHE, weights_bytes
 
 if TYPE_CHECKING:
     from arbiter.simulator.host import SimulatedHost
 
 CATALOG_FILE = "catalog.yaml"
-HUB_CACHE = "/models/hub-cache"  # ARBITER_HF_CACHE_DIR's default
+HUB_CACHE = DEFAULT_CACHE  # the SSH user's ~/.cache/huggingface/hub (host_paths)
 LOCAL_MODEL = "/models/finetunes/qwen3-0.6b-support-v2"
 PRECACHED = {"sim-a": ["Qwen/Qwen3-0.6B"]}
 DEMO_MODELS: list[dict[str, Any]] = [
@@ -49,6 +49,18 @@ DEMO_MODELS: list[dict[str, Any]] = [
         "estimated_vram_mib": 2000,
         "gpu_memory_utilization": 0.1,
         "container_name": "arbiter-embeddings",
+    },
+    {
+        # NVIDIA's image for DGX Spark (its build-and-deploy playbook); no `command` here:
+        # the catalog gives it the image's default, ["vllm", "serve"] (launch_rules).
+        "key": "qwen3-600m-ngc",
+        "display_name": "Qwen3 0.6B (NVIDIA vLLM image)",
+        "hub_repo": "Qwen/Qwen3-0.6B",
+        "served_name": "qwen3-600m-ngc",  # served names are unique (qwen3-600m has the repo's)
+        "image": "nvcr.io/nvidia/vllm:25.09-py3",
+        "estimated_vram_mib": 6000,
+        "max_model_len": 8192,
+        "default_host": "sim-gb10",
     },
     {
         "key": "support-finetune",

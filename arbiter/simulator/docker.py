@@ -8,6 +8,10 @@ whatever the image, the arguments after it are read as vLLM's (`--model`,
 its GPUs do not have the memory it asks for, which is how a caller that launches
 before the previous model's memory is really freed finds out.
 
+`--device` paths must exist on the host (`Daemon.devices`): a DGX Spark has its
+ConnectX-7's /dev/infiniband, other simulated hosts do not, and dockerd refuses the
+start as it does on a real host without the device.
+
 Not simulated: restart policies (accepted and recorded, never acted on), `docker
 start` (env values are never stored, so a stopped container cannot be revived).
 """
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from arbiter.simulator import docker_images as images
 from arbiter.simulator import docker_lifecycle as lifecycle
 from arbiter.simulator import docker_query as query
+from arbiter.simulator import image_exec
+from arbiter.simulator.container.options import DEFAULT_DISTRIBUTED_TIMEOUT
 from arbiter.simulator.docker_opts import (
     IPC_MODES,
     NETWORKS,
@@ -32,6 +38,7 @@ from arbiter.simulator.docker_opts import (
     check_env,
     check_name,
     check_restart,
+    parse_device,
     parse_env_file,
     parse_gpus,
     parse_publish,
@@ -39,7 +46,7 @@ from arbiter.simulator.docker_opts import (
     parse_size,
     parse_volume,
 )
-from arbiter.simulator.dockerd import Container, Daemon
+from arbiter.simulator.dockerd import Container, Daemon, failing_argv
 from arbiter.simulator.fs import SimFs
 from arbiter.simulator.pflags import FlagError, Parsed, parse
 from arbiter.simulator.shell import Io
@@ -47,6 +54,9 @@ from arbiter.simulator.vllm_args import VllmLaunch, launch_argv
 
 _ADJECTIVES = ("brave", "eager", "focused", "gifted", "jolly", "keen", "lucid", "quirky")
 _NAMES = ("curie", "hopper", "lovelace", "noether", "ritchie", "shannon", "turing", "wozniak")
+# How long a node of a multi-node launch waits for the others when tools are quick
+# (timing.py): long enough for any test's nodes to meet, short of hanging a test forever.
+QUICK_JOIN_TIMEOUT = 120.0
 
 
 @dataclass
@@ -57,6 +67,9 @@ class Faults:
     fail_start: bool = False
     crash_after_ready: float | None = None
     bad_model: bool = False
+    # MiB of log lines the container prints as it starts (and one line of 1 MiB without
+    # a break): how Arbiter bears a container that floods its log.
+    log_flood_mib: float | None = None
 
 
 def free_port() -> int:
@@ -90,6 +103,7 @@ class DockerCli:
         self.fs = fs
         self.take_faults = take_faults
         self.startup_delay = startup_delay
+        self.join_timeout = QUICK_JOIN_TIMEOUT  # tests shorten it to see a node time out
         Command = Callable[[list[str], Io], Awaitable[int]]
         d = daemon
         self.commands: dict[str, Command] = {
@@ -167,16 +181,29 @@ class DockerCli:
             return 1
         try:
             container, env = await self.create(parsed, io)
-            launch = self.prepare_start(container)
+            outcome = self.process_outcome(container)
+            launch = self.prepare_start(container, outcome)
         except FlagError as error:
             io.err(f"{error}\nSee 'docker run --help'.\n")
             return 125
         except DockerError as error:
             io.err(f"docker: {str(error).rstrip('.')}.\nSee 'docker run --help'.\n")
             return error.status
-        process, container.vram_mib = launch_argv(
-            launch, self.take_faults(), self.daemon.board, self.startup_delay
-        )
+        if isinstance(outcome, image_exec.Exited):  # the entrypoint or vLLM's CLI says no
+            process = failing_argv(outcome.stdout, outcome.stderr, 0.05, outcome.status)
+            container.vram_mib = 0
+        else:
+            # Quick by default; realistic × the time scale when the cluster has one (timing).
+            delay = self.daemon.timing.load_seconds(launch.model, self.startup_delay)
+            text = launch.distributed_timeout_text or ""
+            timeout = int(text) if text.isdigit() else DEFAULT_DISTRIBUTED_TIMEOUT
+            join = self.daemon.timing.join_seconds(timeout, self.join_timeout)
+            process, container.vram_mib = launch_argv(
+                launch, self.take_faults(), self.daemon.board, delay, join
+            )
+            if outcome.preamble:  # the entrypoint's banner, vLLM's warnings: logged first
+                stdout_log, _ = self.daemon.log_paths(container)
+                stdout_log.write_text("".join(line + "\n" for line in outcome.preamble))
         self.daemon.start(container, process, env)
         if parsed.flag("detach"):
             io.out(f"{container.id}\n")
@@ -190,6 +217,7 @@ class DockerCli:
         env: dict[str, str] = {}
         for item in parsed.all("env"):
             check_env(item)
+        devices = [parse_device(spec) for spec in parsed.all("device")]
         shm_size = (
             parse_size(parsed.last("shm-size"), "--shm-size") if parsed.given("shm-size") else None
         )
@@ -228,14 +256,29 @@ class DockerCli:
         name = parsed.last("name") or self.generated_name()
         check_name(name)
         name = name.removeprefix("/")
-        if ref.familiar not in self.daemon.images or pull_mode == "always":
+        # A pull takes the host's platform, or the one --platform names (docker_images).
+        platform = parsed.last("platform")
+        wanted = images.requested_arch(platform)
+        present = ref.familiar in self.daemon.images
+        other_platform = present and wanted not in (
+            None,
+            self.daemon.image_archs.get(ref.familiar, self.daemon.arch),
+        )
+        if not present or pull_mode == "always" or other_platform:
             if pull_mode == "never":
                 raise DockerError(f"Error response from daemon: No such image: {ref.familiar}")
-            if ref.familiar not in self.daemon.images:
+            if not present:
                 io.err(f"Unable to find image '{ref.familiar}' locally\n")
-            if not parsed.flag("quiet"):
-                await images.pull_progress(ref, io.err, ref.familiar in self.daemon.images)
-            self.daemon.images.add(ref.familiar)
+            arch = images.pulled_arch(self.daemon, ref, platform)
+            write = io.err if not parsed.flag("quiet") else (lambda _t: None)
+            await images.pull_progress(
+                ref, write, present and not other_platform, self.daemon.timing
+            )
+            images.add_image(self.daemon, ref, arch)
+        spec = images.image_spec(ref)
+        entrypoint, command = image_exec.container_argv(spec, parsed.last("entrypoint"), app_args)
+        if not entrypoint + command:
+            raise DockerError("Error response from daemon: no command specified")
         self.daemon.refresh()
         existing = self.daemon.by_name(name)
         if existing is not None:
@@ -247,6 +290,9 @@ class DockerCli:
         if network == "host" and ports:
             io.err("WARNING: Published ports are discarded when using host network mode\n")
             ports = []
+        warning = images.arch_warning(self.daemon, ref.familiar, platform)
+        if warning:
+            io.err(warning)
         container = Container(
             id=self.daemon.new_id(),
             name=name,
@@ -266,6 +312,11 @@ class DockerCli:
                 "runtime": runtime,
                 "init": parsed.flag("init") if parsed.given("init") else None,
                 "entrypoint": parsed.last("entrypoint"),
+                # The image's config, which `docker inspect` shows and the process runs.
+                "image_entrypoint": list(spec.entrypoint) if spec.entrypoint else None,
+                "image_cmd": list(spec.cmd) if spec.cmd else None,
+                "image_arch": self.daemon.image_archs.get(ref.familiar, self.daemon.arch),
+                "devices": devices,
                 "gpu_request": None
                 if gpus is None
                 else {"count": gpus.count, "devices": list(gpus.devices)},
@@ -314,9 +365,29 @@ class DockerCli:
             "unknown"
         )
 
-    def prepare_start(self, container: Container) -> VllmLaunch:
+    def process_outcome(self, container: Container) -> image_exec.Serve | image_exec.Exited:
+        """What the container's process does: `vllm serve`'s arguments, or how it fails.
+
+        A program the image does not have fails `docker run` itself (runc, status 127).
+        """
+        spec = images.image_spec(parse_reference(container.image))
+        entrypoint, command = image_exec.container_argv(
+            spec, container.options.get("entrypoint"), container.args
+        )
+        argv = entrypoint + command
+        arch_matches = container.options.get("image_arch", self.daemon.arch) == self.daemon.arch
+        if arch_matches:
+            error = image_exec.start_error(argv, spec.workdir)
+            if error is not None:
+                raise DockerError(error, 127)
+        mounts = [bind.split(":")[1] for bind in container.binds if ":" in bind]
+        return image_exec.run(argv, workdir=spec.workdir, mounts=mounts, arch_matches=arch_matches)
+
+    def prepare_start(
+        self, container: Container, outcome: image_exec.Serve | image_exec.Exited
+    ) -> VllmLaunch:
         """What `docker start` settles: host ports, then the process's own settings."""
-        launch = VllmLaunch.from_args(container.args)
+        launch = VllmLaunch.from_args(outcome.args if isinstance(outcome, image_exec.Serve) else [])
         container.app_port = launch.port
         if container.network == "host":
             container.bind_port = launch.port
@@ -341,6 +412,16 @@ class DockerCli:
             # leaves it listening on a port nobody knows, as a wrong -p would in docker.
             mapped = [p["host_port"] for p in container.ports if p["container_port"] == launch.port]
             container.bind_port = mapped[0] if mapped else free_port()
+        # After the network, as dockerd builds the OCI spec (moby daemon/oci_linux.go
+        # WithDevices -> oci/devices_linux.go DevicesFromPath); the container stays
+        # created. A directory counts when devices lie under it, as there.
+        for device in container.options.get("devices") or []:
+            host_path = device["path_on_host"]
+            if not self.daemon.has_device(host_path):
+                raise DockerError(
+                    "Error response from daemon: error gathering device information while "
+                    f'adding custom device "{host_path}": no such file or directory'
+                )
         launch.bind_port = container.bind_port
         launch.gpus = list(container.gpu_indices)
         return launch

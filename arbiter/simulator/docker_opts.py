@@ -7,6 +7,7 @@ command (show it, retry, fail the swap) is what it would do against a real host.
 from __future__ import annotations
 
 import csv
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -290,6 +291,40 @@ def parse_size(text: str, flag: str) -> int:
         raise FlagError(f'invalid argument "{text}" for "{flag}" flag: invalid size: \'{text}\'')
     number, unit = float(match.group(1)), match.group(2).lower()
     return int(number * 1024 ** " kmgtp".index(unit or " "))
+
+
+def _valid_device_mode(mode: str) -> bool:
+    return bool(mode) and len(set(mode)) == len(mode) and set(mode) <= set("rwm")
+
+
+def parse_device(spec: str) -> dict[str, str]:
+    """`--device HOST[:CONTAINER][:MODE]`: docker/cli's validateLinuxPath (at flag time)
+    and parseLinuxDevice (cli/command/container/opts.go); the host path is checked by
+    the daemon when the container starts (DockerCli.prepare_start)."""
+
+    def bad(why: str) -> FlagError:
+        return FlagError(f'invalid argument "{spec}" for "--device" flag: {why}')
+
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise bad(f"bad format for path: {spec}")
+    source, target, mode = parts[0], parts[0], "rwm"
+    if len(parts) == 2:
+        if _valid_device_mode(parts[1]):
+            mode = parts[1]
+        else:
+            target = parts[1]
+    elif len(parts) == 3:
+        target, mode = parts[1], parts[2]
+        if not _valid_device_mode(mode):
+            raise bad(f"bad mode specified: {mode}")
+    if not target.startswith("/"):
+        raise bad(f"{target} is not an absolute path")
+    return {
+        "path_on_host": source,
+        "path_in_container": posixpath.normpath(target),
+        "cgroup_permissions": mode,
+    }
 
 
 def check_env(item: str) -> None:

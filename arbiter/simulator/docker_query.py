@@ -92,7 +92,7 @@ def no_such_container(io: Io, ref: str) -> None:
 
 # -- ps --------------------------------------------------------------------------------
 def ps_context(c: Container, no_trunc: bool, now: float) -> dict[str, Any]:
-    command = " ".join(entrypoint(c) + c.args)
+    command = " ".join(entrypoint(c) + container_command(c))
     if not no_trunc and len(command) > 20:
         command = command[:19] + "…"
     if c.status == "running":
@@ -114,7 +114,9 @@ def ps_context(c: Container, no_trunc: bool, now: float) -> dict[str, Any]:
         "CreatedAt": created_at(c.created),
         "ID": c.id if no_trunc else c.short_id,
         "Image": c.image,
-        "Labels": ",".join(f"{k}={v}" for k, v in c.labels.items()),
+        # Sorted k=v pairs; Networks by name; Ports only what is published, so nothing
+        # under host networking (docker/cli cli/command/formatter/container.go).
+        "Labels": ",".join(sorted(f"{k}={v}" for k, v in c.labels.items())),
         "LocalVolumes": "0",
         "Mounts": ",".join(b.split(":")[0] for b in c.binds),
         "Names": c.name,
@@ -198,8 +200,18 @@ async def ps(daemon: Daemon, argv: list[str], io: Io) -> int:
 
 # -- inspect ---------------------------------------------------------------------------
 def entrypoint(c: Container) -> list[str]:
+    """`--entrypoint` (empty: none), else the image's ENTRYPOINT (docker_images)."""
     custom = c.options.get("entrypoint")
-    return [custom] if custom else ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    if custom is not None:
+        return [custom] if custom else []
+    return list(c.options.get("image_entrypoint") or [])
+
+
+def container_command(c: Container) -> list[str]:
+    """The arguments after the image, else the image's CMD (dropped by `--entrypoint`)."""
+    if c.args or c.options.get("entrypoint") is not None:
+        return list(c.args)
+    return list(c.options.get("image_cmd") or [])
 
 
 def inspect_data(c: Container) -> dict[str, Any]:
@@ -226,7 +238,7 @@ def inspect_data(c: Container) -> dict[str, Any]:
                 "Propagation": "rprivate",
             }
         )
-    path, *args = entrypoint(c) + c.args
+    path, *args = entrypoint(c) + container_command(c) or [""]
     return {
         "Id": c.id,
         "Created": rfc3339(c.created),
@@ -260,6 +272,14 @@ def inspect_data(c: Container) -> dict[str, Any]:
             "ShmSize": c.options.get("shm_size") or 67108864,
             "Runtime": c.options.get("runtime") or "runc",
             "Init": c.options.get("init"),
+            "Devices": [
+                {
+                    "PathOnHost": d["path_on_host"],
+                    "PathInContainer": d["path_in_container"],
+                    "CgroupPermissions": d["cgroup_permissions"],
+                }
+                for d in c.options.get("devices") or []
+            ],
             "DeviceRequests": None
             if gpu is None
             else [
@@ -277,9 +297,9 @@ def inspect_data(c: Container) -> dict[str, Any]:
             "Hostname": c.short_id,
             # Values are never kept by the simulator; names are what tests assert on.
             "Env": [f"{name}=***" for name in c.env_names],
-            "Cmd": c.args,
+            "Cmd": container_command(c) or None,
             "Image": c.image,
-            "Entrypoint": entrypoint(c),
+            "Entrypoint": entrypoint(c) or None,
             "Labels": c.labels,
             "ExposedPorts": {key: {} for key in port_map} or None,
         },

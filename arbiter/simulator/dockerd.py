@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import posixpath
 import secrets
 import signal
 import subprocess
@@ -22,10 +23,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arbiter.simulator.container.distributed import WORKER_READY_LINE
 from arbiter.simulator.gpus import GpuBoard, GpuLoad
+from arbiter.simulator.sleep_state import held, read_sleep
+from arbiter.simulator.timing import SimTiming
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = "Application startup complete."
+# A headless worker node serves nothing: it holds its memory once its weights loaded.
+READY_LINES = (READY_LINE, WORKER_READY_LINE)
+READY_LINES_BYTES = tuple(line.encode() for line in READY_LINES)
+READY_SCAN_CHUNK = 1 << 20
+READY_SCAN_OVERLAP = max(len(line) for line in READY_LINES_BYTES)
 LOST_EXIT_CODE = 255  # what dockerd reports for a container that died while it was away
 # Popen objects of every container this process started, by pid, for the life of the
 # process: keeping them referenced stops subprocess's own cleanup from reaping our
@@ -38,7 +47,7 @@ _FAIL_SCRIPT = (
     "for line in a['out']:\n    print(line, flush=True)\n"
     "time.sleep(a['delay'])\n"
     "for line in a['err']:\n    print(line, file=sys.stderr, flush=True)\n"
-    "sys.exit(1)\n"
+    "sys.exit(a.get('status', 1))\n"
 )
 
 
@@ -97,11 +106,20 @@ class Daemon:
         self.root = root
         self.board = board
         self.release_delay = release_delay
+        self._ready_scanned: dict[str, int] = {}  # container id: stdout bytes looked at
         self.logs_dir = root / "containers"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.registry = root / "containers.json"
         self.containers: dict[str, Container] = {}
         self.images: set[str] = set()
+        # The host's platform as docker names it (GOARCH: amd64, arm64), and the
+        # architecture each pulled image was pulled for (docker_images.pull).
+        self.arch = "amd64"
+        self.image_archs: dict[str, str] = {}
+        # How long pulls and model loads take (quick, or realistic × a time scale).
+        self.timing = SimTiming()
+        # Device nodes on the host, for `docker run --device` (HostSpec.device_paths).
+        self.devices: frozenset[str] = frozenset()
         self._load()
 
     # -- registry ----------------------------------------------------------------------
@@ -110,6 +128,7 @@ class Daemon:
             return
         data = json.loads(self.registry.read_text())
         self.images = set(data.get("images", []))
+        self.image_archs = dict(data.get("image_archs", {}))
         for raw in data.get("containers", []):
             container = Container(**raw)
             self.containers[container.id] = container
@@ -118,6 +137,7 @@ class Daemon:
     def save(self) -> None:
         data = {
             "images": sorted(self.images),
+            "image_archs": self.image_archs,
             "containers": [asdict(c) for c in self.containers.values()],
         }
         tmp = self.registry.with_suffix(".tmp")
@@ -135,6 +155,11 @@ class Daemon:
 
     def by_name(self, name: str) -> Container | None:
         return next((c for c in self.containers.values() if c.name == name), None)
+
+    def has_device(self, path: str) -> bool:
+        """A device node of the host, or a directory with device nodes under it."""
+        wanted = posixpath.normpath(path)
+        return wanted in self.devices or any(d.startswith(wanted + "/") for d in self.devices)
 
     def log_paths(self, container: Container) -> tuple[Path, Path]:
         return (
@@ -209,11 +234,25 @@ class Daemon:
         return changed
 
     def _logged_ready(self, container: Container) -> bool:
+        """Whether the container's stdout has its ready line, read from where the last
+        look ended (a container that floods its log is never read whole)."""
         stdout_path, _ = self.log_paths(container)
+        offset = self._ready_scanned.get(container.id, 0)
         try:
-            return READY_LINE in stdout_path.read_text(errors="replace")
+            with open(stdout_path, "rb") as handle:
+                handle.seek(offset)
+                carry = b""
+                while chunk := handle.read(READY_SCAN_CHUNK):
+                    window = carry + chunk
+                    if any(line in window for line in READY_LINES_BYTES):
+                        return True
+                    offset += len(chunk)
+                    carry = window[-READY_SCAN_OVERLAP:]
         except FileNotFoundError:
             return False
+        # A ready line cut in two by this look's end is found whole by the next one.
+        self._ready_scanned[container.id] = max(0, offset - READY_SCAN_OVERLAP)
+        return False
 
     def send_signal(self, container: Container, signum: int) -> None:
         try:
@@ -258,7 +297,9 @@ class Daemon:
                 continue
             freed_at = (c.finished_at or now) + self.release_delay
             if c.running or now < freed_at:
-                loads.append(GpuLoad(tuple(c.gpu_indices), c.vram_mib, c.pid))
+                # A sleeping vLLM holds less (or host RAM instead): sleep_state.
+                asleep = read_sleep(c.id, c.pid, self.log_paths(c)[0])
+                loads.append(held(tuple(c.gpu_indices), c.vram_mib, c.pid, asleep, self.board))
         return loads
 
     def new_id(self) -> str:
@@ -269,9 +310,13 @@ def container_argv(app_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "arbiter.simulator.container", *app_args]
 
 
-def failing_argv(stdout_lines: list[str], stderr_lines: list[str], delay: float) -> list[str]:
-    """A process that logs like vLLM starting, then fails with `stderr_lines` and exit 1."""
-    payload = json.dumps({"out": stdout_lines, "err": stderr_lines, "delay": delay})
+def failing_argv(
+    stdout_lines: list[str], stderr_lines: list[str], delay: float, status: int = 1
+) -> list[str]:
+    """A process that logs like vLLM starting, then fails with `stderr_lines` and `status`."""
+    payload = json.dumps(
+        {"out": stdout_lines, "err": stderr_lines, "delay": delay, "status": status}
+    )
     return [sys.executable, "-c", _FAIL_SCRIPT, payload]
 
 

@@ -8,6 +8,7 @@ only ever removes below the host's fs directory.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import shutil
 from pathlib import Path
@@ -126,7 +127,29 @@ async def rm(argv: list[str], io: Io, fs: SimFs) -> int:
                 io.err(f"rm: cannot remove '{path}': Is a directory\n")
                 status = 1
                 continue
+            denied = _root_owned_entry(fs, path, local)
+            if denied:
+                # Entries of a directory the user does not own cannot be unlinked (a
+                # root container's files): GNU rm names the first and exits 1. The
+                # simulator then leaves the whole tree in place.
+                io.err(f"rm: cannot remove '{denied}': Permission denied\n")
+                status = 1
+                continue
             shutil.rmtree(local)
+            fs.forget_below("/" + "/".join(parts))
         else:
             local.unlink()
     return status
+
+
+def _root_owned_entry(fs: SimFs, path: str, local: Path) -> str:
+    """The first entry rm fails on: rm empties the deepest directories first (fts,
+    post-order), and an entry of a directory the user cannot write stays ("" if none)."""
+    for dirpath, dirnames, filenames in sorted(os.walk(local, topdown=False), reverse=True):
+        folder = _simulated_path(fs, dirpath)
+        if fs.owner(folder) != fs.user:
+            entries = sorted(dirnames + filenames)
+            if entries:
+                inside = str(Path(dirpath, entries[0]).relative_to(local))
+                return path.rstrip("/") + "/" + inside
+    return ""

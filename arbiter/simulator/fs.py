@@ -4,10 +4,17 @@
 followed inside that root only (an absolute target means the *simulated* root), so a
 test can build "escaping" links without the simulator ever touching the real `/etc`.
 Big model files are sparse files: `du -b` sees their apparent size, the disk does not.
+
+Ownership is simulated (the simulator runs as whatever user the tests run as): every
+path belongs to the SSH user unless recorded otherwise in `owners.json` next to the fs
+directory. Containers run as root, so what a container writes into a bind-mounted
+directory (and a bind-mount source docker had to create) belongs to root, and the SSH
+user can no longer write there: the root-owned cache that breaks the next `hf download`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from collections.abc import Callable
@@ -16,7 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 HOME = "/home/arbiter"
-STANDARD_DIRS = ("/models", HOME, "/tmp", "/var/lib/docker")  # noqa: S108 (simulated path)
+# A host that has run Spark recipes has the SSH user's hub cache already.
+STANDARD_DIRS = ("/models", HOME, f"{HOME}/.cache/huggingface/hub", "/tmp", "/var/lib/docker")  # noqa: S108, E501
 MAX_SYMLINKS = 40  # Linux's ELOOP limit
 DIR_APPARENT_BYTES = 4096  # what ext4 reports for a directory; keeps du deterministic
 
@@ -34,11 +42,83 @@ class DiskSpec:
 class SimFs:
     """Maps simulated absolute paths into `root`, never outside it."""
 
-    def __init__(self, root: Path, disk: DiskSpec | None = None) -> None:
+    def __init__(self, root: Path, disk: DiskSpec | None = None, user: str = "arbiter") -> None:
         self.root = root
         self.disk = disk or DiskSpec()
+        self.user = user
+        self.home = HOME
+        self._owners_path = root.parent / "owners.json"
+        try:
+            self._owners: dict[str, str] = json.loads(self._owners_path.read_text())
+        except (FileNotFoundError, ValueError):
+            self._owners = {}
         for path in STANDARD_DIRS:
             self.local(path).mkdir(parents=True, exist_ok=True)
+        self._owners.setdefault("/var/lib/docker", "root")
+
+    # -- ownership -----------------------------------------------------------------------
+    @staticmethod
+    def normalize(path: str) -> str:
+        return posixpath.normpath(posixpath.join(HOME, path))
+
+    def owner(self, path: str) -> str:
+        """Who owns `path` (the SSH user unless recorded otherwise)."""
+        return self._owners.get(self.normalize(path), self.user)
+
+    def set_owner(self, path: str, owner: str, recursive: bool = False) -> None:
+        """`chown [-R] OWNER PATH`, for tests and for what containers write."""
+        path = self.normalize(path)
+        if recursive:
+            for known in [p for p in self._owners if is_below(p, path)]:
+                del self._owners[known]
+            local = self.local(path)
+            if local.is_dir():
+                for dirpath, dirnames, filenames in os.walk(local):
+                    for name in dirnames + filenames:
+                        self._record(self._simulated(Path(dirpath) / name), owner)
+        self._record(path, owner)
+        self._save_owners()
+
+    def _record(self, path: str, owner: str) -> None:
+        if owner == self.user:
+            self._owners.pop(path, None)
+        else:
+            self._owners[path] = owner
+
+    def forget_below(self, path: str) -> None:
+        """Drop ownership records of a removed tree."""
+        path = self.normalize(path)
+        for known in [p for p in self._owners if p == path or is_below(p, path)]:
+            del self._owners[known]
+        self._save_owners()
+
+    def _save_owners(self) -> None:
+        self._owners_path.write_text(json.dumps(self._owners, indent=1, sort_keys=True))
+
+    def _simulated(self, local: Path) -> str:
+        return "/" + str(local)[len(str(self.root)) :].lstrip("/")
+
+    def writable(self, path: str, user: str | None = None) -> bool:
+        """`test -w`: exists and `user` may write it (owner rwx, others r-x: 0755/0644)."""
+        user = user or self.user
+        local = self.resolve(path)
+        if local is None or not local.exists():
+            return False
+        return user == "root" or self.owner(self._simulated(local)) == user
+
+    def mkdir(self, path: str, owner: str | None = None) -> None:
+        """`mkdir -p`: the directories it creates belong to `owner` (default: the user)."""
+        path = self.normalize(path)
+        missing = []
+        probe = path
+        while probe != "/" and not self.local(probe).exists():
+            missing.append(probe)
+            probe = posixpath.dirname(probe)
+        self.local(path).mkdir(parents=True, exist_ok=True)
+        for created in missing:
+            self._record(created, owner or self.user)
+        if missing:
+            self._save_owners()
 
     def local(self, path: str) -> Path:
         """The local path for a simulated path, without following symlinks."""
@@ -84,10 +164,16 @@ class SimFs:
             raise IsADirectoryError(path)
         return local.read_text(errors="replace")
 
-    def add_file(self, path: str, size: int = 0, content: bytes | None = None) -> Path:
-        """Create a file (sparse when only `size` is given) for tests and demos."""
+    def add_file(
+        self, path: str, size: int = 0, content: bytes | None = None, owner: str | None = None
+    ) -> Path:
+        """Create a file (sparse when only `size` is given); new directories too belong
+        to `owner` (default: the SSH user)."""
         local = self.local(path)
-        local.parent.mkdir(parents=True, exist_ok=True)
+        self.mkdir(posixpath.dirname(self.normalize(path)), owner)
+        if owner is not None:
+            self._record(self.normalize(path), owner)
+            self._save_owners()
         with open(local, "wb") as handle:
             if content is not None:
                 handle.write(content)
@@ -120,9 +206,82 @@ class HostFiles:
             return "dir"
         return self.fs.kind(path)
 
+    def writable(self, path: str) -> bool:
+        if path in self.generated or path in self.generated_dirs:
+            return False  # /proc files and dirs: root's
+        return self.fs.writable(path)
+
     def read_text(self, path: str) -> str:
         make = self.generated.get(path)
         return make() if make is not None else self.fs.read_text(path)
+
+
+def is_below(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def find(argv: list[str], fs: SimFs, out: Writer, err: Writer) -> int:
+    """GNU find for `find DIR... [-maxdepth N] [! -user NAME] [-print] [-quit]`."""
+    args = argv[1:]
+    paths = []
+    while args and not args[0].startswith("-") and args[0] not in ("!", "(", ")"):
+        paths.append(args.pop(0))
+    maxdepth, negate, user, quit_first = None, False, None, False
+    rest = iter(args)
+    for arg in rest:
+        if arg == "-maxdepth":
+            value = next(rest, "")
+            if not value.isdigit():
+                err(
+                    "find: Expected a positive decimal integer argument to -maxdepth, "
+                    f"but got '{value}'\n"
+                )
+                return 1
+            maxdepth = int(value)
+        elif arg in ("!", "-not"):
+            negate = True
+        elif arg == "-user":
+            user = next(rest, None)
+            if user is None:
+                err("find: missing argument to `-user'\n")
+                return 1
+        elif arg == "-print":
+            pass
+        elif arg == "-quit":
+            quit_first = True
+        else:
+            err(f"sim: find: only -maxdepth, ! -user, -print and -quit are simulated, got {arg}\n")
+            return 2
+    status = 0
+    for start in paths or ["."]:
+        local = fs.resolve(start)
+        if local is None or not local.exists():
+            err(f"find: '{start}': No such file or directory\n")
+            status = 1
+            continue
+        for path, depth in _walk(fs, start, local):
+            if maxdepth is not None and depth > maxdepth:
+                continue
+            matches = user is None or ((fs.owner(fs._simulated(path)) == user) != negate)
+            if matches:
+                shown = (
+                    start if depth == 0 else start.rstrip("/") + "/" + str(path.relative_to(local))
+                )
+                out(shown + "\n")
+                if quit_first:
+                    return status
+    return status
+
+
+def _walk(fs: SimFs, start: str, local: Path) -> list[tuple[Path, int]]:
+    found = [(local, 0)]
+    if local.is_dir():
+        for dirpath, dirnames, filenames in os.walk(local):
+            dirnames.sort()
+            depth = len(Path(dirpath).relative_to(local).parts) + 1
+            for name in sorted(dirnames + filenames):
+                found.append((Path(dirpath) / name, depth))
+    return found
 
 
 def tree_size(local: Path) -> int:

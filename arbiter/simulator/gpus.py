@@ -3,8 +3,10 @@
 Numbers follow what the simulated docker daemon has loaded (a `GpuLoad` per running,
 ready container), so a swap shows memory rising after the model is ready and falling
 a moment after it stops. Tests can pin any value per GPU with overrides. A unified-
-memory GPU (GB10) reports `[N/A]` for its own memory and power; its loads show up as
-less MemAvailable in the host's /proc/meminfo instead, as on a DGX Spark.
+memory GPU (GB10) reports `[N/A]` for its own memory and power limit; its loads show up as
+less MemAvailable in the host's /proc/meminfo instead, as on a DGX Spark (it does report
+its power draw, with no power limit). A board can also have a broken driver
+(`driver_fault`): nvidia-smi then answers like the real tool does (DRIVER_FAULTS).
 """
 
 from __future__ import annotations
@@ -21,6 +23,29 @@ IDLE_MIB = 3  # the driver's own allocation on an idle GPU
 LOADED_UTILIZATION = 1  # a loaded but idle vLLM polls a little
 
 Writer = Callable[[str], None]
+
+# What the real nvidia-smi prints (on stdout, not stderr) and exits with when the driver
+# is broken; every invocation answers so, whatever it asked. Sources, quoted verbatim in
+# tests/engine/fixtures/nvidia_smi/README.md: exit codes are NVML return codes (docs.nvidia
+# .com/deploy/nvidia-smi, "RETURN VALUE"); version mismatch: two lines, exit 18
+# (NVML_ERROR_LIB_RM_VERSION_MISMATCH; anderskm/gputil#55 `echo $?` 18, mozilla/translations
+# #1167 logs both lines as stdout, "return code 18"); driver not loaded: exit 9 with
+# --query-gpu (anderskm/gputil#26); no devices: on stdout (edgelesssys/contrast#1411), exit 6
+# ("A query to find an object was unsuccessful") — no captured `echo $?` was found for it.
+DRIVER_FAULTS: dict[str, tuple[str, int]] = {
+    "version_mismatch": (
+        "Failed to initialize NVML: Driver/library version mismatch\n"
+        f"NVML library version: {'.'.join(DRIVER_VERSION.split('.')[:2])}\n",
+        18,
+    ),
+    "no_devices": ("No devices were found\n", 6),
+    "driver_not_loaded": (
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+        "Make sure that the latest NVIDIA driver is installed and running.\n\n",
+        9,
+    ),
+}
+DRIVER_FAULT_NAMES = ("none", *DRIVER_FAULTS)
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,8 @@ class GpuLoad:
     mib: int
     pid: int = 0
     process_name: str = "python3"
+    # Host RAM it takes besides: a sleeping vLLM's weights offloaded from a discrete GPU.
+    host_ram_mib: int = 0
 
 
 @dataclass
@@ -104,6 +131,13 @@ class GpuBoard:
     memory: HostMemory
     loads: Callable[[], Iterable[GpuLoad]] = lambda: ()
     overrides: dict[int, GpuOverrides] = field(default_factory=dict)
+    driver_fault: str = "none"  # one of DRIVER_FAULT_NAMES
+
+    def set_driver_fault(self, fault: str) -> None:
+        """Break (or mend, with "none") the driver: only nvidia-smi notices."""
+        if fault not in DRIVER_FAULT_NAMES:
+            raise ValueError(f"unknown driver fault {fault!r}; one of {list(DRIVER_FAULT_NAMES)}")
+        self.driver_fault = fault
 
     def set_gpu(self, index: int, reset: bool = False, **values: float | int | None) -> None:
         """Pin utilization / temperature / power / memory_used_mib; `reset` unpins all."""
@@ -123,17 +157,18 @@ class GpuBoard:
         digest = hashlib.sha256(f"{self.host}/{index}".encode()).hexdigest()
         uuid = f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
         used = None if spec.unified else min(spec.memory_mib or 0, IDLE_MIB + held)
-        power = None if spec.unified else spec.idle_power_w * (1.6 if busy else 1.0)
+        # A GB10 reports its draw (nvitop#208: "11.17 W"; DGX Spark nvidia-smi: "3W /  N/A").
+        power = spec.idle_power_w * (1.6 if busy else 1.0)
         return GpuReading(
             index=index,
             spec=spec,
             uuid=uuid,
             bus_id=f"00000000:{1 + index:02X}:00.0",
             utilization=_pick(pinned.utilization, LOADED_UTILIZATION if busy else 0),
-            # A unified GPU has no memory or power of its own to report, pinned or not.
+            # A unified GPU has no memory of its own to report, pinned or not.
             memory_used_mib=None if used is None else int(_pick(pinned.memory_used_mib, used)),
             temperature=_pick(pinned.temperature, (38 if busy else 31) + index),
-            power=None if power is None else _pick(pinned.power, power),
+            power=_pick(pinned.power, power),
         )
 
     def unified_used_kb(self) -> int:
@@ -149,7 +184,8 @@ class GpuBoard:
         return total
 
     def available_kb(self) -> int:
-        used = self.memory.base_used_kb + self.unified_used_kb()
+        offloaded = sum(load.host_ram_mib for load in self.loads()) * 1024
+        used = self.memory.base_used_kb + self.unified_used_kb() + offloaded
         return max(0, self.memory.total_kb - used)
 
     def free_mib(self, index: int) -> int:
@@ -281,6 +317,11 @@ def nvidia_smi(argv: list[str], board: GpuBoard, out: Writer, err: Writer) -> in
         else:
             err("Invalid combination of input arguments. Please run 'nvidia-smi -h' for help.\n")
             return 2
+    broken = DRIVER_FAULTS.get(board.driver_fault)
+    if broken is not None:
+        text, status = broken
+        out(text)  # the real tool prints these on stdout
+        return status
     readings = board.readings()
     if "i" in options:
         wanted = options["i"].split(",")

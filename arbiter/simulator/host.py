@@ -20,17 +20,46 @@ from typing import Any
 
 import asyncssh
 
-from arbiter.simulator import files_cmds, hub
+from arbiter.simulator import docker_info, files_cmds, hub
 from arbiter.simulator.docker import DockerCli, Faults
+from arbiter.simulator.docker_images import MACHINE_ARCH
 from arbiter.simulator.dockerd import Container, Daemon
-from arbiter.simulator.fs import DiskSpec, HostFiles, SimFs, df, du
+from arbiter.simulator.fs import DiskSpec, HostFiles, SimFs, df, du, find
 from arbiter.simulator.gpus import GpuBoard, GpuSpec, HostMemory, nvidia_smi
 from arbiter.simulator.shell import Handler, Io, Shell, ShellSyntaxError, ShellUnsupported, parse
+from arbiter.simulator.sshd import SshdPolicy, session_env
+from arbiter.simulator.timing import SimTiming, check_scale
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL = 0.2
 TOOLS = ("docker", "nvidia-smi", "df", "du", "cat", "echo", "test", "sh", "hostname", "uname")
 TOOLS += ("realpath", "rm", "hf")  # the catalog's disk commands (files_cmds, hub)
+TOOLS += ("printenv", "python3", "find")  # host checks (arbiter.engine.host_checks)
+# Device nodes of any Linux host with NVIDIA's driver loaded (the per-GPU /dev/nvidiaN
+# are added by HostSpec.device_paths).
+LINUX_DEVICES = (
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/fuse",
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+)
+# A DGX Spark's ConnectX-7 (two ports, each seen as two RDMA devices): the verbs devices
+# and the RDMA connection manager under /dev/infiniband, what NCCL's IB transport opens.
+INFINIBAND_DEVICES = (
+    "/dev/infiniband/rdma_cm",
+    "/dev/infiniband/uverbs0",
+    "/dev/infiniband/uverbs1",
+    "/dev/infiniband/uverbs2",
+    "/dev/infiniband/uverbs3",
+)
+# The DGX Spark's ConnectX-7 interface that its two-node playbooks name for NCCL and Gloo.
+SPARK_CLUSTER_INTERFACE = "enp1s0f1np1"
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,29 @@ class HostSpec:
     disk: DiskSpec = field(default_factory=DiskSpec)
     ssh_user: str = "arbiter"
     services: tuple[ServiceSpec, ...] | None = None  # None: one vLLM service
+    machine: str = ""  # `uname -m`; "" = aarch64 for a GB10 (see uname_machine)
+    # The inventory's cluster_address / cluster_interface ("" = not written): the
+    # address other nodes of a multi-node launch reach this host at, and its NIC.
+    cluster_address: str = ""
+    cluster_interface: str = ""
+
+    @property
+    def is_spark(self) -> bool:
+        """A DGX Spark: a GB10 beside a Grace CPU, with a ConnectX-7 on board."""
+        return any("GB10" in gpu.name for gpu in self.gpus)
+
+    @property
+    def device_paths(self) -> frozenset[str]:
+        """What `docker run --device` finds on this host (a Spark has /dev/infiniband)."""
+        gpus = tuple(f"/dev/nvidia{index}" for index in range(len(self.gpus)))
+        return frozenset(LINUX_DEVICES + gpus + (INFINIBAND_DEVICES if self.is_spark else ()))
+
+    @property
+    def uname_machine(self) -> str:
+        """`uname -m`: a DGX Spark's GB10 sits beside an Arm (Grace) CPU, so aarch64."""
+        if self.machine:
+            return self.machine
+        return "aarch64" if self.is_spark else "x86_64"
 
     @property
     def vram_budget_mib(self) -> int:
@@ -72,8 +124,9 @@ class CommandRecord:
     raw: str
     argvs: list[list[str]]
     time: float
-    env_names: list[str]
+    env_names: list[str]  # the client's variables sshd accepted (AcceptEnv)
     exit_status: int | None = None
+    env_dropped: list[str] = field(default_factory=list)  # sent, silently dropped
 
     @property
     def argv(self) -> list[str]:
@@ -84,9 +137,9 @@ class CommandRecord:
 class ProcessIo:
     """The `Io` of one SSH session; writes after the client left are dropped."""
 
-    def __init__(self, process: asyncssh.SSHServerProcess) -> None:
+    def __init__(self, process: asyncssh.SSHServerProcess, env: dict[str, str]) -> None:
         self.process = process
-        self.env: dict[str, str] = dict(process.env)
+        self.env: dict[str, str] = env  # login env + the accepted client variables
 
     def out(self, text: str) -> None:
         if not self.closed():
@@ -116,6 +169,19 @@ class _SshServer(asyncssh.SSHServer):
     def __init__(self, host: SimulatedHost) -> None:
         self.host = host
         self.conn: asyncssh.SSHServerConnection | None = None
+        self.sessions = 0  # open session channels on this connection
+
+    def session_requested(self) -> asyncssh.SSHServerSession:
+        # OpenSSH counts sessions per connection and refuses the one past MaxSessions at
+        # channel open, leaving the connection up (session.c session_new; serverloop.c
+        # server_input_channel_open: reason SSH2_OPEN_CONNECT_FAILED, "open failed").
+        if self.sessions >= self.host.sshd.max_sessions:
+            self.host.session_stats["refused"] += 1
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed")
+        self.sessions += 1
+        stats = self.host.session_stats
+        stats["peak"] = max(stats["peak"], self.sessions)
+        return _CountedProcess(self, self.host._session)
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -135,6 +201,20 @@ class _SshServer(asyncssh.SSHServer):
         return username == self.host.spec.ssh_user and self.host.authorized(key)
 
 
+class _CountedProcess(asyncssh.SSHServerProcess):
+    """A session that gives its MaxSessions slot back when its channel closes."""
+
+    def __init__(self, server: _SshServer, factory: Any) -> None:
+        super().__init__(factory, None, 0, False)
+        self._server: _SshServer | None = server
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._server is not None:
+            self._server.sessions -= 1
+            self._server = None
+        super().connection_lost(exc)
+
+
 class SimulatedHost:
     """A GPU host: SSH server, GPUs, file system and docker daemon, under one data dir."""
 
@@ -145,6 +225,7 @@ class SimulatedHost:
         startup_delay: float = 2.0,
         release_delay: float = 0.5,
         port: int = 0,
+        time_scale: float | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -154,11 +235,16 @@ class SimulatedHost:
         self.key_path = self.root / "ssh_host_key"
         self.client_key_pub = data_dir / "client_key.pub"
         self.port = port
-        self.fs = SimFs(self.root / "fs", spec.disk)
+        self.fs = SimFs(self.root / "fs", spec.disk, user=spec.ssh_user)
         self.board = GpuBoard(spec.name, list(spec.gpus), HostMemory(spec.mem_total_kb))
         self.daemon = Daemon(self.root / "docker", self.board, release_delay)
+        self.daemon.arch = MACHINE_ARCH.get(spec.uname_machine, spec.uname_machine)
+        self.daemon.devices = spec.device_paths
         self.board.loads = self.daemon.loads
+        self.timing = self.daemon.timing = SimTiming(time_scale)  # pulls, loads: timing.py
         self.faults = Faults()
+        self.sshd = SshdPolicy()  # AcceptEnv, MaxSessions, PATH, docker group: sshd.py
+        self.session_stats = {"peak": 0, "refused": 0}
         self.docker = DockerCli(self.daemon, self.fs, self.take_faults, startup_delay)
         self.commands: list[CommandRecord] = []
         self.files = HostFiles(
@@ -166,7 +252,7 @@ class SimulatedHost:
             {"/proc/meminfo": self.board.meminfo, "/etc/hostname": lambda: f"{self.name}\n"},
         )
         self.handlers: dict[str, Handler] = {
-            "docker": self.docker,
+            "docker": self._docker,
             "nvidia-smi": self._tool(nvidia_smi, self.board),
             "df": self._tool(df, self.fs),
             "du": self._tool(du, self.fs),
@@ -178,7 +264,11 @@ class SimulatedHost:
             # The catalog's disk commands (catalog.disk): confined to the simulated fs.
             "realpath": lambda argv, io: files_cmds.realpath(argv, io, self.fs),
             "rm": lambda argv, io: files_cmds.rm(argv, io, self.fs),
-            "hf": lambda argv, io: hub.hf(argv, io, self.fs),
+            "hf": lambda argv, io: hub.hf(argv, io, self.fs, self.timing),
+            "python3": lambda argv, io: hub.python3(
+                argv, io, self.fs, self.sshd.hub_module, self.timing
+            ),
+            "find": self._tool(find, self.fs),
         }
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
@@ -225,8 +315,7 @@ class SimulatedHost:
             "127.0.0.1",
             self.port,
             server_host_keys=[self._host_key],
-            process_factory=self._session,
-            encoding="utf-8",
+            encoding="utf-8",  # sessions come from _SshServer.session_requested
             reuse_address=True,
             config=None,
             agent_forwarding=False,
@@ -278,15 +367,30 @@ class SimulatedHost:
     def set_gpu(self, index: int, reset: bool = False, **values: float | int | None) -> None:
         self.board.set_gpu(index, reset=reset, **values)
 
+    def set_time_scale(self, scale: float | None) -> None:
+        """Realistic pull / download / load durations × `scale`; None: quick (timing.py)."""
+        self.timing = self.daemon.timing = SimTiming(check_scale(scale))
+
+    def set_driver_fault(self, fault: str) -> None:
+        """none / version_mismatch / no_devices / driver_not_loaded: nvidia-smi answers
+        like the real tool; SSH, docker and /proc/meminfo keep working."""
+        self.board.set_driver_fault(fault)
+
     def inject(self, **faults: Any) -> None:
         """Arm faults for the next `docker run`.
 
-        slow_start=S, fail_start=True, crash_after_ready=S, bad_model=True.
+        slow_start=S, fail_start=True, crash_after_ready=S, bad_model=True,
+        log_flood_mib=M.
         """
         for name, value in faults.items():
             if not hasattr(self.faults, name):
                 raise TypeError(f"unknown fault: {name}")
             setattr(self.faults, name, value)
+
+    def set_sshd(self, **values: Any) -> dict[str, Any]:
+        """Change the sshd policy (accept_env, max_sessions, hf_on_path, ...; sshd.py)."""
+        self.sshd.update(**values)
+        return self.sshd.as_dict()
 
     def take_faults(self) -> Faults:
         faults, self.faults = self.faults, Faults()
@@ -324,12 +428,17 @@ class SimulatedHost:
             "mem_available_kb": self.board.available_kb(),
             "containers": [asdict(c) for c in self.containers],
             "pending_faults": asdict(self.faults),
+            "driver_fault": self.board.driver_fault,
+            "sshd": self.sshd.as_dict(),
+            "sessions": dict(self.session_stats),
             "commands": len(self.commands),
         }
 
     # -- sessions ----------------------------------------------------------------------
     async def _session(self, process: asyncssh.SSHServerProcess) -> None:
-        io = ProcessIo(process)
+        sent = dict(process.env)
+        env, kept, dropped = session_env(self.sshd, self.spec.ssh_user, self.fs.home, sent)
+        io = ProcessIo(process, env)
         command = process.command
         if command is None:  # a shell request: the script comes on stdin
             command = await process.stdin.read()
@@ -337,10 +446,10 @@ class SimulatedHost:
             argvs = [c.argv for c in parse(command)]
         except (ShellUnsupported, ShellSyntaxError):
             argvs = []
-        record = CommandRecord(command, argvs, time.time(), sorted(io.env))
+        record = CommandRecord(command, argvs, time.time(), kept, env_dropped=dropped)
         self.commands.append(record)
         try:
-            status = await Shell(self.handlers, self.files, io).run(command)
+            status = await Shell(self._on_path(), self.files, io).run(command)
         except Exception as error:  # the simulator's bug must still end the session cleanly
             log.exception("simulated host %s failed on %r", self.name, command)
             io.err(f"sim: internal error: {error}\n")
@@ -363,17 +472,43 @@ class SimulatedHost:
 
     async def _uname(self, argv: list[str], io: Io) -> int:
         if "-a" in argv:
-            io.out(f"Linux {self.name} 6.8.0-sim #1 SMP PREEMPT_DYNAMIC x86_64 GNU/Linux\n")
+            machine = self.spec.uname_machine
+            io.out(
+                f"Linux {self.name} 6.8.0-sim #1 SMP PREEMPT_DYNAMIC {machine} {machine} "
+                f"{machine} GNU/Linux\n"
+            )
         elif "-m" in argv:
-            io.out("x86_64\n")
+            io.out(f"{self.spec.uname_machine}\n")
         else:
             io.out("Linux\n")
         return 0
 
+    def _on_path(self) -> dict[str, Handler]:
+        """The commands a non-interactive session finds: `hf` only when on the PATH."""
+        if self.sshd.hf_on_path:
+            return self.handlers
+        return {name: h for name, h in self.handlers.items() if name != "hf"}
+
+    async def _docker(self, argv: list[str], io: Io) -> int:
+        # Outside the docker group the CLI cannot open /var/run/docker.sock.
+        if not self.sshd.docker_group and argv[1:2] not in (["-v"], ["--version"], ["--help"]):
+            io.err(docker_info.PERMISSION_DENIED)
+            return 1
+        if argv[1:2] == ["info"] or argv[1:3] == ["system", "info"]:
+            skip = 2 if argv[1] == "info" else 3
+            return docker_info.info(argv[skip:], io, self.sshd.nvidia_runtime)
+        status = await self.docker(argv, io)
+        if status == 0 and (argv[1:2] == ["run"] or argv[1:3] == ["container", "run"]):
+            # vLLM in the container fetches the weights into the mounted cache, as root.
+            hub.container_download(self.fs, argv[2:] if argv[1] == "run" else argv[3:])
+        return status
+
     async def _which(self, argv: list[str], io: Io) -> int:
         missing = 0
         for name in argv[1:]:
-            if name in TOOLS:
+            if name == "hf" and not self.sshd.hf_on_path:
+                missing = 1
+            elif name in TOOLS:
                 io.out(f"/usr/bin/{name}\n")
             else:
                 missing = 1

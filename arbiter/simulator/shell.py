@@ -228,6 +228,8 @@ class Files(Protocol):
 
     def read_text(self, path: str) -> str: ...
 
+    def writable(self, path: str) -> bool: ...
+
 
 Handler = Callable[[list[str], Io], Awaitable[int]]
 
@@ -254,6 +256,7 @@ class Shell:
             "sh": self.sh,
             "bash": self.sh,
             "exit": self.exit,
+            "printenv": self.printenv,
         }
 
     async def run(self, script: str) -> int:
@@ -308,6 +311,8 @@ class Shell:
 
     async def test(self, argv: list[str], io: Io) -> int:
         args = argv[1:]
+        if len(args) == 2 and args[0] == "-w":
+            return 0 if self.files.writable(args[1]) else 1
         if len(args) == 2 and args[0] in ("-e", "-d", "-f"):
             kind = self.files.kind(args[1])
             wanted = {"-e": ("file", "dir"), "-d": ("dir",), "-f": ("file",)}[args[0]]
@@ -316,8 +321,25 @@ class Shell:
             return 0 if args[0] else 1
         if not args:
             return 1
-        io.err(f"sim: test: only -e/-d/-f PATH are simulated, got: {' '.join(args)}\n")
+        io.err(f"sim: test: only -e/-d/-f/-w PATH are simulated, got: {' '.join(args)}\n")
         return UNSUPPORTED_STATUS
+
+    async def printenv(self, argv: list[str], io: Io) -> int:
+        """GNU printenv: all `NAME=value` lines, or the values of the names given; exit 1
+        when one of them is not set (coreutils printenv.c)."""
+        if len(argv) == 1:
+            io.out("".join(f"{k}={v}\n" for k, v in io.env.items()))
+            return 0
+        status = 0
+        for name in argv[1:]:
+            if name.startswith("-"):
+                io.err(f"printenv: invalid option -- '{name.lstrip('-')[:1]}'\n")
+                return 2
+            if name in io.env:
+                io.out(io.env[name] + "\n")
+            else:
+                status = 1
+        return status
 
     async def cat(self, argv: list[str], io: Io) -> int:
         if len(argv) == 1:

@@ -1,10 +1,10 @@
-"""Reading a container's arguments as vLLM would, and choosing the process to start.
+"""Reading `vllm serve`'s arguments as vLLM would, and choosing the process to start.
 
-Images are not simulated one by one: every container is taken to be a vLLM server
-(`vllm serve MODEL ...`, `python3 -m vllm.entrypoints.openai.api_server --model ...`,
-or just the flags, as with the vllm/vllm-openai image's entry point). The flags the
-simulator needs are read here; all others go through to the simulated container,
-which accepts and logs them.
+What a container runs is settled first (`image_exec`: the image's entrypoint, the
+command after the image, vLLM's CLI); what reaches here are the arguments of `vllm
+serve` with the model first, as vLLM's own parser has them: `[model_tag, *options]`.
+The options the simulator needs are read here; all others go through to the simulated
+container, which accepts and logs them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,20 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"  # vLLM's default when no model is given
 DEFAULT_UTILIZATION = 0.9
-_PREFIX = ("vllm", "serve", "python", "python3", "-m", "vllm.entrypoints.openai.api_server")
 _POOLING_TASKS = {"embed", "embedding", "classify", "score", "reward"}
 _HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kKmMgG]?)")
+# vLLM's integer options that a multi-node launch uses, by the name argparse's errors
+# give them ("argument --nnodes/-n"; aliases from vllm/engine/arg_utils.py).
+_INT_OPTIONS = {
+    "--nnodes/-n": ("--nnodes", "-n"),
+    "--node-rank/-r": ("--node-rank", "-r"),
+    "--master-port": ("--master-port",),
+    "--tensor-parallel-size/-tp": ("--tensor-parallel-size", "-tp"),
+    "--pipeline-parallel-size/-pp": ("--pipeline-parallel-size", "-pp"),
+}
+# ParallelConfig.__post_init__ (vllm/config/parallel.py): the executors a multi-node
+# launch may use.
+_MULTI_NODE_BACKENDS = ("mp", "uni", "external_launcher")
 
 
 @dataclass
@@ -39,12 +50,20 @@ class VllmLaunch:
     passthrough: list[str]
     bind_port: int = 0
     gpus: list[int] = field(default_factory=list)
+    # Multi-node (`--nnodes K`; container.distributed runs the rendezvous).
+    nnodes_text: str = "1"
+    backend: str | None = None
+    distributed_timeout_text: str | None = None
+    int_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nnodes(self) -> int:
+        return int(self.nnodes_text) if self.nnodes_text.isdigit() else 1
 
     @classmethod
     def from_args(cls, args: list[str]) -> VllmLaunch:
+        """From `vllm serve`'s arguments: `[model_tag, *options]` (`image_exec.run`)."""
         rest = list(args)
-        while rest and rest[0] in _PREFIX:
-            rest.pop(0)
         model = None
         if rest and not rest[0].startswith("-"):
             model = rest.pop(0)  # `vllm serve MODEL`
@@ -60,6 +79,14 @@ class VllmLaunch:
             utilization_text=_value(rest, "--gpu-memory-utilization") or str(DEFAULT_UTILIZATION),
             kind="embeddings" if pooling or _value(rest, "--convert") == "embed" else "llm",
             passthrough=_normalised(rest),
+            nnodes_text=_value(rest, "--nnodes", "-n") or "1",
+            backend=_value(rest, "--distributed-executor-backend"),
+            distributed_timeout_text=_value(rest, "--distributed-timeout-seconds"),
+            int_options={
+                usage: text
+                for usage, names in _INT_OPTIONS.items()
+                if (text := _value(rest, *names)) is not None
+            },
         )
 
 
@@ -68,11 +95,11 @@ def _flag_name(arg: str) -> str:
     return arg.split("=", 1)[0].replace("_", "-")
 
 
-def _value(args: list[str], name: str) -> str | None:
-    """The last value given for `name` (`--name v` or `--name=v`), like argparse keeps."""
+def _value(args: list[str], *names: str) -> str | None:
+    """The last value given for `names` (`--name v` or `--name=v`), like argparse keeps."""
     found = None
     for i, arg in enumerate(args):
-        if _flag_name(arg) != name:
+        if _flag_name(arg) not in names:
             continue
         if "=" in arg:
             found = arg.split("=", 1)[1]
@@ -106,9 +133,16 @@ def _human_int(text: str) -> int | str:
 
 
 def launch_argv(
-    launch: VllmLaunch, faults: Faults, board: GpuBoard, startup_delay: float
+    launch: VllmLaunch,
+    faults: Faults,
+    board: GpuBoard,
+    startup_delay: float,
+    join_timeout: float = 120.0,
 ) -> tuple[list[str], int]:
-    """The process to start for this container, and the MiB it will hold per GPU."""
+    """The process to start for this container, and the MiB it will hold per GPU.
+
+    `join_timeout`: how long a node of a multi-node launch waits for the others.
+    """
     delay = faults.slow_start if faults.slow_start is not None else startup_delay
     now = time.strftime("%m-%d %H:%M:%S")
     banner = [
@@ -126,6 +160,19 @@ def launch_argv(
             f"'{launch.utilization_text}' (must be in (0, 1])"
         )
         return failing_argv([], [usage, error], 0.05), 0
+    usage = "usage: vllm serve [model_tag] [options]"
+    for option, text in launch.int_options.items():
+        if not re.fullmatch(r"[+-]?\d+", text):  # argparse's type=int, status 2
+            error = f"vllm serve: error: argument {option}: invalid int value: '{text}'"
+            return failing_argv([], [usage, error], 0.05, 2), 0
+    if launch.nnodes > 1 and launch.backend not in (None, *_MULTI_NODE_BACKENDS):
+        # Raised while the engine config is built; pydantic may wrap it in a
+        # ValidationError around the same sentence (not confirmed here).
+        error = (
+            "ValueError: nnodes > 1 can only be set when distributed executor backend is "
+            "mp, uni or external_launcher."
+        )
+        return failing_argv(banner, ["Traceback (most recent call last):", error], 0.3 * delay), 0
     if faults.bad_model:
         return failing_argv(banner, _bad_model_error(launch.model), 0.3 * delay), 0
     vram = max((int(utilization * board.total_mib(i)) for i in launch.gpus), default=0)
@@ -147,11 +194,15 @@ def launch_argv(
         str(delay),
         "--vram-mib",
         str(vram),
+        "--join-timeout",
+        str(join_timeout),
     ]
     if faults.fail_start:
         args.append("--fail-start")
     if faults.crash_after_ready is not None:
         args += ["--crash-after-ready", str(faults.crash_after_ready)]
+    if faults.log_flood_mib is not None:
+        args += ["--log-flood-mib", str(faults.log_flood_mib)]
     return container_argv(args), vram
 
 

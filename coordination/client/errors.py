@@ -70,7 +70,11 @@ def error_for(response: httpx.Response) -> ClientError:
     if status == 403:
         return AuthFailed(f"403 {message} (check the API key's permissions)")
     if status == 423:
-        retry = response.headers.get("Retry-After", "?")
+        # Shown, never slept on or parsed into a number: anything but plain ASCII digits
+        # (delay-seconds, RFC 9110 §10.2.3) is shown as unknown.
+        retry = response.headers.get("Retry-After", "").strip()
+        if not (retry.isascii() and retry.isdigit() and len(retry) <= 9):
+            retry = "?"
         return LockHeld(f"{message} (free again in {retry} s)")
     if status in (502, 503, 504):
         return Unreachable(f"{status} from {response.request.url}: {message}")

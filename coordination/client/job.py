@@ -30,6 +30,10 @@ STREAM_READ_TIMEOUT = 30.0
 # give up with EXIT_UNREACHABLE; how long a cancelled swap gets to stop before we release.
 RECONNECT_GIVE_UP = 60.0
 CANCEL_WAIT = 15.0
+# A release that meets a server error or no answer is sent again: releasing is
+# idempotent (a token that no longer holds the lock answers 409), and a lock left held
+# by a lost release blocks everyone until its TTL runs out.
+RELEASE_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 class SwapState(TypedDict):
@@ -102,6 +106,7 @@ class SwapJob:
         self.api, self.options, self.say = api, options, say
         self.clock: Callable[[], float] = time.monotonic
         self.swap_id: int | None = None  # once started: what an interrupt cancels
+        self.token: str | None = None  # the lock's: a cancel needs it while the lock is held
         self.last_seq = 0  # the last log line printed: where a reconnect resumes
         self.down_since: float | None = None  # when the stream was lost, until it is back
 
@@ -109,7 +114,7 @@ class SwapJob:
         o = self.options
         lock_body = {"holder": o.holder, "ttl_seconds": o.ttl, "purpose": o.purpose}
         grant = self.api.json("POST", "/api/swap/lock", body=lock_body)
-        token = str(grant["token"])
+        token = self.token = str(grant["token"])
         self.say.info(
             f"lock acquired as {o.holder!r} (generation {grant.get('generation')}, "
             f"expires {grant.get('expires_at')}, extended while the swap runs)"
@@ -225,7 +230,7 @@ class SwapJob:
     def _cancel_swap(self, swap_id: int, why: str) -> None:
         self.say.warn(f"{why}: cancelling swap {swap_id}")
         try:
-            self.api.call("POST", f"/api/swap/{swap_id}/cancel")
+            self.api.call("POST", f"/api/swap/{swap_id}/cancel", token=self.token)
         except ApiError as exc:
             if exc.status != 409:  # 409: it had already finished
                 self.say.warn(f"could not cancel swap {swap_id}: {exc}")
@@ -248,14 +253,24 @@ class SwapJob:
         self.say.warn(f"swap {swap_id} is {state}")
 
     def _release(self, token: str) -> None:
-        try:
-            self.api.call("DELETE", "/api/swap/lock", token=token)
-        except ApiError as exc:
-            if exc.status == 409:
-                self.say.warn("the lock was no longer ours (expired or force-released)")
+        for attempt, delay in enumerate((*RELEASE_DELAYS, None)):
+            try:
+                self.api.call("DELETE", "/api/swap/lock", token=token)
+            except ApiError as exc:
+                if exc.status == 409:
+                    self.say.warn("the lock was no longer ours (expired or force-released)")
+                    return
+                if exc.status < 500 or delay is None:
+                    self.say.warn(f"could not release the lock: {exc}")
+                    return
+                problem = str(exc)
+            except ClientError as exc:
+                if delay is None or not isinstance(exc, Unreachable):
+                    self.say.warn(f"could not release the lock (it expires by its TTL): {exc}")
+                    return
+                problem = str(exc)
             else:
-                self.say.warn(f"could not release the lock: {exc}")
-        except ClientError as exc:
-            self.say.warn(f"could not release the lock (it expires by its TTL): {exc}")
-        else:
-            self.say.info("lock released")
+                self.say.info("lock released")
+                return
+            self.say.warn(f"release attempt {attempt + 1} failed ({problem}); trying again")
+            time.sleep(delay)

@@ -11,13 +11,15 @@ gets 412, never a resurrection). The token is returned once, by the grant; only 
 sha256 is stored, and neither is ever logged.
 
 Modules: `values` (limits, cleaners, token hashing), `state` (what the API answers),
-`operations` (acquire, extend, release, force release, the swap gate).
+`operations` (acquire, extend, release, force release, the swap gate and the gate of
+every other GPU change).
 """
 
 from __future__ import annotations
 
 from coordination.locks.operations import (
     acquire,
+    assert_may_change_gpu,
     assert_may_swap,
     current_lock,
     extend,
@@ -49,6 +51,7 @@ __all__ = [
     "LockGrant",
     "LockState",
     "acquire",
+    "assert_may_change_gpu",
     "assert_may_swap",
     "clean_holder",
     "clean_lock_delay",

@@ -18,6 +18,7 @@ from arbiter.errors import (
     PreconditionFailed,
     PreconditionRequired,
 )
+from arbiter.roles import ADMIN, may
 from coordination import webhooks
 from coordination.locks.state import (
     ForceReleasedPayload,
@@ -187,14 +188,15 @@ def release(token: str | None, *, scope: str = GLOBAL, reason: str = "") -> None
 def force_release(
     actor: Any, *, reason: str = "", lock_delay_seconds: int = 0, scope: str = GLOBAL
 ) -> LockAudit:
-    """A staff person takes the lock from its holder: generation bumped, audited, event.
+    """An admin person takes the lock from its holder: generation bumped, audited, event.
 
     The audit row, the `lock.force_released` event (webhook outbox) and the lock change
     commit together or not at all. With a lock-delay nobody may acquire until it passes.
-    Raises Forbidden (403) for a non-staff actor, Conflict (409) when the lock is not held.
+    Raises Forbidden (403) for an actor who is not a person with the admin role
+    (arbiter.roles), Conflict (409) when the lock is not held.
     """
-    if not getattr(actor, "is_staff", False) or not hasattr(actor, "get_username"):
-        raise Forbidden("force release needs a logged-in staff user")
+    if not hasattr(actor, "get_username") or not may(actor, ADMIN):
+        raise Forbidden("force release needs a logged-in person with the admin role")
     reason = checked("reason", clean_text, reason, REASON_MAX)
     lock_delay_seconds = checked("lock_delay_seconds", clean_lock_delay, lock_delay_seconds)
     actor_name = actor.get_username()
@@ -272,3 +274,18 @@ def assert_may_swap(token: str | None, *, scope: str = GLOBAL) -> int | None:
     if token and secrets.compare_digest(hash_token(token), row.token_hash):
         return row.generation
     raise locked_error(row, now)
+
+
+def assert_may_change_gpu(token: str | None, *, scope: str = GLOBAL) -> int | None:
+    """The gate of every other change to what runs on a GPU, with the swap's answers.
+
+    Cancelling a swap, disabling or enabling a service, editing or deleting a catalog
+    model that is loaded or being swapped, downloading to or deleting from a host's
+    disk, and the broker's evictions and idle unloads: while someone holds the lock,
+    only a caller presenting the holder's token may do them (anyone else: Locked, 423,
+    with the holder, expires_at and Retry-After). Lock free: None; the holder: the
+    generation. Run it inside the transaction that makes the change when there is one
+    (the check and the change then commit together); otherwise it opens its own.
+    """
+    with transaction.atomic():
+        return assert_may_swap(token, scope=scope)

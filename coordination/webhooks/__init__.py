@@ -1,7 +1,9 @@
 """Signed durable webhooks: the outbox, signing, one delivery attempt, the retry schedule.
 
-Modules: `endpoints` (validation, secrets, rotation), `outbox` (`emit_event`),
-`signing` (body and headers), `delivery` (claims, attempts, retries, redelivery).
+Modules: `endpoints` (validation, secrets, rotation, edits), `outbox` (`emit_event`),
+`signing` (body and headers), `delivery` (claims, attempts, retries, redelivery, one
+synchronous test send: `send_test`),
+`addresses` (no SSRF: internal addresses refused at registration and at every connect).
 
 Flow: `emit_event` writes a `WebhookEvent` and one `WebhookDelivery` per endpoint that
 wants it, inside the caller's transaction (the outbox), and asks huey to deliver once
@@ -27,39 +29,48 @@ and every redelivery sends the same bytes.
 from coordination.webhooks.delivery import (
     MAX_ATTEMPTS,
     RETRY_DELAYS,
+    TEST_EVENT_TYPE,
     AttemptResult,
+    SendTestResult,
     attempt_delivery,
     claim_delivery,
     due_delivery_ids,
     redeliver,
     retry_after_delay,
+    send_test,
 )
 from coordination.webhooks.endpoints import (
     EVENT_TYPES,
     clean_url,
     create_endpoint,
     rotate_secret,
+    update_endpoint,
 )
-from coordination.webhooks.outbox import emit_event, new_event_id, wake_workers
+from coordination.webhooks.outbox import emit_event, new_event_id, prune_finished, wake_workers
 from coordination.webhooks.signing import event_body, signature_headers, signing_secrets
 
 __all__ = [
     "EVENT_TYPES",
     "MAX_ATTEMPTS",
     "RETRY_DELAYS",
+    "TEST_EVENT_TYPE",
     "AttemptResult",
+    "SendTestResult",
     "attempt_delivery",
     "claim_delivery",
     "clean_url",
     "create_endpoint",
     "due_delivery_ids",
     "emit_event",
+    "prune_finished",
     "event_body",
     "new_event_id",
     "redeliver",
     "retry_after_delay",
     "rotate_secret",
+    "send_test",
     "signature_headers",
     "signing_secrets",
+    "update_endpoint",
     "wake_workers",
 ]

@@ -8,15 +8,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+import httpcore
 import httpx
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from arbiter.errors import Conflict, NotFound
-from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
+from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from coordination.secrets_box import SecretUnreadable
-from coordination.webhooks.outbox import wake_workers
+from coordination.webhooks.addresses import AddressRefused, PinnedTransport
+from coordination.webhooks.outbox import new_event_id, wake_workers
 from coordination.webhooks.signing import event_body, signature_headers, signing_secrets
 
 logger = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ RETRY_DELAYS = (
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 MAX_RETRY_AFTER = timedelta(hours=24)
-# connect 5 s, then 10 s for each of write and read; EXCERPT_DEADLINE bounds slow bodies.
+# connect 5 s, then 10 s for each of write and read; EXCERPT_DEADLINE bounds slow bodies;
+# ARBITER_WEBHOOK_DELIVERY_DEADLINE bounds the whole attempt (every connect, read, write).
 HTTP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 EXCERPT_DEADLINE = 5.0
 EXCERPT_CHARS = 500
@@ -91,14 +95,16 @@ def retry_after_delay(value: str | None) -> timedelta | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # delay-seconds is 1*DIGIT, ASCII digits only (RFC 9110 §10.2.3); str.isdigit() would
+    # also take "²", which int() refuses.
+    if value.isascii() and value.isdigit():
         seconds = int(value) if len(value) <= 9 else int(MAX_RETRY_AFTER.total_seconds())
         delay = timedelta(seconds=seconds)
     else:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None  # not a date either: the regular backoff applies
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         delay = when - datetime.now(UTC)
@@ -108,10 +114,19 @@ def retry_after_delay(value: str | None) -> timedelta | None:
 def _post(url: str, body: bytes, headers: dict[str, str]) -> _Response:
     result = _Response()
     started = time.monotonic()
+    deadline_seconds = float(settings.ARBITER_WEBHOOK_DELIVERY_DEADLINE)
+    deadline = started + deadline_seconds
     headers = {**headers, "Content-Type": "application/json", "User-Agent": USER_AGENT}
     try:
+        # PinnedTransport resolves the host once, refuses internal addresses and connects
+        # to the address it checked (no DNS rebinding), within `deadline`.
         with (
-            httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False, trust_env=False) as client,
+            httpx.Client(
+                transport=PinnedTransport(deadline),
+                timeout=HTTP_TIMEOUT,
+                follow_redirects=False,
+                trust_env=False,
+            ) as client,
             client.stream("POST", url, content=body, headers=headers) as response,
         ):
             result.latency_ms = (time.monotonic() - started) * 1000
@@ -119,20 +134,29 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> _Response:
             result.retry_after = response.headers.get("retry-after")
             result.location = response.headers.get("location")
             chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= EXCERPT_CHARS * 4 or time.monotonic() - started > EXCERPT_DEADLINE:
-                    break
-            raw = b"".join(chunks)
+            excerpt_until = min(started + EXCERPT_DEADLINE, deadline)
+            try:
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size >= EXCERPT_CHARS * 4 or time.monotonic() > excerpt_until:
+                        break
+            except (httpx.TimeoutException, httpcore.TimeoutException):
+                pass  # the answer (status) came; a body slower than the deadline is cut
+            raw = b"".join(chunks)[: EXCERPT_CHARS * 4]
             try:
                 text = raw.decode(response.charset_encoding or "utf-8", errors="replace")
             except LookupError:  # a charset Python does not know
                 text = raw.decode("utf-8", errors="replace")
             result.excerpt = text[:EXCERPT_CHARS]
+    except AddressRefused as exc:
+        result.error = f"not sent: {exc}"[:500]
     except Exception as exc:  # any failure is this attempt's outcome, logged as a row
         # httpx messages name the failure (refused, timed out), never our headers.
-        result.error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if time.monotonic() >= deadline:
+            message = f"{message} (delivery deadline of {deadline_seconds:g} s passed)"
+        result.error = message[:500]
     if result.latency_ms is None:
         result.latency_ms = (time.monotonic() - started) * 1000
     return result
@@ -245,6 +269,100 @@ def attempt_delivery(delivery_id: int, *, now: datetime | None = None) -> Attemp
     return AttemptResult(delivery_id, status, code, next_at)
 
 
+TEST_EVENT_TYPE = "webhook.test"
+
+
+@dataclass(frozen=True)
+class SendTestResult:
+    """What a test send did (the API answers with it; the dashboard shows it inline)."""
+
+    ok: bool
+    status_code: int | None
+    error: str
+    duration_ms: float
+    response_excerpt: str
+    event_id: str
+    delivery_id: int | None
+
+
+def send_test(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> SendTestResult:
+    """Send one signed `webhook.test` event to `endpoint` now, in the caller's thread.
+
+    The same body, signing and `_post` as every delivery (so the SSRF check at connect
+    time and the total deadline apply), but exactly one attempt: a test is never retried
+    and never disables the endpoint (a 410 here is reported, not acted on). It is also
+    sent to a disabled endpoint, so a fixed receiver can be checked before re-enabling it.
+    The event, its delivery (delivered or failed, never pending, so no worker picks it
+    up) and the attempt are logged like any other, after the attempt: the caller's
+    transaction is never held open across the HTTP request.
+    """
+    now = now or timezone.now()
+    event = WebhookEvent(
+        event_id=new_event_id(),
+        event_type=TEST_EVENT_TYPE,
+        payload={
+            "webhook_id": endpoint.pk,
+            "url": endpoint.url,
+            "message": "A test event sent from Arbiter; no action is needed.",
+        },
+        created_at=now,
+    )
+    body = event_body(event)
+    try:
+        secrets_ = signing_secrets(endpoint, now)
+    except SecretUnreadable as exc:
+        response = _Response(error=str(exc), latency_ms=0.0)
+    else:
+        headers = signature_headers(event.event_id, body, secrets_, timestamp=int(time.time()))
+        response = _post(endpoint.url, body, headers)
+    code = response.status_code
+    ok = code is not None and 200 <= code < 300
+    if code is not None and 300 <= code < 400 and not response.error:
+        response.error = f"redirect not followed (Location: {response.location or '-'})"[:500]
+    delivery_id: int | None = None
+    try:
+        with transaction.atomic():
+            event.save()
+            delivery = WebhookDelivery.objects.create(
+                event=event,
+                endpoint_id=endpoint.pk,
+                status=WebhookDelivery.DELIVERED if ok else WebhookDelivery.FAILED,
+                attempts=1,
+                next_attempt_at=now,
+                last_status_code=code,
+                created_at=now,
+            )
+            DeliveryAttempt.objects.create(
+                delivery=delivery,
+                at=now,
+                status_code=code,
+                latency_ms=response.latency_ms,
+                error=response.error[:500],
+                response_excerpt=response.excerpt[:EXCERPT_CHARS],
+            )
+            delivery_id = delivery.pk
+            from dashboard.coordination import webhooks_changed  # see _record
+
+            transaction.on_commit(webhooks_changed, robust=True)
+    except IntegrityError:
+        logger.info("webhook endpoint %s vanished during its test send", endpoint.pk)
+    logger.info(
+        "webhook test %s to endpoint %s: %s",
+        event.event_id,
+        endpoint.pk,
+        code if code is not None else (response.error.split(":")[0] or "error"),
+    )
+    return SendTestResult(
+        ok=ok,
+        status_code=code,
+        error=response.error,
+        duration_ms=round(response.latency_ms or 0.0, 1),
+        response_excerpt=response.excerpt[:EXCERPT_CHARS],
+        event_id=event.event_id,
+        delivery_id=delivery_id,
+    )
+
+
 def redeliver(delivery_id: int, *, now: datetime | None = None) -> WebhookDelivery:
     """Send a delivery's event again with the same `webhook-id` and a fresh retry budget.
 
@@ -259,7 +377,7 @@ def redeliver(delivery_id: int, *, now: datetime | None = None) -> WebhookDelive
     if not delivery.endpoint.enabled:
         raise Conflict(
             f"endpoint {delivery.endpoint_id} is disabled "
-            f"({delivery.endpoint.disabled_reason or 'by a user'}); re-create it to deliver again",
+            f"({delivery.endpoint.disabled_reason or 'by a user'}); re-enable it to deliver again",
             field="delivery_id",
         )
     with transaction.atomic():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.utils import timezone
@@ -11,6 +12,7 @@ from django.utils import timezone
 from arbiter.errors import InvalidInput
 from coordination.models import WebhookEndpoint
 from coordination.secrets_box import encrypt_secret, generate_secret, secret_format_problem
+from coordination.webhooks.addresses import url_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ def clean_url(url: str) -> str:
         raise InvalidInput("url: not a valid URL", field="url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput("url: must be an http:// or https:// URL with a host", field="url")
+    # SSRF: no internal receivers unless allowed (checked again at every delivery).
+    problem = url_refusal(url)
+    if problem:
+        raise InvalidInput(f"url: {problem}", field="url")
     return url
 
 
@@ -60,17 +66,68 @@ def create_endpoint(
     url: str, *, secret: str | None = None, events: list[str] | None = None, description: str = ""
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint and its plaintext secret (the only time it is returned)."""
-    if len(description) > 200:
-        raise InvalidInput("description: at most 200 characters", field="description")
     plaintext = clean_secret(secret)
     endpoint = WebhookEndpoint.objects.create(
         url=clean_url(url),
         events=clean_events(events),
-        description=description.strip(),
+        description=clean_description(description),
         secret_encrypted=encrypt_secret(plaintext),
     )
     logger.info("webhook endpoint %s created for host %s", endpoint.pk, urlsplit(url).hostname)
     return endpoint, plaintext
+
+
+def clean_description(description: str) -> str:
+    if len(description) > 200:
+        raise InvalidInput("description: at most 200 characters", field="description")
+    return description.strip()
+
+
+# What `update_endpoint` may change, in the order its audit entries list them.
+EDITABLE_FIELDS = ("url", "description", "events", "enabled")
+
+
+def update_endpoint(
+    endpoint: WebhookEndpoint, changes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply `changes` (url, description, events, enabled) with the checks of
+    `create_endpoint`; returns (before, after) of the fields that really changed.
+
+    Every field is validated before anything is written, so a bad one leaves the row as
+    it was. Re-enabling clears `disabled_reason` (it explained the old state only).
+    """
+    unknown = [name for name in changes if name not in EDITABLE_FIELDS]
+    if unknown:
+        raise InvalidInput(f"{unknown[0]}: not an editable field", field=unknown[0])
+    for name, value in changes.items():
+        if value is None:
+            raise InvalidInput(f"{name}: must not be null (leave it out to keep it)", field=name)
+    cleaned: dict[str, Any] = {}
+    if "url" in changes:
+        cleaned["url"] = clean_url(changes["url"])
+    if "description" in changes:
+        cleaned["description"] = clean_description(changes["description"])
+    if "events" in changes:
+        cleaned["events"] = clean_events(changes["events"])
+    if "enabled" in changes:
+        if not isinstance(changes["enabled"], bool):
+            raise InvalidInput("enabled: must be true or false", field="enabled")
+        cleaned["enabled"] = changes["enabled"]
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for name in EDITABLE_FIELDS:
+        if name in cleaned and getattr(endpoint, name) != cleaned[name]:
+            before[name] = getattr(endpoint, name)
+            after[name] = cleaned[name]
+    if after.get("enabled") is True and endpoint.disabled_reason:
+        before["disabled_reason"] = endpoint.disabled_reason
+        after["disabled_reason"] = ""
+    if after:
+        for name, value in after.items():
+            setattr(endpoint, name, value)
+        endpoint.save(update_fields=list(after))
+        logger.info("webhook endpoint %s updated: %s", endpoint.pk, ", ".join(after))
+    return before, after
 
 
 def rotate_secret(

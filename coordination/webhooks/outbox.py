@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
+from django.utils import timezone
 
 from coordination.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
@@ -70,3 +73,21 @@ def wake_workers(delay: float = 0) -> None:
         deliver_pending.schedule(delay=delay)
     else:
         deliver_pending()
+
+
+def prune_finished(now: datetime | None = None) -> int:
+    """Delete finished deliveries (delivered or failed, with their attempts) older than
+    ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS, then the events left without a delivery;
+    pending ones are never touched. 0 keeps everything. Returns the deliveries deleted."""
+    days = settings.ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    with transaction.atomic():
+        old = WebhookDelivery.objects.filter(created_at__lt=cutoff).exclude(
+            status=WebhookDelivery.PENDING
+        )
+        deleted = old.count()
+        old.delete()
+        WebhookEvent.objects.filter(created_at__lt=cutoff, deliveries__isnull=True).delete()
+    return deleted

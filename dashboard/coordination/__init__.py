@@ -5,7 +5,7 @@ view, pushed over the socket. Its root element carries a stable id (`#lock-banne
 `#schedule-panel`, `#webhook-panel`).
 
 Pushes go to every dashboard, so a pushed fragment is the same for every viewer. The one
-personal part - the force-release form, staff only - is therefore never pushed: a pushed
+personal part - the force-release form, admins only - is therefore never pushed: a pushed
 banner carries a slot that fetches it with the viewer's own session (`force_release_slot`).
 
 Coordination code calls the `*_changed` hooks from `transaction.on_commit`; they never
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from arbiter.roles import ADMIN, may
 from dashboard.coordination.lock_banner import force_release_slot, lock_banner, lock_banner_view
 from dashboard.coordination.pushing import (
     lock_changed,
@@ -49,7 +50,7 @@ def page_context(user: Any) -> dict[str, Any]:
     """What dashboard/index.html needs to include the three panels for `user`."""
     return {
         "lock": lock_banner_view(),
-        "can_force_release": bool(getattr(user, "is_staff", False)),
+        "can_force_release": may(user, ADMIN),
         "personal": True,
         **schedule_context(),
         **webhook_context(),

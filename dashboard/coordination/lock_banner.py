@@ -101,7 +101,7 @@ def lock_banner(
     *, can_force_release: bool = False, personal: bool = False, oob: bool = False
 ) -> str:
     """`#lock-banner`. `personal`: rendered for one viewer (page, poll view), so the
-    force-release form is inlined for staff; otherwise (pushes) a slot fetches it."""
+    force-release form is inlined for admins; otherwise (pushes) a slot fetches it."""
     context = {
         "lock": lock_banner_view(),
         "can_force_release": can_force_release,
@@ -112,6 +112,6 @@ def lock_banner(
 
 
 def force_release_slot(*, can_force_release: bool) -> str:
-    """`#lock-force-release`: the form for staff while the lock is held, else empty."""
+    """`#lock-force-release`: the form for admins while the lock is held, else empty."""
     context = {"lock": lock_banner_view(), "can_force_release": can_force_release}
     return render_to_string("dashboard/partials/lock_force_release.html", context)

@@ -111,6 +111,7 @@ def webhook_context() -> dict[str, Any]:
     return {
         "endpoints": views,
         "endpoint_total": WebhookEndpoint.objects.count(),
+        "event_types": WebhookEndpoint.EVENT_TYPES,  # the admins' edit forms
         "deliveries_pending": pending,
     }
 

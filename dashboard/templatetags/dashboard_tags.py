@@ -51,3 +51,33 @@ def age(moment: datetime | None) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min ago"
     return f"{seconds // 3600} h ago"
+
+
+class NeedsNode(template.Node):
+    """`{% needs "operator" %}…{% endneeds %}`: see dashboard/roles.py."""
+
+    def __init__(self, needed: str, nodelist: template.NodeList) -> None:
+        self.needed = needed
+        self.nodelist = nodelist
+
+    def render(self, context: template.Context) -> str:
+        from dashboard.roles import close_marker, open_marker, reaches
+
+        if "viewer_level" in context:  # rendered for one person
+            allowed = reaches(context["viewer_level"], self.needed)
+            return self.nodelist.render(context) if allowed else ""
+        # Rendered for every viewer (a push): each socket cuts it for its person.
+        return open_marker(self.needed) + self.nodelist.render(context) + close_marker(self.needed)
+
+
+@register.tag("needs")
+def needs(parser: template.base.Parser, token: template.base.Token) -> NeedsNode:
+    from dashboard.roles import GATED
+
+    bits = token.split_contents()
+    needed = bits[1].strip("\"'") if len(bits) == 2 else ""
+    if needed not in GATED:
+        raise template.TemplateSyntaxError(f'usage: {{% needs "{GATED[0]}"|"{GATED[1]}" %}}')
+    nodelist = parser.parse(("endneeds",))
+    parser.delete_first_token()
+    return NeedsNode(needed, nodelist)

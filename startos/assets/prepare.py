@@ -77,10 +77,17 @@ def main() -> int:
         os.environ.get("STARTOS_ADMIN_PASSWORD", ""),
     )
     print(f"admin user: {'created' if created else 'kept'}")
-    webhook = apply_webhook(
-        os.environ.get("STARTOS_WEBHOOK_URL", "").strip(),
-        os.environ.get("STARTOS_WEBHOOK_SECRET", "").strip(),
-    )
+    from arbiter.errors import InvalidInput
+
+    try:
+        webhook = apply_webhook(
+            os.environ.get("STARTOS_WEBHOOK_URL", "").strip(),
+            os.environ.get("STARTOS_WEBHOOK_SECRET", "").strip(),
+        )
+    except InvalidInput as error:
+        # A refused URL (e.g. a LAN address outside ARBITER_WEBHOOK_ALLOW_NETWORKS) must
+        # not keep Arbiter from starting: say why and serve without the webhook.
+        webhook = f"not applied: {error.message}"
     print(f"webhook: {webhook}")
     return 0
 

@@ -30,6 +30,11 @@ function diskParts(button) {
   return { card: card, log: card.querySelector(".disk-progress"), alert: card.querySelector(".disk-error") };
 }
 
+// SSH errors already name their host ("sim-a: hf exited ..."): say it once.
+function onHost(host, message) {
+  return message.startsWith(host + ": ") ? message : host + ": " + message;
+}
+
 function reloadDisk(key) {
   const fragment = document.getElementById("disk-" + key);
   if (!fragment) return Promise.resolve();
@@ -83,7 +88,7 @@ async function download(button) {
     parts.log.scrollTop = parts.log.scrollHeight;
   }
   function fail(message) {
-    parts.alert.textContent = button.dataset.host + ": " + message;
+    parts.alert.textContent = onHost(button.dataset.host, message);
     button.disabled = false;
   }
   let finished = false;
@@ -114,7 +119,7 @@ async function deleteFromDisk(button) {
   try {
     const response = await fetch(button.dataset.url, { method: "DELETE", headers: { "X-CSRFToken": csrfToken() } });
     if (response.status === 204) { reloadDisk(key); return; }
-    parts.alert.textContent = button.dataset.host + ": " + (await errorMessage(response, "delete"));
+    parts.alert.textContent = onHost(button.dataset.host, await errorMessage(response, "delete"));
   } catch (error) {
     parts.alert.textContent = button.dataset.host + ": delete failed: " + error.message;
   }

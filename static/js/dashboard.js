@@ -20,7 +20,8 @@
   }
   function tick() {
     const now = performance.now();
-    document.querySelectorAll(".swap-elapsed[data-running]").forEach(function (el) {
+    const running = ".swap-elapsed[data-running], .swap-phase-elapsed[data-running]";
+    document.querySelectorAll(running).forEach(function (el) {
       if (el.arrivedAt === undefined) el.arrivedAt = now;
       el.textContent = format(parseFloat(el.dataset.elapsed) + (now - el.arrivedAt) / 1000);
     });

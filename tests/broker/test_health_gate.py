@@ -36,7 +36,9 @@ async def test_a_down_backend_gets_a_503_at_once_without_an_upstream_attempt(acl
     elapsed = time.perf_counter() - started
 
     assert response.status_code == 503
-    assert elapsed < 0.05, f"503 took {elapsed * 1000:.1f} ms"
+    # "At once": well under one upstream attempt (a connect alone may take seconds); the
+    # bound leaves room for a loaded CI machine (it once took 51 ms against 50).
+    assert elapsed < 0.25, f"503 took {elapsed * 1000:.1f} ms"
     assert response["Retry-After"] == "5"
     error = json.loads(response.content)["error"]
     assert error["type"] == "backend_unavailable"

@@ -8,6 +8,7 @@ is the only seam: catalog TTLs are at least a minute.
 
 import asyncio
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -96,9 +97,26 @@ def test_a_request_in_flight_keeps_it_loaded_however_long_it_runs():
 
 
 def test_an_unloaded_service_is_not_unloaded_again():
-    activity = ServiceActivity()
-    activity.unloaded.add("vllm-a")
-    assert due_after(TTL * 10, route(), activity) == []
+    # Whichever broker process unloaded it: the routing table carries Service.unloaded_at.
+    assert due_after(TTL * 10, route(unloaded_at=timezone.now())) == []
+
+
+def test_vllm_sleep_on_unified_memory_only_for_models_that_opt_in():
+    """vLLM wake-ups crash on GB10 (vllm-project/vllm#50011): no idle sleep there unasked."""
+    unified = route(unified_memory=True)
+    assert due_after(TTL * 10, unified) == []
+    opted_in = table(unified)
+    entry = opted_in.catalog[0]
+    opted_in = RouteTable(
+        services=(unified,), catalog=(replace(entry, sleep_on_unified_memory=True),)
+    )
+    unloader = IdleUnloader()
+    unloader.due(opted_in, ServiceActivity(), 1000.0)
+    assert [s.name for s in unloader.due(opted_in, ServiceActivity(), 1000.0 + TTL)] == ["vllm-a"]
+    # A generic backend's unload (not vLLM's sleep) is not affected.
+    assert due_after(TTL, route(unified_memory=True, kind="http", unload_route="/unload")) == [
+        "vllm-a"
+    ]
 
 
 def test_a_newly_swapped_in_model_gets_its_full_ttl():
@@ -171,7 +189,7 @@ async def test_an_idle_model_is_unloaded_and_the_next_request_reloads_it(aclient
     assert response.status_code == 200, response.content
     assert await counter(sleepy, "sim_wakes_total") == 1
     assert httpx.get(f"{sleepy.url}/is_sleeping").json() == {"is_sleeping": False}
-    assert "vllm-a" not in get_state().activity.unloaded
+    assert await sync_to_async(unloaded_at)() is None
 
 
 @needs_db
@@ -211,19 +229,35 @@ async def test_a_failed_reload_is_a_503_naming_the_service(aclient, sleepy):
     assert error["code"] == "reload_failed" and error["service"] == "vllm-a"
     assert "load_route" in error["message"]
     assert response.headers["Retry-After"] == "10"
-    assert "vllm-a" in get_state().activity.unloaded  # the next request tries again
+    still = await sync_to_async(unloaded_at)()  # still unloaded: the next request tries again
+    assert still is not None and still <= timezone.now()
 
 
-def test_the_simulated_engine_refuses_inference_while_asleep(start_backend):
+def test_a_request_reaching_the_sleeping_engine_kills_it_as_in_vllm(start_backend):
+    """vllm-project/vllm#15483: a completion sent to a sleeping vLLM crashes the engine
+    ("CUDA error: an illegal memory access") and the server terminates; vLLM's launcher
+    answers the EngineDeadError with an empty 500 (vllm/entrypoints/launcher.py)."""
     backend = start_backend("chat-a")
     body = chat("chat-a", max_tokens=1)
     assert httpx.post(f"{backend.url}/sleep").status_code == 200
-    asleep = httpx.post(f"{backend.url}/v1/chat/completions", json=body)
-    assert asleep.status_code == 503 and "sleeping" in asleep.json()["error"]["message"]
     assert httpx.get(f"{backend.url}/health").status_code == 200  # like vLLM: still healthy
+    assert httpx.get(f"{backend.url}/is_sleeping").json() == {"is_sleeping": True}
+    asleep = httpx.post(f"{backend.url}/v1/chat/completions", json=body)
+    assert asleep.status_code == 500 and asleep.content == b""
+    assert backend.counter("sim_asleep_requests_total") == 1
+    assert httpx.get(f"{backend.url}/health").status_code == 503  # the engine is dead
+    assert backend.process.wait(timeout=10) == 1  # and the server process exits
+
+
+def test_sleep_and_wake_are_not_inference_requests(start_backend):
+    backend = start_backend("chat-a")
+    body = chat("chat-a", max_tokens=1)
+    assert httpx.post(f"{backend.url}/sleep").status_code == 200
+    assert httpx.post(f"{backend.url}/sleep").status_code == 200  # already asleep: no-op
     assert httpx.post(f"{backend.url}/wake_up").status_code == 200
     assert httpx.post(f"{backend.url}/v1/chat/completions", json=body).status_code == 200
-    assert backend.requests() == 2  # sleep and wake are not inference requests
+    assert backend.requests() == 1
+    assert backend.counter("sim_asleep_requests_total") == 0
 
 
 # -- recorded on the service row: shown, remembered across restarts, cleared by a swap ----
@@ -285,27 +319,21 @@ async def test_no_reload_while_someone_else_holds_the_lock(aclient, sleepy):
 
 
 @needs_db
-async def test_a_database_error_while_recording_does_not_fail_the_unload_or_the_request(
+async def test_a_database_error_while_claiming_unloads_nothing(
     aclient, sleepy, monkeypatch, caplog
 ):
-    """The unload and the reload happened; only their record on the service row failed
-    (the seam: the row update raises as a locked SQLite database would)."""
+    """Without its claim on the row no other process would know: the unload is skipped
+    (the seam: the conditional update raises as a locked SQLite database would)."""
     from django.db import OperationalError
 
     from arbiter.broker import residency
 
-    def locked(name, unloaded):
+    def locked(*args):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(residency, "record_unloaded", locked)
-    assert await unload_after_ttl() == ["vllm-a"]
-    assert "vllm-a" in get_state().activity.unloaded
-
+    monkeypatch.setattr(residency, "claim", locked)
+    assert await unload_after_ttl() == []
+    assert await counter(sleepy, "sim_sleeps_total") == 0
     response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
     assert response.status_code == 200, response.content
-    assert await counter(sleepy, "sim_wakes_total") == 1
-    assert "vllm-a" not in get_state().activity.unloaded
-    assert [r.getMessage() for r in caplog.records if "could not record" in r.getMessage()] == [
-        "broker: could not record vllm-a as unloaded",
-        "broker: could not record vllm-a as loaded",
-    ]
+    assert "broker: could not claim the unload of vllm-a" in caplog.text

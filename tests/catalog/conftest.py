@@ -42,8 +42,15 @@ async def aclient(api_key) -> AsyncIterator[AsyncClient]:
 
 
 def hub_model(key: str = "qwen", **fields) -> CatalogModel:
-    values = {"hub_repo": "Qwen/Qwen3-0.6B", "served_name": "Qwen/Qwen3-0.6B", **fields}
+    """A hub model; it serves as its repo's name unless another model already does
+    (served names are unique), then as its key."""
+    values = {"hub_repo": "Qwen/Qwen3-0.6B", **fields}
+    values.setdefault("served_name", free_served_name(values["hub_repo"], key))
     return CatalogModel.objects.create(key=key, **values)
+
+
+def free_served_name(preferred: str, fallback: str) -> str:
+    return fallback if CatalogModel.objects.filter(served_name=preferred).exists() else preferred
 
 
 def local_model(key: str = "finetune", path: str = "/models/team/run-1", **fields):

@@ -3,13 +3,20 @@
 import time
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 from tests.catalog.conftest import acreate_hub, acreate_local, parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TOKEN = "hf_sEcReT_tOkEn_1234567890"
-CACHE = "/models/hub-cache"
+CACHE = "/home/arbiter/.cache/huggingface/hub"  # the SSH user's, learned over SSH
+# `hf` is not on a non-interactive SSH PATH by default: the CLI runs as a module.
+HF = ["python3", "-m", "huggingface_hub.cli.hf"]
+
+
+def downloads(commands) -> list:
+    return [c for c in commands if "download" in c.argv]
 
 
 async def test_it_reports_present_absent_and_size_per_host(sim_hosts, aclient):
@@ -78,6 +85,8 @@ async def test_it_streams_download_progress_and_keeps_the_token_off_the_command_
     sim_hosts, aclient
 ):
     await acreate_hub("gated", hub_repo="acme/gated-llm-1B", served_name="gated")
+    sim_hosts.accept_hf_token("sim-b")  # AcceptEnv HF_TOKEN: sshd passes the token on
+    sim_hosts.set_sshd("sim-b", hf_on_path=True)
 
     events, arrivals = await _download(aclient, "gated", "sim-b")
 
@@ -93,7 +102,7 @@ async def test_it_streams_download_progress_and_keeps_the_token_off_the_command_
     assert done["path"] == f"{CACHE}/models--acme--gated-llm-1B"
     assert done["size_bytes"] > 2_000_000_000  # "1B" parameters in bf16, sparse
 
-    hf = [c for c in sim_hosts.commands("sim-b") if c.argv[:1] == ["hf"]]
+    hf = downloads(sim_hosts.commands("sim-b"))
     assert [c.argv for c in hf] == [
         ["hf", "download", "acme/gated-llm-1B", "--cache-dir", CACHE],
     ]
@@ -110,9 +119,9 @@ async def test_it_passes_the_revision_as_its_own_argument(sim_hosts, aclient):
     await acreate_hub("qwen", hub_revision="refs/pr/3")
     events, _ = await _download(aclient, "qwen", "sim-a")
     assert events[-1][0] == "done"
-    hf = [c.argv for c in sim_hosts.commands("sim-a") if c.argv[:1] == ["hf"]]
+    hf = [c.argv for c in downloads(sim_hosts.commands("sim-a"))]
     assert hf[-1] == [
-        "hf",
+        *HF,
         "download",
         "Qwen/Qwen3-0.6B",
         "--revision",
@@ -132,7 +141,7 @@ async def test_it_ends_the_stream_with_an_error_for_a_gated_repo_without_a_token
     assert name == "error"
     assert data["type"] == "command_failed" and data["host"] == "sim-a"
     assert "GatedRepoError" in data["message"]
-    hf = [c for c in sim_hosts.commands("sim-a") if c.argv[:1] == ["hf"]]
+    hf = downloads(sim_hosts.commands("sim-a"))
     assert "HF_TOKEN" not in hf[-1].env_names
 
 
@@ -214,3 +223,33 @@ async def test_it_reports_the_cache_size_while_the_download_is_quiet(
     lines = [data["line"] for name, data in events if name == "progress"]
     assert any(line.startswith("downloaded so far: ") for line in lines)
     assert events[-1][0] == "done"
+
+
+@override_settings(ARBITER_HF_TOKEN=TOKEN)
+async def test_a_gated_download_fails_when_sshd_drops_the_token(sim_hosts, aclient):
+    # Stock sshd_config (AcceptEnv LANG LC_*): HF_TOKEN is sent, and silently dropped.
+    await acreate_hub("gated", hub_repo="acme/gated-llm-1B", served_name="gated")
+    events, _ = await _download(aclient, "gated", "sim-a")
+    assert events[-1][0] == "error"
+    assert "GatedRepoError" in events[-1][1]["message"]
+    hf = downloads(sim_hosts.commands("sim-a"))[-1]
+    assert (hf.env_names, hf.env_dropped) == ([], ["HF_TOKEN"])
+
+
+async def test_a_download_fails_when_neither_hf_nor_its_module_is_there(sim_hosts, aclient):
+    sim_hosts.set_sshd("sim-a", hf_on_path=False, hub_module=False)
+    await acreate_hub("qwen")
+    events, _ = await _download(aclient, "qwen", "sim-a")
+    assert events[-1][0] == "error"
+    assert "No module named huggingface_hub" in events[-1][1]["message"]
+
+
+async def test_an_inventory_cache_dir_wins_over_the_setting(sim_hosts, aclient, settings):
+    from arbiter.models import Host
+
+    settings.ARBITER_HF_CACHE_DIR = "/models/shared-cache"
+    await sync_to_async(Host.objects.filter(name="sim-b").update)(hf_cache_dir="/models/hub-b")
+    await acreate_hub("qwen")
+    by_host = {e["host"]: e for e in (await aclient.get("/api/models/qwen/disk")).json()}
+    assert by_host["sim-b"]["path"] == "/models/hub-b/models--Qwen--Qwen3-0.6B"
+    assert by_host["sim-a"]["path"] == "/models/shared-cache/models--Qwen--Qwen3-0.6B"

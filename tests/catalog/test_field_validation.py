@@ -57,6 +57,11 @@ def post(client, body):
         ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
         ({"tensor_parallel_size": 65}, "tensor_parallel_size"),
         ({"tensor_parallel_hosts": ["a b"]}, "tensor_parallel_hosts"),
+        ({"tensor_parallel_hosts": ["a", "a"], "tensor_parallel_size": 2}, "tensor_parallel_hosts"),
+        ({"tensor_parallel_hosts": ["a"]}, "tensor_parallel_hosts"),
+        ({"tensor_parallel_hosts": ["a", "b"], "tensor_parallel_size": 3}, "tensor_parallel_size"),
+        ({"multi_node": "mpi"}, "multi_node"),
+        ({"multi_node": None}, "multi_node"),
         ({"max_model_len": 0}, "max_model_len"),
         ({"max_model_len": -5}, "max_model_len"),
         ({"gpu_memory_utilization": 0}, "gpu_memory_utilization"),
@@ -70,12 +75,19 @@ def post(client, body):
         ({"extra_engine_flags": ["--x=\n"]}, "extra_engine_flags"),
         ({"extra_engine_flags": ["--port=9"]}, "extra_engine_flags"),
         ({"extra_engine_flags": ["--served-model-name=other"]}, "extra_engine_flags"),
+        ({"extra_engine_flags": ["--nnodes=2"]}, "extra_engine_flags"),
+        ({"extra_engine_flags": ["--headless"]}, "extra_engine_flags"),
+        ({"extra_engine_flags": ["--distributed-executor-backend=mp"]}, "extra_engine_flags"),
         ({"extra_engine_flags": "--x"}, "extra_engine_flags"),
         ({"extra_container_args": ["--privileged"]}, "extra_container_args"),
         ({"extra_container_args": ["--env=HF_TOKEN=x"]}, "extra_container_args"),
         ({"extra_container_args": ["-e", "A=1"]}, "extra_container_args"),
         ({"extra_container_args": ["--volume=/:/host"]}, "extra_container_args"),
         ({"extra_container_args": ["--network=host"]}, "extra_container_args"),
+        ({"extra_container_args": ["--env=VLLM_HOST_IP=10.0.0.1"]}, "extra_container_args"),
+        ({"extra_container_args": ["--env=VLLM_API_KEY=k"]}, "extra_container_args"),
+        ({"extra_container_args": ["--env=NCCL_DEBUG=$(id)"]}, "extra_container_args"),
+        ({"extra_container_args": ["--device=/dev/nvidia0"]}, "extra_container_args"),
         ({"extra_container_args": ["--shm-size"]}, "extra_container_args"),
         ({"extra_container_args": ["--shm-size=16 g"]}, "extra_container_args"),
         ({"extra_container_args": ["--ipc=container:other"]}, "extra_container_args"),
@@ -133,7 +145,11 @@ def test_it_lists_every_problem_in_the_error_body(key_client):
     ("changes", "field", "value"),
     [
         ({"image": "nvcr.io/nvidia/vllm:25.09-py3"}, "image", "nvcr.io/nvidia/vllm:25.09-py3"),
-        ({"image": "localhost:5000/team/vllm@sha256:" + "a" * 64}, "image", None),
+        (
+            {"image": "localhost:5000/team/vllm@sha256:" + "a" * 64, "command": ["vllm", "serve"]},
+            "image",
+            None,
+        ),
         ({"image": "vllm/vllm-openai"}, "image", "vllm/vllm-openai"),
         ({"hub_revision": "refs/pr/12"}, "hub_revision", "refs/pr/12"),
         ({"hub_revision": "a" * 40}, "hub_revision", "a" * 40),
@@ -153,9 +169,23 @@ def test_it_lists_every_problem_in_the_error_body(key_client):
             "extra_container_args",
             ["--shm-size=16g", "--ipc=host", "--ulimit=memlock=-1"],
         ),
+        (
+            {"extra_container_args": ["--device=/dev/infiniband", "--env=NCCL_IB_DISABLE=0"]},
+            "extra_container_args",
+            ["--device=/dev/infiniband", "--env=NCCL_IB_DISABLE=0"],
+        ),
+        ({"multi_node": "ray"}, "multi_node", "ray"),
+        ({}, "multi_node", "native"),
+        (
+            {"tensor_parallel_hosts": ["a", "b"], "tensor_parallel_size": 2},
+            "tensor_parallel_hosts",
+            ["a", "b"],
+        ),
     ],
 )
-def test_it_accepts_a_good_value(changes, field, value):
+def test_it_accepts_a_good_value(settings, changes, field, value):
+    # A private registry image is well-formed; the deployment must also allow it.
+    settings.ARBITER_ALLOWED_IMAGES = [*settings.ARBITER_ALLOWED_IMAGES, "localhost:5000/team/*"]
     cleaned = validate_catalog_fields({**HUB, **changes})
     assert cleaned[field] == (value if value is not None else changes[field])
 

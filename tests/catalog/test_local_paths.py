@@ -6,11 +6,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from arbiter.engine.ssh import SshTarget, get_pool
+from arbiter.engine.ssh import get_pool
 from arbiter.errors import InvalidInput
-from arbiter.inventory import load_inventory
 from catalog.disk import model_disk_status
 from catalog.validation import FIELDS, normalize_local_path, validate_catalog_fields
+from tests.sim_fixtures import target_for
 
 ROOTS = ["/models"]
 
@@ -87,22 +87,9 @@ def test_it_names_the_roots_in_the_message():
 # -- symlinks are resolved on the host -------------------------------------------------
 
 
-def _target(sim_cluster, name: str) -> SshTarget:
-    host = next(h for h in load_inventory(sim_cluster.config_path).hosts if h.name == name)
-    return SshTarget(
-        name=host.name,
-        address=host.address,
-        port=host.ssh_port,
-        user=host.ssh_user,
-        key_path=host.ssh_key or "",
-        known_hosts_file=host.known_hosts or "",
-        connect_timeout=2.0,
-    )
-
-
 @pytest.fixture
 async def sim_a(sim_cluster):
-    yield sim_cluster.hosts["sim-a"], _target(sim_cluster, "sim-a")
+    yield sim_cluster.hosts["sim-a"], target_for(sim_cluster, "sim-a")
     await get_pool().close()
 
 

@@ -177,8 +177,8 @@ def test_it_requires_authentication():
     assert not CatalogModel.objects.exists()
 
 
-def test_it_lets_a_logged_in_non_staff_user_add_a_model_with_csrf(bob, csrf_client):
-    csrf_client.force_login(bob)
+def test_it_lets_a_logged_in_non_staff_operator_add_a_model_with_csrf(operator_bob, csrf_client):
+    csrf_client.force_login(operator_bob)
     refused = post(csrf_client, {"key": "x", "hub_repo": "a/b"})
     assert refused.status_code == 403  # session without the CSRF token
     csrf_client.get("/catalog/")  # sets the CSRF cookie, as the page does for htmx

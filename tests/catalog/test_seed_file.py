@@ -84,7 +84,7 @@ models:
         f"{path}: models[1].hub_repo,local_path: give exactly one of hub_repo (a hub model) "
         "or local_path (weights on the host); both were given",
         f"{path}: models[2].port: must be an integer 1-65535, got 'x'",
-        f"{path}: models[2].gpu_memory_utilization: must be a number in (0, 1], got 2",
+        f"{path}: models[2].gpu_memory_utilization: must be a number in (0, 1] or null, got 2",
         f"{path}: models[3].local_path: must not contain '..' segments",
         f'{path}: models[4].imagee: unknown key (did you mean "image"?)',
         f'{path}: models[4].key: duplicate key "ok-model" (also models[0])',

@@ -5,12 +5,12 @@ import os
 import pytest
 
 from arbiter.engine.ssh import get_pool, run
-from tests.catalog.test_local_paths import _target
+from tests.sim_fixtures import target_for
 
 
 @pytest.fixture
 async def sim_a(sim_cluster):
-    yield sim_cluster.hosts["sim-a"], _target(sim_cluster, "sim-a")
+    yield sim_cluster.hosts["sim-a"], target_for(sim_cluster, "sim-a")
     await get_pool().close()
 
 
@@ -26,10 +26,11 @@ async def test_it_refuses_to_remove_the_root(sim_a):
 async def test_it_removes_a_symlink_not_its_target(sim_a):
     host, target = sim_a
     host.fs.add_file("/srv/keep/model.safetensors", size=10)
-    os.symlink("/srv/keep", host.fs.local("/models/hub-cache/link"))
-    result = await run(target, ["rm", "-rf", "--", "/models/hub-cache/link"], timeout=5)
+    link = "/home/arbiter/.cache/huggingface/hub/link"
+    os.symlink("/srv/keep", host.fs.local(link))
+    result = await run(target, ["rm", "-rf", "--", link], timeout=5)
     assert result.exit_status == 0
-    assert not host.fs.local("/models/hub-cache/link").is_symlink()
+    assert not host.fs.local(link).is_symlink()
     assert host.fs.kind("/srv/keep/model.safetensors") == "file"
 
 
@@ -57,6 +58,9 @@ async def test_realpath_reports_a_symlink_loop(sim_a):
 
 async def test_hf_download_defaults_to_the_users_cache_and_rejects_unknown_options(sim_a):
     host, target = sim_a
+    missing = await run(target, ["hf", "download", "org/tiny-model"], timeout=5, check=False)
+    assert (missing.exit_status, missing.stderr) == (127, "sh: 1: hf: not found\n")
+    host.set_sshd(hf_on_path=True)
     result = await run(target, ["hf", "download", "org/tiny-model"], timeout=5)
     snapshot = result.stdout.strip().splitlines()[-1]
     assert snapshot.startswith("/home/arbiter/.cache/huggingface/hub/models--org--tiny-model/")

@@ -497,3 +497,35 @@ def test_a_quiet_stream_times_out_cancels_and_releases(capsys):
         "GET /api/swap/9",
         "DELETE /api/swap/lock",
     ]
+
+
+def test_a_release_that_meets_server_errors_is_sent_again_until_it_lands(capsys, monkeypatch):
+    """At the HTTP seam: the release answers 500, then 503, then 204. The lock must not
+    stay held because one answer was a server error (issue 17)."""
+    monkeypatch.setattr("coordination.client.job.RELEASE_DELAYS", (0.0, 0.0, 0.0, 0.0))
+    releases: list[int] = []
+    answers = iter([500, 503, 204])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        route = (request.method, request.url.path)
+        if route == ("POST", "/api/swap/lock"):
+            return httpx.Response(201, json={"token": "t0k", "generation": 1, "expires_at": "x"})
+        if route == ("POST", "/api/swap"):
+            return httpx.Response(202, json={"id": 3})
+        if route == ("GET", "/api/swap/3/stream"):
+            final = {"swap_id": 3, "state": "complete", "final": True, "error": "", "detail": "ok"}
+            return httpx.Response(200, text=f"event: state\ndata: {json.dumps(final)}\n\n")
+        if route == ("DELETE", "/api/swap/lock"):
+            status = next(answers)
+            releases.append(status)
+            if status == 204:
+                return httpx.Response(204)
+            return httpx.Response(status, json={"error": {"message": "too many clients"}})
+        return httpx.Response(404, json={"error": {"message": f"no route {route}"}})
+
+    options = client.parse_args([*REQUIRED, "--url", "http://arbiter"], env=ENV)
+    api = client.ArbiterApi(options.url, options.api_key, transport=httpx.MockTransport(answer))
+    assert client.SwapJob(api, options, client.Reporter(quiet=False)).run() == client.EXIT_OK
+    assert releases == [500, 503, 204]
+    err = capsys.readouterr().err
+    assert "release attempt 1 failed" in err and "lock released" in err

@@ -161,8 +161,8 @@ def test_it_releases_with_a_release_record_and_the_next_grant_is_higher(key_clie
     assert acquire(key_client).json()["generation"] == grant["generation"] + 1
 
 
-def test_it_lets_a_session_user_take_the_lock(bob, csrf_client):
-    csrf_client.force_login(bob)
+def test_it_lets_a_session_user_take_the_lock(operator_bob, csrf_client):
+    csrf_client.force_login(operator_bob)
     csrf_client.get("/")  # sets the CSRF cookie
     csrf_token = csrf_client.cookies["csrftoken"].value
     response = csrf_client.post(

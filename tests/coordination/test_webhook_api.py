@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 from coordination import webhooks
 from coordination.models import WebhookDelivery, WebhookEndpoint
 from coordination.secrets_box import secret_key_bytes
+from tests.conftest import grant
 from tests.coordination.test_webhook_receiver import Receiver, Reply, make_endpoint
 
 pytestmark = pytest.mark.django_db
@@ -29,9 +30,9 @@ def emit(event_type="swap_complete", payload=None):
         return webhooks.emit_event(event_type, payload or {"swap_id": 1})
 
 
-def test_it_creates_an_endpoint_and_shows_the_secret_once(key_client):
+def test_it_creates_an_endpoint_and_shows_the_secret_once(admin_key_client):
     response = post(
-        key_client,
+        admin_key_client,
         "/api/webhooks",
         {"url": "https://hooks.example.com/arbiter", "events": ["swap_failed"]},
     )
@@ -44,20 +45,24 @@ def test_it_creates_an_endpoint_and_shows_the_secret_once(key_client):
     assert body["enabled"] is True
     assert body["previous_secret_expires_at"] is None
 
-    listed = key_client.get("/api/webhooks")
+    listed = admin_key_client.get("/api/webhooks")
     assert listed.status_code == 200
     assert [e["id"] for e in listed.json()] == [body["id"]]
     assert "secret" not in listed.json()[0]
     assert secret.removeprefix("whsec_") not in listed.content.decode()
 
-    again = post(key_client, "/api/webhooks", {"url": "http://10.0.0.5:9000/hook"}).json()
+    again = post(
+        admin_key_client, "/api/webhooks", {"url": "http://hooks.example.net:9000/hook"}
+    ).json()
     assert again["secret"] != secret
     assert again["events"] == []  # every event
 
 
-def test_it_keeps_a_given_secret_and_signs_with_it(key_client):
+def test_it_keeps_a_given_secret_and_signs_with_it(admin_key_client):
     with Receiver() as receiver:
-        response = post(key_client, "/api/webhooks", {"url": receiver.url, "secret": GOOD_SECRET})
+        response = post(
+            admin_key_client, "/api/webhooks", {"url": receiver.url, "secret": GOOD_SECRET}
+        )
         assert response.json()["secret"] == GOOD_SECRET
         delivery = WebhookDelivery.objects.get(event=emit())
         webhooks.attempt_delivery(delivery.pk)
@@ -90,8 +95,8 @@ def test_it_keeps_a_given_secret_and_signs_with_it(key_client):
         ({"url": "http://x.example/", "colour": "blue"}, "colour"),
     ],
 )
-def test_it_rejects_bad_input_naming_the_field(key_client, data, field):
-    response = post(key_client, "/api/webhooks", data)
+def test_it_rejects_bad_input_naming_the_field(admin_key_client, data, field):
+    response = post(admin_key_client, "/api/webhooks", data)
     assert response.status_code == 422, response.content
     error = response.json()["error"]
     assert error["type"] == "validation_error"
@@ -102,26 +107,35 @@ def test_it_rejects_bad_input_naming_the_field(key_client, data, field):
         assert secret not in response.content.decode()
 
 
-def test_it_rejects_a_body_that_is_not_json(key_client):
-    response = key_client.post("/api/webhooks", "url=x", content_type="application/json")
+def test_it_rejects_a_body_that_is_not_json(admin_key_client):
+    response = admin_key_client.post("/api/webhooks", "url=x", content_type="application/json")
     assert response.status_code in (400, 422)
     assert not WebhookEndpoint.objects.exists()
 
 
-def test_it_lets_only_keys_and_staff_change_endpoints(alice, bob, settings):
+def test_it_lets_only_admins_change_endpoints(alice, bob, api_key, settings):
     staff = Client()
     staff.force_login(alice)
     assert post(staff, "/api/webhooks", {"url": "http://a.example/"}).status_code == 201
 
+    viewer = Client()
+    viewer.force_login(bob)
+    assert viewer.get("/api/webhooks").status_code == 403  # reading them needs an operator
+    grant(bob, "operator")
     watcher = Client()
     watcher.force_login(bob)
     refused = post(watcher, "/api/webhooks", {"url": "http://b.example/"})
     assert refused.status_code == 403
     assert refused.json()["error"]["type"] == "forbidden"
+    assert "needs the admin role" in refused.json()["error"]["message"]
     endpoint = WebhookEndpoint.objects.get()
     assert watcher.delete(f"/api/webhooks/{endpoint.pk}").status_code == 403
     assert post(watcher, f"/api/webhooks/{endpoint.pk}/rotate").status_code == 403
     assert watcher.get("/api/webhooks").status_code == 200
+
+    operator_key = Client(headers={"Authorization": f"Bearer {api_key}"})
+    assert post(operator_key, "/api/webhooks", {"url": "http://d.example/"}).status_code == 403
+    assert operator_key.get("/api/webhooks").status_code == 200
 
     assert post(Client(), "/api/webhooks", {"url": "http://c.example/"}).status_code == 401
     settings.ARBITER_ANONYMOUS_READS = True
@@ -129,20 +143,20 @@ def test_it_lets_only_keys_and_staff_change_endpoints(alice, bob, settings):
     assert WebhookEndpoint.objects.count() == 1
 
 
-def test_it_deletes_an_endpoint_with_its_deliveries(key_client):
+def test_it_deletes_an_endpoint_with_its_deliveries(admin_key_client):
     endpoint, _ = make_endpoint("http://127.0.0.1:9/hook")
     emit()
-    assert key_client.delete(f"/api/webhooks/{endpoint.pk}").status_code == 204
+    assert admin_key_client.delete(f"/api/webhooks/{endpoint.pk}").status_code == 204
     assert not WebhookEndpoint.objects.exists()
     assert not WebhookDelivery.objects.exists()
-    missing = key_client.delete(f"/api/webhooks/{endpoint.pk}")
+    missing = admin_key_client.delete(f"/api/webhooks/{endpoint.pk}")
     assert missing.status_code == 404
     assert missing.json()["error"]["field"] == "webhook_id"
 
 
-def test_it_rotates_a_secret_keeping_the_previous_for_24_hours(key_client):
+def test_it_rotates_a_secret_keeping_the_previous_for_24_hours(admin_key_client):
     endpoint, old_secret = make_endpoint("http://127.0.0.1:9/hook")
-    response = post(key_client, f"/api/webhooks/{endpoint.pk}/rotate")
+    response = post(admin_key_client, f"/api/webhooks/{endpoint.pk}/rotate")
     assert response.status_code == 200
     body = response.json()
     assert body["secret"].startswith("whsec_") and body["secret"] != old_secret
@@ -150,15 +164,15 @@ def test_it_rotates_a_secret_keeping_the_previous_for_24_hours(key_client):
     assert webhooks.signing_secrets(endpoint) == [body["secret"], old_secret]
     left = endpoint.previous_secret_expires_at - timezone.now()
     assert timedelta(hours=23, minutes=59) < left <= timedelta(hours=24)
-    listed = key_client.get("/api/webhooks").json()[0]
+    listed = admin_key_client.get("/api/webhooks").json()[0]
     assert listed["previous_secret_expires_at"] is not None
-    assert body["secret"] not in key_client.get("/api/webhooks").content.decode()
+    assert body["secret"] not in admin_key_client.get("/api/webhooks").content.decode()
 
 
-def test_it_rotates_to_a_given_secret_for_a_given_overlap(key_client):
+def test_it_rotates_to_a_given_secret_for_a_given_overlap(admin_key_client):
     endpoint, old_secret = make_endpoint("http://127.0.0.1:9/hook")
     response = post(
-        key_client,
+        admin_key_client,
         f"/api/webhooks/{endpoint.pk}/rotate",
         {"secret": GOOD_SECRET, "previous_valid_hours": 2},
     )
@@ -167,7 +181,7 @@ def test_it_rotates_to_a_given_secret_for_a_given_overlap(key_client):
     left = endpoint.previous_secret_expires_at - timezone.now()
     assert timedelta(hours=1, minutes=59) < left <= timedelta(hours=2)
 
-    post(key_client, f"/api/webhooks/{endpoint.pk}/rotate", {"previous_valid_hours": 0})
+    post(admin_key_client, f"/api/webhooks/{endpoint.pk}/rotate", {"previous_valid_hours": 0})
     endpoint.refresh_from_db()
     assert len(webhooks.signing_secrets(endpoint)) == 1
 
@@ -182,22 +196,22 @@ def test_it_rotates_to_a_given_secret_for_a_given_overlap(key_client):
         ({"secret": ""}, "secret"),
     ],
 )
-def test_it_rejects_a_bad_rotation(key_client, data, field):
+def test_it_rejects_a_bad_rotation(admin_key_client, data, field):
     endpoint, old_secret = make_endpoint("http://127.0.0.1:9/hook")
-    response = post(key_client, f"/api/webhooks/{endpoint.pk}/rotate", data)
+    response = post(admin_key_client, f"/api/webhooks/{endpoint.pk}/rotate", data)
     assert response.status_code == 422
     assert response.json()["error"]["field"] == field
     endpoint.refresh_from_db()
     assert webhooks.signing_secrets(endpoint) == [old_secret]
 
 
-def test_it_answers_404_for_an_unknown_webhook(key_client):
-    assert post(key_client, "/api/webhooks/999/rotate").status_code == 404
-    assert key_client.get("/api/webhooks/999/deliveries").status_code == 404
-    assert post(key_client, "/api/webhooks/deliveries/999/redeliver").status_code == 404
+def test_it_answers_404_for_an_unknown_webhook(admin_key_client):
+    assert post(admin_key_client, "/api/webhooks/999/rotate").status_code == 404
+    assert admin_key_client.get("/api/webhooks/999/deliveries").status_code == 404
+    assert post(admin_key_client, "/api/webhooks/deliveries/999/redeliver").status_code == 404
 
 
-def test_it_lists_deliveries_with_every_attempt(key_client):
+def test_it_lists_deliveries_with_every_attempt(admin_key_client):
     with Receiver(Reply(503, body=b"warming up"), 200) as receiver:
         endpoint, _ = make_endpoint(receiver.url)
         event = emit()
@@ -205,7 +219,7 @@ def test_it_lists_deliveries_with_every_attempt(key_client):
         now = timezone.now()
         webhooks.attempt_delivery(delivery.pk, now=now)
         webhooks.attempt_delivery(delivery.pk, now=now + timedelta(seconds=5))
-    response = key_client.get(f"/api/webhooks/{endpoint.pk}/deliveries")
+    response = admin_key_client.get(f"/api/webhooks/{endpoint.pk}/deliveries")
     assert response.status_code == 200
     [listed] = response.json()
     assert listed["event_id"] == event.event_id
@@ -220,13 +234,13 @@ def test_it_lists_deliveries_with_every_attempt(key_client):
     assert [a["response_excerpt"] for a in listed["attempt_log"]] == ["warming up", "ok"]
     assert all(a["latency_ms"] >= 0 and a["at"] for a in listed["attempt_log"])
 
-    bad_limit = key_client.get(f"/api/webhooks/{endpoint.pk}/deliveries?limit=0")
+    bad_limit = admin_key_client.get(f"/api/webhooks/{endpoint.pk}/deliveries?limit=0")
     assert bad_limit.status_code == 422
     assert bad_limit.json()["error"]["field"] == "limit"
 
 
 def test_redeliver_sends_the_same_event_again_with_the_same_id(
-    key_client, django_capture_on_commit_callbacks
+    admin_key_client, django_capture_on_commit_callbacks
 ):
     with Receiver() as receiver:
         endpoint, secret = make_endpoint(receiver.url)
@@ -235,7 +249,7 @@ def test_redeliver_sends_the_same_event_again_with_the_same_id(
         webhooks.attempt_delivery(delivery.pk)
 
         with django_capture_on_commit_callbacks() as callbacks:
-            response = post(key_client, f"/api/webhooks/deliveries/{delivery.pk}/redeliver")
+            response = post(admin_key_client, f"/api/webhooks/deliveries/{delivery.pk}/redeliver")
         assert response.status_code == 202
         assert response.json()["event_id"] == event.event_id
         assert response.json()["status"] == "pending"
@@ -254,11 +268,11 @@ def test_redeliver_sends_the_same_event_again_with_the_same_id(
     )
 
 
-def test_redeliver_is_refused_for_a_disabled_endpoint(key_client):
+def test_redeliver_is_refused_for_a_disabled_endpoint(admin_key_client):
     with Receiver(410) as receiver:
         make_endpoint(receiver.url)
         delivery = WebhookDelivery.objects.get(event=emit())
         webhooks.attempt_delivery(delivery.pk)
-    response = post(key_client, f"/api/webhooks/deliveries/{delivery.pk}/redeliver")
+    response = post(admin_key_client, f"/api/webhooks/deliveries/{delivery.pk}/redeliver")
     assert response.status_code == 409
     assert "disabled" in response.json()["error"]["message"]

@@ -145,6 +145,12 @@ def test_it_follows_the_whole_schedule_then_gives_up():
         ("0", timedelta(0)),
         ("9999999999", timedelta(hours=24)),  # bounded
         ("soon", timedelta(seconds=5)),  # unreadable: the schedule applies
+        # Not plain ASCII digits (str.isdigit() takes "²", int() refuses it), a sign, an
+        # exponent, a date past datetime's range: unreadable, never an error.
+        ("\u00b2", timedelta(seconds=5)),
+        ("-5", timedelta(seconds=5)),
+        ("1e3", timedelta(seconds=5)),
+        ("Mon, 01 Jan 99999 00:00:00 GMT", timedelta(seconds=5)),
     ],
 )
 def test_it_honours_retry_after_seconds(header, expected):

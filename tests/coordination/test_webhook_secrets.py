@@ -38,14 +38,14 @@ def stored_columns() -> list[str]:
         return [str(value) for row in cursor.fetchall() for value in row]
 
 
-def test_it_stores_secrets_encrypted(key_client):
-    response = key_client.post(
+def test_it_stores_secrets_encrypted(admin_key_client):
+    response = admin_key_client.post(
         "/api/webhooks",
         {"url": "http://127.0.0.1:9/hook", "secret": GIVEN_SECRET},
         content_type="application/json",
     )
     endpoint = WebhookEndpoint.objects.get(pk=response.json()["id"])
-    rotated = key_client.post(
+    rotated = admin_key_client.post(
         f"/api/webhooks/{endpoint.pk}/rotate", {}, content_type="application/json"
     ).json()["secret"]
 
@@ -99,24 +99,24 @@ def test_an_unreadable_secret_fails_the_attempt_without_sending(settings):
     assert "cannot be decrypted" in delivery.attempt_log.get().error
 
 
-def test_secrets_never_appear_in_logs_responses_or_attempts(key_client, caplog):
+def test_secrets_never_appear_in_logs_responses_or_attempts(admin_key_client, caplog):
     caplog.set_level(logging.DEBUG)
     with (
         Receiver(Reply(503, body=b"nope"), 200) as flaky,
         Receiver(Reply(410), default=500) as gone,
     ):
-        created = key_client.post(
+        created = admin_key_client.post(
             "/api/webhooks",
             {"url": flaky.url, "secret": GIVEN_SECRET},
             content_type="application/json",
         ).json()
-        generated = key_client.post(
+        generated = admin_key_client.post(
             "/api/webhooks", {"url": gone.url}, content_type="application/json"
         ).json()["secret"]
-        rotated = key_client.post(
+        rotated = admin_key_client.post(
             f"/api/webhooks/{created['id']}/rotate", {}, content_type="application/json"
         ).json()["secret"]
-        bad = key_client.post(
+        bad = admin_key_client.post(
             f"/api/webhooks/{created['id']}/rotate",
             {"secret": "whsec_" + base64.b64encode(b"short").decode()},
             content_type="application/json",
@@ -128,8 +128,10 @@ def test_secrets_never_appear_in_logs_responses_or_attempts(key_client, caplog):
         for delivery in WebhookDelivery.objects.filter(event=event, status="pending"):
             delivery.refresh_from_db()
             webhooks.attempt_delivery(delivery.pk, now=delivery.next_attempt_at)
-        listing = key_client.get("/api/webhooks").content.decode()
-        deliveries = key_client.get(f"/api/webhooks/{created['id']}/deliveries").content.decode()
+        listing = admin_key_client.get("/api/webhooks").content.decode()
+        deliveries = admin_key_client.get(
+            f"/api/webhooks/{created['id']}/deliveries"
+        ).content.decode()
 
     assert len(flaky.requests) == 2 and len(gone.requests) == 1
     assert "webhook" in caplog.text  # the flow did log

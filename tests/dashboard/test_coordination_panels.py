@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import connections
 from django.test import Client
 from django.utils import timezone
@@ -54,6 +55,12 @@ def opening_tag(html: str, element_id: str) -> str:
     match = re.search(rf'<\w+[^>]* id="{element_id}"[^>]*>', html)
     assert match, f"no #{element_id}"
     return match.group(0)
+
+
+def operator(user):
+    """Put `user` in the operator group: the webhook panel is not shown to viewers."""
+    user.groups.add(Group.objects.get_or_create(name="operator")[0])
+    return user
 
 
 def logged_in(user) -> Client:
@@ -340,6 +347,7 @@ class TestWebhookPanel:
 @pytest.mark.django_db
 class TestPageAndPolls:
     def test_the_page_includes_the_three_panels(self, bob):
+        operator(bob)  # webhooks are read by operators (dashboard/roles.py)
         locks.acquire("nightly-eval", 600)
         html = logged_in(bob).get("/").content.decode()
         assert '<div id="lock-banner" hidden></div>' not in html
@@ -365,6 +373,7 @@ class TestPageAndPolls:
         ],
     )
     def test_poll_views_serve_the_fragment_by_its_id(self, bob, path, element_id):
+        operator(bob)
         response = logged_in(bob).get(path, headers={"HX-Request": "true"})
         assert response.status_code == 200
         section(response.content.decode(), element_id)
@@ -384,7 +393,7 @@ class TestPageAndPolls:
 async def _connected_dashboard() -> WebsocketCommunicator:
     @sync_to_async
     def session_cookie() -> str:
-        get_user_model().objects.create_user("carol", password="pw-123456")
+        operator(get_user_model().objects.create_user("carol", password="pw-123456"))
         client = Client()
         client.login(username="carol", password="pw-123456")
         return client.cookies["sessionid"].value

@@ -63,3 +63,12 @@ def test_a_service_the_broker_unloaded_says_so_on_its_tile(bob):
     awake = html[html.index('id="service-awake"') :]
     assert 'class="badge badge-unloaded"' in asleep and "unloaded 3 min" in asleep
     assert "badge-unloaded" not in awake
+
+
+@pytest.mark.parametrize("path", ["/", "/catalog/"])
+def test_no_template_comment_is_printed_as_text(bob, path):
+    # Django's `{# #}` ends at the line's end: a multi-line one is printed verbatim.
+    client = Client()
+    client.force_login(bob)
+    html = client.get(path).content.decode()
+    assert "{#" not in html and "#}" not in html

@@ -11,6 +11,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.pictures import picture
+
 pytestmark = pytest.mark.e2e
 
 MODEL, REPO, HOST = "bge-small", "BAAI/bge-small-en-v1.5", "sim-b"
@@ -36,10 +38,15 @@ WATCH_LOG = """([model, host]) => {
 }"""
 
 
+HF_MODULE = ["python3", "-m", "huggingface_hub.cli.hf"]
+CACHE = "/home/arbiter/.cache/huggingface/hub"  # the SSH user's hub cache, the default
+
+
 def hf_downloads(simulator, host: str) -> list[list[str]]:
-    """The `hf download` argv lists the simulated host received."""
+    """The hub CLI's download argv lists the simulated host received (`hf` is not on a
+    non-interactive PATH by default, so Arbiter runs it as `python3 -m ...`)."""
     commands = simulator.commands(host)["commands"]
-    return [argv for c in commands for argv in c["argvs"] if argv[:2] == ["hf", "download"]]
+    return [argv for c in commands for argv in c["argvs"] if "download" in argv]
 
 
 def test_it_downloads_a_hub_model_with_progress_and_deletes_it(
@@ -69,7 +76,7 @@ def test_it_downloads_a_hub_model_with_progress_and_deletes_it(
     expect(log).to_contain_text("Fetching 4 files:   0%")
     expect(log).to_contain_text("Fetching 4 files: 100%")
     expect(log).to_contain_text("/models--BAAI--bge-small-en-v1.5/snapshots/")
-    card.screenshot(path=str(artifacts / "catalog-disk-download.png"))
+    picture(page, f"#model-{MODEL}", artifacts / "catalog-disk-download.png")
 
     # The lines arrived while the download ran: the log grew in more than one step
     # before the row turned present, and the button stayed disabled meanwhile.
@@ -81,9 +88,7 @@ def test_it_downloads_a_hub_model_with_progress_and_deletes_it(
     assert seen[-1]["lines"] >= 7, seen  # "Downloading ...", 5 bars, the snapshot folder
 
     # The host really received one `hf download` into Arbiter's cache, and the API agrees.
-    assert hf_downloads(simulator, HOST) == [
-        ["hf", "download", REPO, "--cache-dir", "/models/hub-cache"]
-    ]
+    assert hf_downloads(simulator, HOST) == [[*HF_MODULE, "download", REPO, "--cache-dir", CACHE]]
     disk = page.request.get(f"{live_arbiter.url}/api/models/{MODEL}/disk").json()
     by_host = {entry["host"]: entry for entry in disk}
     assert by_host[HOST]["present"] is True and by_host[HOST]["size_bytes"] > 1024**3
@@ -111,7 +116,7 @@ def test_it_downloads_a_hub_model_with_progress_and_deletes_it(
         for argv in c["argvs"]
         if argv[:2] == ["rm", "-rf"]
     ]
-    assert removes == [["rm", "-rf", "--", "/models/hub-cache/models--BAAI--bge-small-en-v1.5"]]
+    assert removes == [["rm", "-rf", "--", f"{CACHE}/models--BAAI--bge-small-en-v1.5"]]
 
 
 def test_it_offers_no_disk_buttons_for_local_models_or_unreachable_hosts(
@@ -163,7 +168,9 @@ def test_it_shows_why_a_download_failed_and_lets_it_be_tried_again(live_arbiter,
 
         alert = card.locator(".disk-error")
         expect(alert).to_have_attribute("role", "alert")
-        expect(alert).to_contain_text("sim-a: hf exited with status 1", timeout=DOWNLOAD_MS)
+        # `hf` is not on a stock non-interactive PATH: the download ran through its module.
+        expect(alert).to_contain_text("sim-a: python3 exited with status 1", timeout=DOWNLOAD_MS)
+        expect(alert).not_to_contain_text("sim-a: sim-a:")
         expect(alert).to_contain_text("GatedRepoError")
         expect(row.get_by_role("button", name="Download")).to_be_enabled()
         expect(row).to_have_class("disk-absent")

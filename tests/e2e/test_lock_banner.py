@@ -82,7 +82,8 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def api(live_arbiter) -> Iterator[httpx.Client]:
     """The API as a cron job calls it: with an API key made by `manage.py create_api_key`."""
-    key = live_arbiter.manage("create_api_key", "e2e lock banner").strip()
+    # Admin: it also registers the webhook receiver (a webhook write, arbiter.roles).
+    key = live_arbiter.manage("create_api_key", "e2e lock banner", "--role", "admin").strip()
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=live_arbiter.url, headers=headers, timeout=10) as client:
         yield client

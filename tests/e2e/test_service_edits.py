@@ -8,6 +8,8 @@ inventory lists `sim-b-tts` as disabled, so it starts without a tile, named in t
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.pictures import picture
+
 pytestmark = pytest.mark.e2e
 
 SERVICE = "sim-b-tts"
@@ -37,7 +39,7 @@ def test_a_service_enabled_from_the_dashboard_stays_enabled_after_a_restart(
         expect(viewer.locator(f"#service-disabled-{SERVICE}")).to_have_count(0)
     expect(page.locator("#services-error")).to_be_empty()
     assert endpoint(page, live_arbiter.url)["disabled"] is False
-    page.locator("#services-panel").screenshot(path=str(artifacts / "service-enabled.png"))
+    picture(page, "#services-panel", artifacts / "service-enabled.png")
 
     # kill -9 and start again: serve reloads the simulator's cluster file, which still
     # says `disabled: true`; the dashboard's edit wins.

@@ -12,6 +12,8 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.pictures import picture
+
 pytestmark = pytest.mark.e2e
 
 MODEL, HOST = "smollm2-instruct", "sim-b"
@@ -57,7 +59,7 @@ def watch_swap(page, artifacts) -> list[dict]:
             if not pictured and card["state"] == "waiting_healthy" and len(card["stdout"]) > 3:
                 pictured = True
                 shot = artifacts / "swap-panel-running.png"
-                page.locator("#swap-panel").screenshot(path=str(shot))
+                picture(page, "#swap-panel", shot)
             if card["state"] in ("complete", "failed", "cancelled"):
                 return snapshots
         page.wait_for_timeout(100)
@@ -141,7 +143,7 @@ def test_it_swaps_a_model_in_from_the_catalog_and_watches_it_complete(
     assert [t["state"] for t in detail["transitions"]] == ORDER
     assert detail["state"] == "complete"
 
-    page.locator("#swap-panel").screenshot(path=str(artifacts / "swap-panel.png"))
+    picture(page, "#swap-panel", artifacts / "swap-panel.png")
 
 
 def test_it_cancels_a_running_swap_and_keeps_an_open_log_open(live_arbiter, logged_in_page):

@@ -9,7 +9,7 @@ from arbiter.engine.gpu import (
     parse_meminfo,
     parse_nvidia_smi_csv,
 )
-from arbiter.engine.sampler import SECTION_MARK, parse_batch
+from arbiter.engine.sampler import GPU_OK_MARK, SECTION_MARK, parse_batch
 
 # Lines in the shape nvidia-smi prints for
 # --query-gpu=index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw
@@ -99,7 +99,7 @@ def test_it_falls_back_to_memfree_on_old_kernels():
 
 
 def test_it_splits_the_batched_sample():
-    readings, meminfo = parse_batch(f"{GB10_LINE}{SECTION_MARK}\n{MEMINFO}")
+    readings, meminfo = parse_batch(f"{GB10_LINE}{GPU_OK_MARK}\n{SECTION_MARK}\n{MEMINFO}")
     assert readings[0].unified_memory
     assert meminfo.total_mib == 125508
 

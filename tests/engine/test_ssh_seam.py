@@ -1,8 +1,6 @@
 """The SSH seam against the simulator's real asyncssh servers."""
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
@@ -10,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from arbiter.engine.ssh import SshPool, SshTarget, join_argv
+from arbiter.engine.ssh import join_argv
 from arbiter.errors import (
     CommandFailed,
     CommandTimeout,
@@ -18,40 +16,7 @@ from arbiter.errors import (
     HostUnreachable,
     SshAuthFailed,
 )
-from arbiter.inventory import load_inventory
-from arbiter.simulator.cluster import SimulatedCluster
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[SimulatedCluster]:
-    cluster = SimulatedCluster(tmp_path / "sim", startup_delay=0.4, control=False)
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop(kill_containers=True)
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[SshPool]:
-    pool = SshPool()
-    yield pool
-    await pool.close()
-
-
-def target_for(sim: SimulatedCluster, name: str, **changes) -> SshTarget:
-    """The target exactly as Arbiter builds it from the simulator's inventory file."""
-    host = next(h for h in load_inventory(sim.config_path).hosts if h.name == name)
-    target = SshTarget(
-        name=host.name,
-        address=host.address,
-        port=host.ssh_port,
-        user=host.ssh_user,
-        key_path=host.ssh_key or "",
-        known_hosts_file=host.known_hosts or "",
-        connect_timeout=2.0,
-    )
-    return dataclasses.replace(target, **changes)
+from tests.sim_fixtures import target_for
 
 
 async def test_it_runs_a_command_and_returns_its_output(sim, pool):

@@ -20,6 +20,13 @@ def patch(client, path: str, body: object):
 
 
 @pytest.fixture
+def key_client(admin_key_client):
+    """Inventory edits are an admin's (arbiter.route_policy); an operator key gets 403
+    (tests/core/test_route_matrix.py)."""
+    return admin_key_client
+
+
+@pytest.fixture
 def cluster(db):
     apply_inventory(CLUSTER)
 
@@ -32,6 +39,7 @@ def test_a_service_disabled_in_arbiter_stays_disabled_across_reloads(cluster, ke
         "host": "spark-1",
         "disabled": True,
         "vram_resident_mib": 90000,
+        "adopt_containers": [],
         "edited": {"disabled": False},  # the file's value
     }
     apply_inventory(CLUSTER)  # what every start does
@@ -63,6 +71,8 @@ def test_setting_the_files_value_again_ends_the_edit(cluster, key_client):
         "name": "spark-1",
         "vram_budget_mib": 120000,
         "vram_margin_mib": 512,
+        "cluster_address": "",
+        "cluster_interface": "",
         "edited": {"vram_margin_mib": 0},
     }
 
@@ -143,7 +153,8 @@ def test_edits_need_authentication(cluster, client):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_disabling_a_service_pushes_the_services_panel(api_key):
+async def test_disabling_a_service_pushes_the_services_panel(admin_key):
+    api_key = admin_key  # disabling a service is an inventory edit: an admin's
     await sync_to_async(apply_inventory)(replace(CLUSTER, services=[CHAT, TTS]))
     layer = get_channel_layer()
     channel = await layer.new_channel()

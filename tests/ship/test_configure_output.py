@@ -228,3 +228,17 @@ def test_it_creates_updates_and_removes_the_configured_webhook(prepare):
     assert not WebhookEndpoint.objects.filter(description=prepare.CONFIGURED_WEBHOOK).exists()
     # Endpoints made through the API are not the package's to manage.
     assert WebhookEndpoint.objects.filter(pk=api_endpoint.pk).exists()
+
+
+@pytest.mark.django_db
+def test_a_refused_webhook_url_does_not_keep_arbiter_from_starting(
+    prepare, monkeypatch, settings, capsys
+):
+    settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = []
+    monkeypatch.setenv("STARTOS_ADMIN_PASSWORD", "")
+    monkeypatch.setenv("STARTOS_WEBHOOK_URL", "http://192.168.1.5/hook")
+    assert prepare.main() == 0
+    printed = capsys.readouterr().out
+    assert "webhook: not applied: url:" in printed
+    assert "192.168.1.5" in printed
+    assert not WebhookEndpoint.objects.filter(description=prepare.CONFIGURED_WEBHOOK).exists()

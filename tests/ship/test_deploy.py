@@ -107,14 +107,13 @@ def test_the_units_are_user_units_for_every_process():
     assert commands["arbiter-migrate.service"].endswith("manage.py migrate --noinput")
     assert found["arbiter-migrate.service"]["Service"]["Type"] == ["oneshot"]
     assert "manage.py run_huey" in commands["arbiter-huey.service"]
-    # One process runs the engine (serve); the other web workers are plain daphne.
-    engines = [name for name, command in commands.items() if "manage.py serve" in command]
-    assert engines == ["arbiter-web.service"]
-    assert "--no-huey" in commands["arbiter-web.service"]
-    assert re.search(
-        r"/daphne --bind 127\.0\.0\.1 --port %i .*arbiter\.asgi:application$",
-        commands["arbiter-web@.service"],
-    )
+    # Every web worker is a serve process (one of them leads the engine, the others stand
+    # by to take over), behind the proxy, without its own huey worker.
+    web = [name for name, command in commands.items() if "manage.py serve" in command]
+    assert web == ["arbiter-web.service", "arbiter-web@.service"]
+    for name in web:
+        assert "--no-huey" in commands[name] and "--proxy-headers" in commands[name]
+    assert commands["arbiter-web@.service"].endswith("--host 127.0.0.1 --port %i")
 
     # ARBITER_PROCESS_COUNT counts the long-running processes the target starts.
     processes = [unit for unit in wanted if unit != "arbiter-migrate.service"]

@@ -107,6 +107,7 @@ async def test_a_container_runs_serves_stops_and_is_removed(sim, ssh) -> None:
         "--restart",
         "unless-stopped",
     )
+    sim.hosts["sim-a"].set_sshd(accept_env=["LANG", "LC_*", "HF_TOKEN"])  # else dropped
     started = await run(conn, argv, env={"HF_TOKEN": "hf_very_secret"})
     assert started.exit_status == 0, started.stderr
     assert re.fullmatch(r"[0-9a-f]{64}\n", started.stdout)
@@ -412,13 +413,12 @@ async def test_host_network_env_file_and_attached_names(sim, ssh) -> None:
         "hostnet",
         "--gpus",
         '"device=1"',
-        IMAGE,
-        "vllm",
-        "serve",
+        IMAGE,  # its entrypoint is `vllm serve`: the model follows as the positional
         "org/positional",
         "--port",
         str(port),
     ]
+    sim.hosts["sim-a"].set_sshd(accept_env=["LANG", "LC_*", "B"])  # sshd passes B on
     result = await run(conn, argv, input="A=1\n# comment\nB=from-file\n", env={"B": "from-env"})
     assert result.exit_status == 0, result.stderr
     await wait_healthy(port)

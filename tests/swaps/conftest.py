@@ -17,6 +17,7 @@ from arbiter.engine.swap_dispatch import SwapDispatcher
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import ApiKey, Host, Swap, SwapLogLine, SwapTransition
 from catalog.models import CatalogModel
+from tests.catalog.conftest import free_served_name
 
 HEALTH_TIMEOUT = 20.0
 MEMORY_TIMEOUT = 10.0
@@ -34,12 +35,13 @@ def swap_settings(settings):
 def make_model(key: str = "qwen3-small", **fields) -> CatalogModel:
     values = {
         "hub_repo": "Qwen/Qwen3-0.6B",
-        "served_name": "Qwen/Qwen3-0.6B",
         "gpu_memory_utilization": 0.3,
         "estimated_vram_mib": 6000,
         "max_model_len": 8192,
     }
     values.update(fields)
+    # Served names are unique: the repo's name unless another model has it, then the key.
+    values.setdefault("served_name", free_served_name(values["hub_repo"], key))
     return CatalogModel.objects.create(key=key, **values)
 
 
@@ -80,6 +82,13 @@ class KeyAsyncClient(AsyncClient):
 @pytest.fixture
 def aclient(raw_key) -> AsyncClient:
     return KeyAsyncClient(raw_key)
+
+
+@pytest.fixture
+def admin_aclient(transactional_db) -> AsyncClient:
+    """For inventory edits (adopting containers): an admin's act (arbiter.route_policy)."""
+    _key, raw = ApiKey.objects.create_key(name="swap tests admin", role=ApiKey.ROLE_ADMIN)
+    return KeyAsyncClient(raw)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from arbiter.models import Host, Service
 from catalog.models import CatalogModel
 from catalog.validation import catalog_field_problems
 
-HOST = Host(name="sim-b", address="127.0.0.1")
+HOST = Host(name="sim-b", address="127.0.0.1", home_dir="/home/arbiter")
 SERVICE = Service(name="sim-b-vllm", base_url="http://127.0.0.1:18000")
 
 
@@ -64,8 +64,11 @@ def test_it_builds_the_hub_model_command(hf):
         "--ipc=host",
         "--publish=18000:8000",
         "--volume=/models/hub-cache:/root/.cache/huggingface/hub",
+        "--volume=/home/arbiter/.cache/vllm:/root/.cache/vllm",  # compile cache
+        "--label=arbiter.managed=true",  # what swaps may stop (arbiter.engine.slot)
+        "--label=arbiter.model=m",
         "vllm/vllm-openai:latest",
-        "--model=Qwen/Qwen3-0.6B",
+        "Qwen/Qwen3-0.6B",  # positional: the image's entrypoint is `vllm serve`
         "--served-model-name=qwen",
         "--port=8000",
         "--tensor-parallel-size=1",
@@ -78,7 +81,7 @@ def test_it_builds_the_hub_model_command(hf):
 def test_sleep_mode_turns_on_the_dev_endpoints_the_broker_unloads_through(hf):
     argv = build_run_argv(model(extra_engine_flags=["--enable-sleep-mode"]), HOST, SERVICE)
     image = argv.index("vllm/vllm-openai:latest")
-    assert argv[image - 1] == "--env=VLLM_SERVER_DEV_MODE=1"  # a docker option, before the image
+    assert argv.index("--env=VLLM_SERVER_DEV_MODE=1") < image  # a docker option, before the image
     assert argv[-1] == "--enable-sleep-mode"
     assert not any(a.startswith("--env") for a in build_run_argv(model(), HOST, SERVICE))
 
@@ -93,7 +96,8 @@ def test_it_mounts_a_local_model_read_only_at_the_same_path(hf):
     )
     argv = build_run_argv(local, HOST, SERVICE, gpu_count=2)
     assert "--volume=/models/finetunes/support-v2:/models/finetunes/support-v2:ro" in argv
-    assert "--model=/models/finetunes/support-v2" in argv
+    image = argv.index("vllm/vllm-openai:latest")
+    assert argv[image + 1] == "/models/finetunes/support-v2"  # the positional model_tag
     assert "--gpus=device=0" in argv
     assert argv.index("--shm-size=8g") < argv.index("vllm/vllm-openai:latest")
     assert argv[-1] == "--enable-prefix-caching"
@@ -120,7 +124,7 @@ def test_it_selects_gpus_by_tensor_parallel_size():
 
 
 def test_the_other_commands_end_options_before_the_name():
-    assert build_stop_argv("arbiter-vllm") == ["docker", "stop", "--time=30", "--", "arbiter-vllm"]
+    assert build_stop_argv("arbiter-vllm") == ["docker", "stop", "-t", "30", "--", "arbiter-vllm"]
     assert build_rm_argv("x1") == ["docker", "rm", "--force", "--", "x1"]
     assert build_logs_argv("x1") == ["docker", "logs", "--follow", "--tail=all", "--", "x1"]
 
@@ -129,6 +133,27 @@ def test_it_reads_the_service_port_from_the_base_url():
     assert service_port("http://10.0.0.5:8001/") == 8001
     assert service_port("http://gpu-box") == 80
     assert service_port("https://gpu-box/v1") == 443
+
+
+def test_the_command_and_the_positional_model_follow_the_image(hf):
+    nvidia = model(image="nvcr.io/nvidia/vllm:25.09-py3", command=["vllm", "serve"])
+    host = Host(name="sim-b", address="127.0.0.1", home_dir="/home/arbiter")
+    argv = build_run_argv(nvidia, host, SERVICE)
+    image = argv.index("nvcr.io/nvidia/vllm:25.09-py3")
+    assert argv[image + 1 : image + 5] == [
+        "vllm",
+        "serve",
+        "Qwen/Qwen3-0.6B",
+        "--served-model-name=qwen",
+    ]
+    assert not any(item.startswith("--model") for item in argv)
+
+
+def test_the_model_flag_stays_refused_in_the_extra_engine_flags(hf):
+    for flag in ("--model=Other/Model", "--model", "--served_model_name=x"):
+        with pytest.raises(InvalidInput) as raised:
+            build_run_argv(model(extra_engine_flags=[flag]), HOST, SERVICE)
+        assert raised.value.field == "extra_engine_flags", flag
 
 
 def test_it_refuses_a_model_that_fails_catalog_validation(hf):
@@ -200,6 +225,7 @@ def test_every_catalog_value_is_rejected_or_delivered_as_one_argv_item(host_b, h
     candidate = model(**FIELDS[field](value))
     values = {name: getattr(candidate, name) for name in FIELDS if name != "local_path"}
     values["local_path"] = candidate.local_path
+    values["command"] = candidate.command  # stored (resolved) as the launch reads it
     _cleaned, problems = catalog_field_problems(values, require_key=False)
     try:
         argv = build_run_argv(candidate, HOST, SERVICE)
@@ -220,3 +246,19 @@ def test_every_catalog_value_is_rejected_or_delivered_as_one_argv_item(host_b, h
     if result.exit_status == 0:
         cleanup = ["docker", "rm", "--force", "--", candidate.container_name]
         cluster.run(ssh.run(target, cleanup, timeout=30, check=False))
+
+
+def test_the_hub_cache_is_the_hosts_own_unless_configured(settings):
+    settings.ARBITER_HF_TOKEN = ""
+    settings.ARBITER_HF_CACHE_DIR = ""  # the default: each host's own
+    home = Host(name="spark", address="10.0.0.2", home_dir="/home/nv")
+    argv = build_run_argv(model(), home, SERVICE)
+    assert "--volume=/home/nv/.cache/huggingface/hub:/root/.cache/huggingface/hub" in argv
+    assert "--volume=/home/nv/.cache/vllm:/root/.cache/vllm" in argv
+    settings.ARBITER_HF_CACHE_DIR = "/models/hub-cache"
+    own = Host(name="spark", address="10.0.0.2", home_dir="/home/nv", hf_cache_dir="/data/hf")
+    assert "--volume=/data/hf:/root/.cache/huggingface/hub" in build_run_argv(model(), own, SERVICE)
+    unknown = Host(name="spark", address="10.0.0.2")  # home not learned yet
+    with pytest.raises(InvalidInput) as error:
+        build_run_argv(model(), unknown, SERVICE)
+    assert error.value.field == "host"

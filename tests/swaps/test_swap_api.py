@@ -150,8 +150,14 @@ async def test_validate_returns_every_check_and_the_exact_command_without_runnin
         "catalog",
         "host",
         "files",
+        "hf",
+        "hub_cache",
         "vram",
+        "memory",
+        "sleep_mode",
+        "image",
         "container",
+        "slot",
         "ports",
         "launch_command",
     ]
@@ -183,6 +189,8 @@ async def test_validate_reports_failing_checks(cluster, aclient):
 
 
 async def test_validate_checks_an_unreachable_host(cluster, aclient):
+    # A first contact learns the SSH user's home (the caches' paths in the command).
+    await aclient.post("/api/swap/qwen3-small/validate", {"host": "sim-a"}, "application/json")
     cluster.go_down("sim-a")
     body = (
         await aclient.post("/api/swap/qwen3-small/validate", {"host": "sim-a"}, "application/json")

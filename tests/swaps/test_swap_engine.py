@@ -126,7 +126,10 @@ async def test_it_fails_with_a_clear_reason_when_the_start_is_slower_than_the_ti
     swap = await swap_and_wait(aclient, "qwen3-small")
     assert swap.state == "failed"
     assert time.monotonic() - started < 10
-    assert swap.error.startswith("'Qwen/Qwen3-0.6B' was not served within 2 s (last check: ")
+    assert swap.error.startswith(
+        "load: 'Qwen/Qwen3-0.6B' was not served within 2 s of the container start "
+        "(ARBITER_SWAP_HEALTH_TIMEOUT; last check: "
+    )
     assert swap.error.endswith("container arbiter-vllm stopped")
     assert containers(cluster, "sim-b") == {"arbiter-vllm": "exited"}
     assert any("vLLM API server version" in line for line in await log_lines(swap.pk, "stdout"))
@@ -210,8 +213,9 @@ async def test_a_dry_run_fires_no_docker_command_that_changes_anything(
     swap = await swap_and_wait(aclient, "smollm2", dry_run=True)
     assert swap.state == "complete" and swap.dry_run
     assert await transitions(swap.pk) == ["pending", "preflight", "complete"]
-    subcommands = {argv[1] for argv in docker_commands(cluster, "sim-b", since)}
-    assert subcommands <= {"version", "ps", "inspect", "logs", "images"}
+    sent = docker_commands(cluster, "sim-b", since)
+    subcommands = {" ".join(argv[1:3]) if argv[1] == "image" else argv[1] for argv in sent}
+    assert subcommands <= {"version", "ps", "inspect", "image inspect", "logs", "images"}
     assert swap.launch_argv[:2] == ["docker", "run"]
     lines = await log_lines(swap.pk)
     assert "dry run: would stop and remove arbiter-vllm" in lines
@@ -241,6 +245,7 @@ async def test_the_hub_token_travels_in_the_environment_never_on_a_command_line(
 ):
     token = "hf_SECRETtoken1234567890"
     settings.ARBITER_HF_TOKEN = token
+    cluster.accept_hf_token("sim-b")  # AcceptEnv HF_TOKEN: stock sshd would drop it
     swap = await swap_and_wait(aclient, "qwen3-small")
     assert swap.state == "complete", swap.error
     records = cluster.commands("sim-b")
@@ -287,3 +292,13 @@ async def test_it_reattaches_to_a_swap_whose_engine_died_mid_wait(cluster, aclie
     assert any(
         "resuming this swap in state waiting_healthy" in line for line in await log_lines(swap_id)
     )
+
+
+async def test_with_a_token_and_a_stock_sshd_the_swap_fails_preflight_naming_acceptenv(
+    cluster, dispatcher, aclient, settings
+):
+    settings.ARBITER_HF_TOKEN = "hf_SECRETtoken1234567890"
+    swap = await swap_and_wait(aclient, "qwen3-small")
+    assert swap.state == "failed"
+    assert "hub_token" in swap.error and "AcceptEnv HF_TOKEN" in swap.error
+    assert not any(argv[1] == "run" for argv in docker_commands(cluster, "sim-b"))

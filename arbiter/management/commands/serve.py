@@ -3,6 +3,8 @@
 daphne (HTTP, WebSocket) and the engine loops share one asyncio loop, so the in-memory
 channel layer reaches every browser; the huey consumer runs as threads of the same
 process. Without ARBITER_CONFIG the simulated cluster is started as a child process.
+Several serve processes may share one database (behind a proxy): each serves HTTP, and
+exactly one of them — the leader — runs the engine loops (`arbiter.engine.leader`).
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from arbiter.engine.leader import lead_when_possible, startup_serialized
 from arbiter.inventory import InventoryError, apply_inventory, load_inventory
 from catalog.loader import CatalogError, seed_catalog_file
 
@@ -31,6 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("ARBITER_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("ARBITER_PORT", "8000")))
         parser.add_argument("--no-huey", action="store_true", help="Do not run the huey worker")
+        parser.add_argument(
+            "--proxy-headers",
+            action="store_true",
+            help="Take the client address from X-Forwarded-For (behind a reverse proxy), "
+            "as daphne's own --proxy-headers does",
+        )
 
     def handle(self, *args, **options):
         simulator = None
@@ -39,11 +48,13 @@ class Command(BaseCommand):
             simulator, config_path = start_simulator(settings.DATA_DIR / "sim")
             self.stdout.write(f"Simulated cluster running (inventory {config_path})")
         try:
-            self.load_cluster(config_path)
-            self.print_login(options["host"], options["port"])
+            # Several serve processes may start together on one database.
+            with startup_serialized():
+                self.load_cluster(config_path)
+                self.print_login(options["host"], options["port"])
             consumer = None if options["no_huey"] else start_huey_consumer()
             try:
-                serve_forever(options["host"], options["port"])
+                serve_forever(options["host"], options["port"], options["proxy_headers"])
             finally:
                 if consumer is not None:
                     consumer.stop(graceful=True)
@@ -165,8 +176,9 @@ def start_huey_consumer():
     return consumer
 
 
-def serve_forever(host: str, port: int) -> None:
-    """Run daphne and start the engine loops on daphne's own asyncio loop."""
+def serve_forever(host: str, port: int, proxy_headers: bool = False) -> None:
+    """Run daphne; on daphne's own asyncio loop, run the engine loops whenever this
+    process holds the engine leadership (exactly one process on a database does)."""
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server, twisted_loop
     from twisted.internet import reactor
@@ -177,7 +189,7 @@ def serve_forever(host: str, port: int) -> None:
     engine_task: list[asyncio.Task] = []
 
     def start_engine() -> None:
-        engine_task.append(twisted_loop.create_task(run_engine()))
+        engine_task.append(twisted_loop.create_task(lead_when_possible(run_engine)))
 
     def stop_engine() -> None:
         for task in engine_task:
@@ -188,6 +200,10 @@ def serve_forever(host: str, port: int) -> None:
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         ready_callable=lambda: reactor.callWhenRunning(start_engine),
+        # The same headers daphne's command line trusts with --proxy-headers.
+        proxy_forwarded_address_header="X-Forwarded-For" if proxy_headers else None,
+        proxy_forwarded_port_header="X-Forwarded-Port" if proxy_headers else None,
+        proxy_forwarded_proto_header="X-Forwarded-Proto" if proxy_headers else None,
         verbosity=0,
     )
     server.run()

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from arbiter.simulator.cluster import DEFAULT_HOSTS, SimulatedCluster, generated_hosts
 from arbiter.simulator.host import HostSpec
+from arbiter.simulator.scenarios import SCENARIOS
 
 
 def cluster_hosts(count: int | None) -> list[HostSpec]:
@@ -60,16 +61,36 @@ class Command(BaseCommand):
                 "sim-001 ... with one GPU each, every 8th a GB10; they run no services."
             ),
         )
+        parser.add_argument(
+            "--scenario",
+            choices=SCENARIOS,
+            default="default",
+            help=(
+                "A ready-made cluster: spark-pair is two DGX Sparks whose vllm_node "
+                "containers a script started with host networking (not Arbiter); "
+                "spark-control-pair is the same two Sparks running one model across "
+                "both (spark-1 the head, spark-2 a --headless worker)."
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         data_dir = options["data_dir"] or Path(settings.DATA_DIR) / "sim"
-        hosts = cluster_hosts(options["hosts"])
-        asyncio.run(self.serve(Path(data_dir), options["startup_delay"], hosts))
+        scenario = options["scenario"]
+        if scenario != "default" and options["hosts"] is not None:
+            raise CommandError("--hosts and --scenario cannot be combined")
+        hosts = None if scenario != "default" else cluster_hosts(options["hosts"])
+        asyncio.run(self.serve(Path(data_dir), options["startup_delay"], hosts, scenario))
 
     async def serve(
-        self, data_dir: Path, startup_delay: float, hosts: list[HostSpec] | None = None
+        self,
+        data_dir: Path,
+        startup_delay: float,
+        hosts: list[HostSpec] | None = None,
+        scenario: str | None = None,
     ) -> None:
-        cluster = SimulatedCluster(data_dir, hosts=hosts, startup_delay=startup_delay)
+        cluster = SimulatedCluster(
+            data_dir, hosts=hosts, startup_delay=startup_delay, scenario=scenario
+        )
         await cluster.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -7,7 +7,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+from arbiter.simulator.container.distributed import (
+    WORKER_READY_LINE,
+    HeadStore,
+    WorkerLink,
+    head_store_error,
+    join_timeout_error,
+    log_head_lost,
+    lost_during_startup_error,
+)
 from arbiter.simulator.container.logs import log, log_line, print_lock
 from arbiter.simulator.container.options import (
     ARCHITECTURES,
@@ -23,6 +33,10 @@ from arbiter.simulator.container.server import ContainerServer
 def startup_script(o: Options) -> list[tuple[float, str, str]]:
     """(fraction of the start-up delay, source, message); 'tqdm' lines have no prefix."""
     args = {"model_tag": o.name, "port": o.port, "served_model_name": [o.name], **o.extra}
+    if o.multi_node:
+        args |= {"tensor_parallel_size": o.tensor_parallel_size, "nnodes": o.nnodes}
+        args |= {"node_rank": o.node_rank, "master_addr": o.master_addr}
+        args |= {"master_port": o.master_port}
     gib = o.vram_mib / 1024 if o.vram_mib else 1.23
     d = o.startup_delay
     shard = (
@@ -48,19 +62,48 @@ def startup_script(o: Options) -> list[tuple[float, str, str]]:
     ]
 
 
-def play_startup(o: Options) -> bool:
-    """Print the start-up log spread over the delay; False when --fail-start cut it short."""
+KV_CACHE_STEP = 0.8  # the start-up script's fraction where the KV cache is profiled
+
+
+def play_startup(o: Options, before_kv_cache: Callable[[], bool] | None = None) -> bool:
+    """Print the start-up log spread over the delay; False when --fail-start cut it short
+    or `before_kv_cache` (a multi-node head's wait for its other nodes) said no."""
+    if o.log_flood_mib:
+        flood_log(o.log_flood_mib)
     started = time.monotonic()
     for fraction, where, message in startup_script(o):
         if o.fail_start and fraction > 0.5:
             fail_start(o)
             return False
+        if before_kv_cache is not None and fraction >= KV_CACHE_STEP:
+            waited_from = time.monotonic()
+            if not before_kv_cache():
+                return False
+            started += time.monotonic() - waited_from
+            before_kv_cache = None
         time.sleep(max(0.0, started + fraction * o.startup_delay - time.monotonic()))
         if where in ("uvicorn", "tqdm"):
             log_line(f"INFO:     {message}" if where == "uvicorn" else message)
         else:
             log("INFO", where, message)
     return True
+
+
+def flood_log(mib: float) -> None:
+    """The flood fault: `mib` MiB of 200-character lines, and one line of 1 MiB without
+    a break, on stdout (as a container stuck printing a warning in a loop does)."""
+    filler = "x" * 200
+    line_count = int(mib * 1024 * 1024 / 200)
+    with print_lock:
+        for start in range(0, line_count, 5000):
+            sys.stdout.write(
+                "".join(
+                    (f"WARNING flood.py:1 [simulated flood] line {n:>9} " + filler)[:199] + "\n"
+                    for n in range(start, min(start + 5000, line_count))
+                )
+            )
+        sys.stdout.write("y" * (1024 * 1024) + "\n")
+        sys.stdout.flush()
 
 
 def fail_start(o: Options) -> None:
@@ -70,6 +113,9 @@ def fail_start(o: Options) -> None:
     log("ERROR", "core.py:708", f"torch.OutOfMemoryError: {oom}")
     log_line("Traceback (most recent call last):", sys.stderr)
     log_line("RuntimeError: Engine core initialization failed. See root cause above.", sys.stderr)
+
+
+ENGINE_DEATH_LINGER = 1.0
 
 
 class Shutdown(Exception):
@@ -82,15 +128,43 @@ def on_signal(signum: int, frame: object) -> None:
 
 def run(options: Options) -> int:
     try:
-        server = ContainerServer(options)  # bind first: the port is taken from the start
+        if options.multi_node and options.node_rank_within_dp > 0:
+            return run_follower(options)
+        if options.multi_node and options.headless:
+            return run_headless_leader(options)
+        store = None
+        if options.multi_node:
+            try:
+                store = HeadStore(options)
+            except OSError:
+                log_error_lines(head_store_error(options))
+                return 1
+            store.start()
+        # Bind first: the port is taken from the start. A head does not listen before its
+        # workers joined: vLLM binds the API socket (setup_server) and serves only once
+        # the engine, and with it the whole process group, is up.
+        server = ContainerServer(options, listen=store is None)
+        if store is not None and not wait_for_nodes(store, options):
+            return 1
+        server.listen()
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        if not play_startup(options):
+        barrier = None if store is None else (lambda: nodes_loaded(store, options))
+        if not play_startup(options, barrier):
             return 1
         server.ready.set()
-        if options.crash_after_ready is None:
-            while True:
-                time.sleep(3600)
-        time.sleep(options.crash_after_ready)
+        if store is not None:
+            threading.Thread(
+                target=watch_workers, args=(store, server), name="watch", daemon=True
+            ).start()
+        if server.engine_dead.wait(options.crash_after_ready):
+            # A request reached the sleeping engine (server.engine_died), or a worker node
+            # left (watch_workers). vLLM's watchdog notices within VLLM_WATCHDOG_TIME_S
+            # (5 s) and the server exits; a moment here lets the dying answer and a last
+            # /metrics read get out.
+            time.sleep(ENGINE_DEATH_LINGER)
+            log_line("INFO:     Shutting down")
+            return CRASH_EXIT_CODE
+        assert options.crash_after_ready is not None  # wait(None) returns only when set
         log("ERROR", "core.py:843", "EngineCore encountered a fatal error. (simulated crash)")
         log("ERROR", "async_llm.py:480", "AsyncLLM output_handler failed: EngineDeadError")
         return CRASH_EXIT_CODE  # exit_now() cuts in-flight streams, as a real crash does
@@ -99,6 +173,122 @@ def run(options: Options) -> int:
         log_line("INFO:     Application shutdown complete.")
         log_line(f"INFO:     Finished server process [{os.getpid()}]")
         return 0
+
+
+def log_error_lines(lines: list[str]) -> None:
+    log_line("Traceback (most recent call last):", sys.stderr)
+    for line in lines:
+        log_line(line, sys.stderr)
+
+
+def wait_for_nodes(store: HeadStore, o: Options) -> bool:
+    """The head's rendezvous: every worker node joins within the timeout, or it fails."""
+    log(
+        "INFO",
+        "parallel_state.py:1208",
+        f"world_size={o.world_size} rank=0 local_rank=0 distributed_init_method="
+        f"tcp://{o.master_addr}:{o.master_port} backend=nccl",
+    )
+    if store.all_joined.wait(o.join_timeout):
+        return True
+    log_error_lines(join_timeout_error(o, store.joined_ranks))
+    return False
+
+
+def nodes_loaded(store: HeadStore, o: Options) -> bool:
+    """The engine's profiling and KV-cache set-up are collectives over every rank: the
+    head goes on once every worker node loaded its weights. A node that died after
+    joining leaves the head in that collective until NCCL's watchdog gives up."""
+    if store.all_loaded.wait(o.join_timeout):
+        return True
+    log("ERROR", "core.py:708", "EngineCore failed to start.")
+    log_error_lines(lost_during_startup_error(o))
+    return False
+
+
+def watch_workers(store: HeadStore, server: ContainerServer) -> None:
+    """A worker node lost after ready kills the engine: /health answers 503 and the
+    server exits (EngineDeadError; the same path as `server.engine_died`).
+
+    Real vLLM notices a remote node's death when NCCL's sockets break under a collective;
+    the simulator takes the store connection's end for it, at once.
+    """
+    store.lost.wait()
+    log("ERROR", "core.py:843", "EngineCore encountered a fatal error.")
+    log_line("RuntimeError: NCCL error: remote process exited or there was a network error")
+    log("ERROR", "async_llm.py:480", "AsyncLLM output_handler failed: EngineDeadError")
+    log_line(f"(simulated) node rank {store.lost_rank} left the group")
+    server.engine_dead.set()
+
+
+def run_follower(o: Options) -> int:
+    """A node of rank > 0: with --headless, workers only; without, a server that fails.
+
+    Without --headless vLLM starts its API server and a whole engine on that node too;
+    its workers join the head's group and load, then the engine's first collective_rpc
+    trips `AssertionError: collective_rpc should not be called on follower node`
+    (vllm/v1/executor/multiproc_executor.py) and the node exits. The simulated one never
+    binds its API port: on a real node it is that node's own, here it would be the
+    head's (every simulated host shares loopback).
+    """
+    if o.headless:
+        log(
+            "INFO",
+            "serve.py:218",
+            f"Launching vLLM (v{VLLM_VERSION}) headless multiproc executor, with head node "
+            f"address {o.master_addr}:{o.master_port} for torch.distributed process group.",
+        )
+    else:
+        log("INFO", "api_server.py:1839", f"vLLM API server version {VLLM_VERSION} (simulated)")
+    link = WorkerLink(o)
+    if not link.connect():
+        return 1
+    if not link.wait_go():
+        log_head_lost(o)
+        return 1
+    gib = o.vram_mib / 1024 if o.vram_mib else 1.23
+    time.sleep(0.15 * o.startup_delay)
+    log("INFO", "gpu_model_runner.py:2602", f"Starting to load model {o.name}...")
+    time.sleep(0.5 * o.startup_delay)
+    if o.fail_start:
+        fail_start(o)
+        return 1
+    log("INFO", "gpu_model_runner.py:2653", f"Model loading took {gib:.2f} GiB")
+    time.sleep(0.15 * o.startup_delay)
+    if link.head_closed():
+        log_head_lost(o)
+        return 1
+    if not o.headless:
+        log("ERROR", "core.py:708", "EngineCore failed to start.")
+        log_error_lines(
+            [
+                '  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/executor/'
+                'multiproc_executor.py", line 355, in collective_rpc',
+                "AssertionError: collective_rpc should not be called on follower node",
+            ]
+        )
+        return 1
+    link.loaded()
+    log_line(WORKER_READY_LINE)
+    if not link.wait_closed(o.crash_after_ready):
+        log("ERROR", "multiproc_executor.py:646", "WorkerProc hit an exception. (simulated crash)")
+        return CRASH_EXIT_CODE
+    log_head_lost(o)
+    return CRASH_EXIT_CODE
+
+
+def run_headless_leader(o: Options) -> int:
+    """`--headless` on node rank 0: vLLM's data-parallel headless engine, which waits for
+    a front end's handshake that a plain multi-node launch never sends (run_headless's
+    second branch). Approximated: it logs that and serves nothing until stopped."""
+    log(
+        "INFO",
+        "serve.py:240",
+        "Launching 1 data parallel engine(s) in headless mode, with head node address "
+        "tcp://127.0.0.1:29550.",
+    )
+    while True:
+        time.sleep(3600)
 
 
 def exit_now(code: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,12 @@ MAX_TOKENS_CAP = 4096
 EMBEDDING_DIM = 16
 SAMPLE_RATE = 16_000
 CRASH_EXIT_CODE = 1  # what vLLM exits with when its engine core dies
+# vLLM's ParallelConfig defaults (vllm/config/parallel.py): the rendezvous of a multi-node
+# launch, and torch.distributed's default timeout when --distributed-timeout-seconds is
+# not given ("If None, PyTorch's default timeout is used (600s for NCCL)").
+DEFAULT_MASTER_ADDR = "127.0.0.1"
+DEFAULT_MASTER_PORT = 29501
+DEFAULT_DISTRIBUTED_TIMEOUT = 600
 ARCHITECTURES = {"llm": "LlamaForCausalLM", "embeddings": "XLMRobertaModel", "tts": "OrpheusTTS"}
 ROUTES = {
     ("GET", "/health"): "health",
@@ -44,6 +51,40 @@ class Options:
     vram_mib: int
     max_model_len: int
     extra: dict[str, Any]
+    # vLLM's --api-key (several allowed), else $VLLM_API_KEY: /v1 then needs a Bearer key.
+    api_key: list[str] | None = None
+    # Multi-node (`--nnodes K`, vLLM's native multiprocessing): see container.distributed.
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = DEFAULT_MASTER_ADDR
+    master_port: int = DEFAULT_MASTER_PORT
+    headless: bool = False
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_timeout_seconds: int | None = None
+    # How long the simulator really waits for the other nodes (timing.py scales it);
+    # the messages quote distributed_timeout_seconds, as torch's do.
+    join_timeout: float = 120.0
+    # The flood fault (simulator Faults.log_flood_mib): MiB of log printed at start-up.
+    log_flood_mib: float | None = None
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nnodes > 1
+
+    @property
+    def node_rank_within_dp(self) -> int:
+        # ParallelConfig.node_rank_within_dp without data parallelism: node_rank % nnodes.
+        return self.node_rank % self.nnodes
+
+    @property
+    def world_size(self) -> int:
+        """torch.distributed ranks over all nodes: TP x PP (ParallelConfig.world_size)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def local_world_size(self) -> int:
+        return max(1, self.world_size // self.nnodes)
 
 
 def parse_options(argv: list[str]) -> Options:
@@ -58,8 +99,25 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--token-delay", type=float, default=0.02)
     parser.add_argument("--vram-mib", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=8192)
+    parser.add_argument("--api-key", "--api_key", dest="api_key", nargs="+", default=None)
+    # vLLM's own spellings and aliases (vllm/engine/arg_utils.py, the ParallelConfig
+    # group): --nnodes/-n, --node-rank/-r, --tensor-parallel-size/-tp, ...
+    parser.add_argument("--nnodes", "-n", type=int, default=1)
+    parser.add_argument("--node-rank", "-r", type=int, default=0)
+    parser.add_argument("--master-addr", default=DEFAULT_MASTER_ADDR)
+    parser.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
+    parser.add_argument("--headless", action="store_true")
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    parser.add_argument("--distributed-timeout-seconds", type=int, default=None)
+    parser.add_argument("--join-timeout", type=float, default=120.0)
+    parser.add_argument("--log-flood-mib", type=float, default=None)
     known, unknown = parser.parse_known_args(argv)
-    return Options(**vars(known), extra=flags_to_dict(unknown))
+    options = vars(known)
+    # api_server.py: `args.api_key or [envs.VLLM_API_KEY]`, empty keys dropped.
+    keys = [key for key in (options["api_key"] or [os.environ.get("VLLM_API_KEY", "")]) if key]
+    options["api_key"] = keys or None
+    return Options(**options, extra=flags_to_dict(unknown))
 
 
 def flags_to_dict(args: list[str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import select
 import socket
@@ -11,8 +12,9 @@ import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from arbiter.simulator.container.logs import log_line
+from arbiter.simulator.container.logs import log, log_line
 from arbiter.simulator.container.options import INFERENCE_PREFIX, ROUTES, Options
 from arbiter.simulator.container.replies import (
     ApiError,
@@ -32,14 +34,38 @@ class ContainerServer(ThreadingHTTPServer):
     # Like uvicorn: a burst of new connections must not overflow a backlog of 5.
     request_queue_size = 2048
 
-    def __init__(self, options: Options) -> None:
-        super().__init__(("127.0.0.1", options.port), RequestHandler)
+    def __init__(self, options: Options, listen: bool = True) -> None:
+        super().__init__(("127.0.0.1", options.port), RequestHandler, bind_and_activate=False)
+        try:
+            self.server_bind()
+            if listen:
+                self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+        self.listening = listen
         self.options = options
         self.ready = threading.Event()
         self.counts_lock = threading.Lock()  # handler threads update the counts concurrently
         self.total = self.cancelled = self.in_flight = 0
         self.sleeping = False
+        self.sleep_level = 0
         self.sleeps = self.wakes = 0
+        # Inference requests that reached the engine while it slept (each one kills it,
+        # as in vLLM: see `engine_died`), and the event the main thread exits on.
+        self.asleep_requests = 0
+        self.engine_dead = threading.Event()
+
+    def listen(self) -> None:
+        """Accept connections on the bound port (until then they are refused)."""
+        if not self.listening:
+            self.server_activate()
+            self.listening = True
+
+    @property
+    def weights_mib(self) -> int:
+        """What a level-1 sleep keeps: the weights (taken as half the claimed memory)."""
+        return self.options.vram_mib // 2
 
     def count(self, started: int, cancelled: bool = False) -> None:
         """Track a generation request: count(1) when it starts, count(-1, ...) when it ends."""
@@ -69,6 +95,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         # Always drain the body, or the next request on this connection is misread.
         self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.cancelled = False
+        if self.server.ready.is_set() and not self.authorized(path):
+            # vLLM's AuthenticationMiddleware (vllm/entrypoints/openai/server_utils.py):
+            # with --api-key, any /v1 path without `Authorization: Bearer <key>` gets
+            # exactly this 401 before routing; /health and the others stay open.
+            return self.send_json(401, {"error": "Unauthorized"})
         route = ROUTES.get((method, path))
         counted = (
             method == "POST"
@@ -87,10 +118,12 @@ class RequestHandler(BaseHTTPRequestHandler):
                 known = any(p == path for _, p in ROUTES)
                 status, detail = (405, "Method Not Allowed") if known else (404, "Not Found")
                 return self.send_json(status, {"detail": detail})
+            if self.server.engine_dead.is_set() and path == "/health":
+                return self.send_bytes(503, b"", "text/plain")  # check_health: EngineDeadError
+            if self.server.engine_dead.is_set() and counted:
+                return self.send_bytes(HTTPStatus.INTERNAL_SERVER_ERROR, b"", "text/plain")
             if self.server.sleeping and counted:
-                raise ApiError(
-                    503, "The engine is sleeping: POST /wake_up first.", "ServiceUnavailableError"
-                )
+                return self.engine_died()
             getattr(self, route)()
         except ApiError as error:
             self.send_json(error.status, error.payload())
@@ -99,6 +132,15 @@ class RequestHandler(BaseHTTPRequestHandler):
         finally:
             if counted:
                 self.server.count(-1, self.cancelled)
+
+    def authorized(self, path: str) -> bool:
+        keys = self.server.options.api_key
+        if not keys or not path.startswith("/v1"):
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return any(hmac.compare_digest(token.encode(), key.encode()) for key in keys)
 
     def health(self) -> None:
         self.send_bytes(200, b"", "text/plain")
@@ -123,6 +165,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             ("sim_sleeping", "gauge", "1 while in sleep mode.", int(counters.sleeping)),
             ("sim_sleeps_total", "counter", "POST /sleep received.", counters.sleeps),
             ("sim_wakes_total", "counter", "POST /wake_up received.", counters.wakes),
+            (
+                "sim_asleep_requests_total",
+                "counter",
+                "Inference requests that reached the engine asleep (each kills it).",
+                counters.asleep_requests,
+            ),
         ]
         text = "".join(
             f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name}{label} {value}\n"
@@ -130,16 +178,63 @@ class RequestHandler(BaseHTTPRequestHandler):
         )
         self.send_bytes(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
-    def sleep(self) -> None:
+    def engine_died(self) -> None:
+        """A generation request reaching a sleeping engine: what real vLLM does.
+
+        The engine touches weights and KV cache that sleep released: "CUDA error: an
+        illegal memory access was encountered", the engine core dies, and the server
+        process terminates (vllm-project/vllm#15483, open). vLLM's launcher answers an
+        EngineDeadError with an empty 500 and sets `should_exit`
+        (vllm/entrypoints/launcher.py, `terminate_if_errored`); the main thread exits.
+        """
         with self.server.counts_lock:
+            self.server.asleep_requests += 1
+        log("ERROR", "core.py:843", "EngineCore encountered a fatal error.")
+        log_line("RuntimeError: CUDA error: an illegal memory access was encountered")
+        log("ERROR", "async_llm.py:480", "AsyncLLM output_handler failed: EngineDeadError")
+        log_line(
+            f"(simulated) a request reached the engine asleep at level {self.server.sleep_level}"
+        )
+        self.send_bytes(HTTPStatus.INTERNAL_SERVER_ERROR, b"", "text/plain")
+        self.server.engine_dead.set()
+
+    def sleep(self) -> None:
+        # POST /sleep?level=N, default 1 (vllm/entrypoints/serve/sleep/api_router.py).
+        # Level 1 offloads the weights to CPU RAM and discards the KV cache; level 2
+        # discards both (docs.vllm.ai, "Sleep Mode").
+        query = parse_qs(urlsplit(self.path).query)
+        raw = query.get("level", ["1"])[-1]
+        if not raw.lstrip("-").isdigit():  # vLLM's int(level): a ValueError, i.e. a 500
+            return self.send_json(500, {"detail": "Internal Server Error"})
+        level = int(raw)
+        with self.server.counts_lock:
+            already = self.server.sleeping
             self.server.sleeping = True
             self.server.sleeps += 1
+            if not already:  # vLLM: "Executor is already sleeping." and nothing happens
+                self.server.sleep_level = level
+        if not already:
+            kept = self.server.weights_mib if level == 1 else 0
+            freed = self.server.options.vram_mib - kept
+            log(
+                "INFO",
+                "gpu_worker.py:117",
+                f"Sleep mode freed {freed / 1024:.2f} GiB memory, "
+                f"{kept / 1024:.2f} GiB memory is still in use.",
+            )
+            # Read by the simulated docker daemon for the host's memory (sleep_state).
+            log_line(f"(simulated) asleep level={level} weights_mib={kept}")
         self.send_bytes(200, b"", "text/plain")
 
     def wake_up(self) -> None:
         with self.server.counts_lock:
+            was = self.server.sleeping
             self.server.sleeping = False
+            self.server.sleep_level = 0
             self.server.wakes += 1
+        if was:  # waking an awake engine is a no-op ("Executor is not sleeping.")
+            log("INFO", "api_router.py:40", "wake up the engine with tags: None")
+            log_line("(simulated) awake")
         self.send_bytes(200, b"", "text/plain")
 
     def is_sleeping(self) -> None:
