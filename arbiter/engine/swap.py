@@ -54,6 +54,7 @@ from arbiter.models import Swap
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.5  # cancel requests are noticed within this (plus one DB read)
+FOLLOWER_STOP_SECONDS = 5.0  # a cancelled log follower stops within this, or is left
 HEARTBEAT_EVERY = 2  # watch ticks per heartbeat write
 HEALTH_POLL_INTERVAL = 0.5
 HEALTH_REQUEST_TIMEOUT = 2.0
@@ -485,11 +486,27 @@ class SwapRunner:
         raise SwapFailed(f"{role}container{where} exited with status {state.exit_code}")
 
     async def stop_followers(self, followers: dict[str, asyncio.Task]) -> None:
-        for follower in followers.values():
+        """Cancel the log followers and wait (bounded) until they stop.
+
+        Bounded because a library below may swallow a cancel (redis-py 8 did, inside a
+        channel-layer publish: the follower went on reading and the swap hung here). A
+        follower still running after the wait is logged and left; the swap goes on.
+        `asyncio.wait` also lets this task's own cancel through, unlike awaiting each.
+        """
+        tasks = list(followers.values())
+        for follower in tasks:
             follower.cancel()
-        for follower in followers.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
+        done, pending = await asyncio.wait(tasks, timeout=FOLLOWER_STOP_SECONDS)
+        for follower in done:
+            if not follower.cancelled():
+                follower.exception()  # retrieved: an error while stopping is not news
+        if pending:
+            log.warning(
+                "swap %s: %d log follower(s) did not stop within %g s of a cancel; left running",
+                self.swap_id,
+                len(pending),
+                FOLLOWER_STOP_SECONDS,
+            )
 
     async def sync_logs(self) -> None:
         for node in self.nodes or [self.require_plan()]:
