@@ -7,6 +7,8 @@ that died: it is re-attached (`SwapRunner(resume=True)`), never failed for that 
 The engine runs in exactly one process (`arbiter.engine.leader`), so a dispatcher that
 starts — at start-up, or in the process that just took the leadership over — re-attaches
 every in-flight swap at once instead of after the stale delay: nobody else runs them.
+A new swap is picked up at once: its creation wakes the dispatcher (`swap_wakeup`); the
+poll remains for stale swaps and as the fallback.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.conf import settings
 
 from arbiter.engine import swap_store as store
 from arbiter.engine.swap import SwapRunner
+from arbiter.engine.swap_wakeup import SwapWakeup
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +68,17 @@ class SwapDispatcher:
         return task
 
     async def run_forever(self) -> None:
+        wakeup = SwapWakeup()  # a new swap starts the next round at once (swap_wakeup)
+        wakeup.start()
         try:
             while True:
                 try:
                     await self.tick()
                 except Exception:  # e.g. the database is locked: the next round retries
                     log.exception("swap dispatch round failed")
-                await asyncio.sleep(self.interval)
+                await wakeup.wait(self.interval)
         finally:
+            await wakeup.close()
             await self.stop()
 
     async def stop(self) -> None:

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from arbiter.engine.multi_node import pair_conflict
 from arbiter.engine.preflight import get_catalog_model, swap_hosts, vllm_service
+from arbiter.engine.swap_wakeup import announce_swap_created
 from arbiter.errors import Conflict, InvalidInput, NotFound
 from arbiter.models import Host, Service, Swap, SwapHost, SwapLogLine, SwapTransition
 
@@ -102,6 +103,7 @@ def create_swap(
                     for rank, host in enumerate(hosts)
                 )
                 SwapTransition.objects.create(swap=swap, state=Swap.PENDING, at=swap.created_at)
+                announce_swap_created()  # the engine picks it up at once, not at its poll
         except IntegrityError as error:
             # Another request claimed one of these hosts between our check and insert.
             conflict = _busy(hosts)
