@@ -13,9 +13,11 @@ alternate two models on sim-b, so each one stops the previous container, waits f
 memory to be freed (the two models' shares, 0.5 and 0.6 of the GPU, do not fit side by
 side; the simulator frees it RELEASE_DELAY after the stop), launches and waits until
 healthy. One warm-up swap (host empty, SSH connections opening) is not
-counted. The overhead therefore includes: the dispatcher's claim delay (polls every
-0.5 s), pre-flight over SSH, stop + memory-free wait (the simulator's 0.5 s release
-delay), `docker run`, and the health poll's granularity (every 0.5 s).
+counted. The overhead therefore includes: the dispatcher's claim delay (woken by the
+swap's creation, `swap_wakeup`; the 0.5 s poll is the fallback), pre-flight over SSH,
+stop + memory-free wait (the simulator's 0.5 s release delay, polled every 0.5 s),
+`docker run`, and the health poll's granularity (0.1 s at the container start, backing
+off: 0.2 s one second in).
 """
 
 import asyncio
