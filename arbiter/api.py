@@ -5,6 +5,8 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
+from ninja.types import DictStrAny
 
 from arbiter.audit_api import router as audit_router
 from arbiter.auth import api_auth
@@ -20,6 +22,50 @@ from coordination.lock_api import router as lock_router
 from coordination.schedule_api import router as schedule_router
 from coordination.webhook_api import router as webhook_router
 
+
+class NotUtf8(ValueError):
+    """A JSON string that is no text: a lone surrogate (`"\\ud800"` is valid JSON, and
+    Python decodes it, but no database, SSH command or log line can hold it)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def first_lone_surrogate(value: object, path: str = "") -> str | None:
+    """The dotted path of the first string (key or value) that is not valid UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = first_lone_surrogate(key, where) or first_lone_surrogate(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = first_lone_surrogate(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+class StrictJsonParser(Parser):
+    """JSON bodies whose every string is text; otherwise 422 naming the field (through
+    `on_http_error`: ninja turns any parser error into its 400 "Cannot parse")."""
+
+    def parse_body(self, request: HttpRequest) -> DictStrAny:
+        data = super().parse_body(request)
+        field = first_lone_surrogate(data)
+        if field is not None:
+            raise NotUtf8(field)
+        return data
+
+
 api = NinjaAPI(
     title="Arbiter API",
     version="1",
@@ -27,6 +73,7 @@ api = NinjaAPI(
     auth=api_auth,
     docs_url="/docs",
     urls_namespace="api",
+    parser=StrictJsonParser(),
 )
 
 
@@ -94,6 +141,16 @@ def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> H
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if isinstance(exc.__cause__, NotUtf8):
+        field = exc.__cause__.field
+        problem = {"field": field, "message": "must be text (it holds a lone UTF-16 surrogate)"}
+        body = {
+            "type": "validation_error",
+            "message": f"{field}: {problem['message']}",
+            "field": field,
+            "errors": [problem],
+        }
+        return error_response(request, 422, {"error": body})
     error_type = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
         exc.status_code, "http_error"
     )

@@ -4,22 +4,14 @@ One builder serves `GET /api/status`, the dashboard page and its live fragments,
 all three always agree.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypedDict
 
 from django.db.models import Max
-from django.utils import timezone
 
 from arbiter.engine.leader import current_leader
 from arbiter.engine.multi_node import running_pair_on, swap_host_names
 from arbiter.models import GpuSample, Host, Service, Swap
-
-HISTORY_WINDOW = timedelta(minutes=5)
-
-
-class GpuHistory(TypedDict):
-    utilization_pct: list[float | None]
-    memory_pct: list[float | None]
 
 
 class GpuStatus(TypedDict):
@@ -88,41 +80,28 @@ def latest_gpu_samples(host: Host) -> list[GpuStatus]:
     if newest is None:
         return []
     samples = GpuSample.objects.filter(host=host, taken_at=newest).order_by("index")
-    return [
-        GpuStatus(
-            index=s.index,
-            name=s.name,
-            uuid=s.uuid,
-            utilization_pct=s.utilization_pct,
-            memory_used_mib=s.memory_used_mib,
-            memory_total_mib=s.memory_total_mib,
-            temperature_c=s.temperature_c,
-            power_w=s.power_w,
-            unified_memory=s.unified_memory,
-            taken_at=s.taken_at,
-        )
-        for s in samples
-    ]
+    return [gpu_status(s) for s in samples]
 
 
-def gpu_history(host: Host, window: timedelta = HISTORY_WINDOW) -> dict[int, GpuHistory]:
-    """Per GPU, utilisation and memory use (percent) over the window, oldest first."""
-    history: dict[int, GpuHistory] = {}
-    rows = (
-        GpuSample.objects.filter(host=host, taken_at__gte=timezone.now() - window)
-        .order_by("taken_at")
-        .values_list("index", "utilization_pct", "memory_used_mib", "memory_total_mib")
+def gpu_status(sample: GpuSample) -> GpuStatus:
+    return GpuStatus(
+        index=sample.index,
+        name=sample.name,
+        uuid=sample.uuid,
+        utilization_pct=sample.utilization_pct,
+        memory_used_mib=sample.memory_used_mib,
+        memory_total_mib=sample.memory_total_mib,
+        temperature_c=sample.temperature_c,
+        power_w=sample.power_w,
+        unified_memory=sample.unified_memory,
+        taken_at=sample.taken_at,
     )
-    for index, util, used, total in rows:
-        series = history.setdefault(index, GpuHistory(utilization_pct=[], memory_pct=[]))
-        series["utilization_pct"].append(util)
-        series["memory_pct"].append(100.0 * used / total if used is not None and total else None)
-    return history
 
 
-def host_status(host: Host) -> HostStatus:
+def host_status(host: Host, gpus: list[GpuStatus] | None = None) -> HostStatus:
     """One host; while its driver fails (`driver_error`) it has no GPU readings to show,
-    not the last ones from before the fault."""
+    not the last ones from before the fault. `gpus`: its latest tick, when the caller
+    has it at hand (the sampler, which just wrote it)."""
     return HostStatus(
         name=host.name,
         address=host.address,
@@ -137,7 +116,7 @@ def host_status(host: Host) -> HostStatus:
         driver_error=host.driver_error,
         mem_total_mib=host.mem_total_mib,
         mem_available_mib=host.mem_available_mib,
-        gpus=[] if host.driver_error else latest_gpu_samples(host),
+        gpus=[] if host.driver_error else gpus if gpus is not None else latest_gpu_samples(host),
         pair=pair_status(host),
     )
 
@@ -224,7 +203,8 @@ def cluster_status() -> dict:
         "lock": current_lock(),
         # The serve process running the engine loops ("HOST:PID"; null: none right now).
         "engine": {"leader": current_leader()},
-        # Broker traffic per client (X-Client-Id), counted by this process since start.
+        # Broker traffic per client (X-Client-Id): every process's with REDIS_URL, else
+        # this process's since start (arbiter.broker.accounting).
         "clients": client_usage(),
         # Keys with quotas and what they used of them (shared by every broker process).
         "key_quotas": [quota.as_dict() for quota in key_quotas()],

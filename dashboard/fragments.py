@@ -2,14 +2,20 @@
 
 from django.template.loader import render_to_string
 
-from arbiter.models import Host, Service
-from arbiter.status import gpu_history, host_status, service_status
+from arbiter.models import GpuSample, Host, Service
+from arbiter.status import gpu_status, host_status, service_status
+from dashboard.history import gpu_history, history_with_tick
 
 
-def host_view(host: Host) -> dict:
-    """A host's status with each GPU's recent history attached, as the cards need it."""
-    status = dict(host_status(host))
-    history = gpu_history(host)
+def host_view(host: Host, latest: list[GpuSample] | None = None) -> dict:
+    """A host's status with each GPU's recent history attached, as the cards need it;
+    `latest`: the rows of the tick the sampler just wrote (see dashboard.history)."""
+    if latest is None:
+        status = dict(host_status(host))
+        history = gpu_history(host.pk)
+    else:
+        status = dict(host_status(host, [gpu_status(row) for row in latest]))
+        history = history_with_tick(host.pk, latest)
     status["gpus"] = [
         {**gpu, "history": history.get(gpu["index"], {"utilization_pct": [], "memory_pct": []})}
         for gpu in status["gpus"]
@@ -28,7 +34,8 @@ def services_context() -> dict:
 
 
 def clients_context() -> dict:
-    """Broker traffic per client (this process), and every key's quota usage (shared)."""
+    """Broker traffic per client (every process with REDIS_URL), and every key's quota
+    usage (shared)."""
     from arbiter.broker.accounting import client_usage
     from arbiter.broker.quotas import key_quotas
 
@@ -53,16 +60,16 @@ def hosts_panel(oob: bool = False) -> str:
     return render_to_string("dashboard/partials/hosts_panel.html", {**page_context(), "oob": oob})
 
 
-def host_card(host_id: int) -> str:
+def host_card(host_id: int, latest: list[GpuSample] | None = None) -> str:
     """One host's card, marked for an out-of-band swap by its stable id."""
     host = Host.objects.get(pk=host_id)
     return render_to_string(
-        "dashboard/partials/host_card.html", {"host": host_view(host), "oob": True}
+        "dashboard/partials/host_card.html", {"host": host_view(host, latest), "oob": True}
     )
 
 
 def clients_panel(oob: bool = False) -> str:
-    """Per-client broker traffic (counted in this process since it started)."""
+    """Per-client broker traffic (every process with REDIS_URL, else this one since start)."""
     return render_to_string(
         "dashboard/partials/clients_panel.html", {**clients_context(), "oob": oob}
     )

@@ -148,18 +148,25 @@ class RunningPair:
 def running_pair_on(host: Host) -> RunningPair | None:
     """The pair this host serves in, if its last complete swap was a multi-node one and
     that pair's head service has not been seen down or serving something else since."""
-    last = (
+    # Asked for every host card on every sampling tick: the common answer (the last swap
+    # ran on this host alone) costs two narrow queries; the swap itself is read only
+    # for a pair.
+    last_swap_id = (
         SwapHost.objects.filter(host=host, swap__state=Swap.COMPLETE, swap__dry_run=False)
-        .select_related("swap", "swap__service", "swap__model")
         .order_by("-swap__finished_at")
+        .values_list("swap_id", flat=True)
         .first()
     )
-    if last is None:
+    if last_swap_id is None:
         return None
-    swap = last.swap
-    hosts = list(swap.swap_hosts.order_by("node_rank").values_list("host__name", flat=True))
+    hosts = list(
+        SwapHost.objects.filter(swap_id=last_swap_id)
+        .order_by("node_rank")
+        .values_list("host__name", flat=True)
+    )
     if len(hosts) < 2:
         return None
+    swap = Swap.objects.select_related("service", "model").get(pk=last_swap_id)
     service: Service | None = swap.service
     served = swap.model.served_name if swap.model else ""
     if service is None or service.health == "down":

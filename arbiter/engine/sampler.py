@@ -101,12 +101,11 @@ def _memory_figures(reading: GpuReading, meminfo: MemInfo | None) -> tuple[float
     return reading.memory_used_mib, reading.memory_total_mib
 
 
-@sync_to_async
 def record_sample(
     host_id: int, readings: list[GpuReading], meminfo: MemInfo | None, driver_error: str = ""
-) -> None:
+) -> list[GpuSample]:
     """The host answered: no miss. `driver_error` set means nvidia-smi failed (no readings);
-    the next good tick clears it."""
+    the next good tick clears it. Returns the rows written."""
     now = timezone.now()
     rows = []
     for r in readings:
@@ -136,6 +135,19 @@ def record_sample(
         mem_total_mib=meminfo.total_mib if meminfo else None,
         mem_available_mib=meminfo.available_mib if meminfo else None,
     )
+    return rows
+
+
+@sync_to_async
+def record_and_render(
+    host_id: int, readings: list[GpuReading], meminfo: MemInfo | None, driver_error: str = ""
+) -> str:
+    """One tick's writes and the host's new card, in one trip to a database thread (the
+    card shows the rows just written without reading them back)."""
+    from dashboard.fragments import host_card  # the engine renders; dashboards only listen
+
+    rows = record_sample(host_id, readings, meminfo, driver_error)
+    return host_card(host_id, latest=rows)
 
 
 @sync_to_async
@@ -202,12 +214,10 @@ class Sampler:
         except (SshError, GpuOutputError) as exc:
             log.warning("sample of %s failed: %s", target.name, exc)
             await record_miss(host_id, str(exc))
-            ok = False
-        else:
-            await record_sample(host_id, readings, meminfo, driver_error)
-            ok = True
-        await publish_fragment(await render_host_card(host_id))
-        return ok
+            await publish_fragment(await render_host_card(host_id))
+            return False
+        await publish_fragment(await record_and_render(host_id, readings, meminfo, driver_error))
+        return True
 
     async def _host_loop(
         self, host_id: int, sampling: str, target: ssh.SshTarget, start_delay: float = 0.0

@@ -135,7 +135,10 @@ def join_argv(argv: Sequence[str]) -> str:
     """Quote every argument so the remote shell sees exactly this argv.
 
     A NUL byte cannot travel through a shell command line at all, so it is refused
-    rather than silently truncating an argument.
+    rather than silently truncating an argument. Nor can text that is not UTF-8 (a lone
+    surrogate, which a JSON `\\ud800` escape gives): the SSH exec request carries the
+    command as UTF-8 (RFC 4254 §6.5; asyncssh encodes it strictly), so it is refused
+    here, before a session is opened, not halfway through opening one.
     """
     if isinstance(argv, str) or not argv:
         raise ValueError("argv must be a non-empty list of strings")
@@ -144,6 +147,10 @@ def join_argv(argv: Sequence[str]) -> str:
             raise ValueError(f"argv items must be strings, got {type(arg).__name__}")
         if "\x00" in arg:
             raise ValueError("argv items must not contain NUL bytes")
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("argv items must be valid UTF-8 text") from None
     return shlex.join(argv)
 
 

@@ -59,7 +59,8 @@ HEARTBEAT_EVERY = 2  # watch ticks per heartbeat write
 # Health is asked often while a quick start may be about to finish, then less often as
 # a long load goes on (0.1 s at the container start, 0.2 s after one second, 1 s from
 # nine seconds on): a start-up of about a second is seen within 0.2 s, and a load of
-# many minutes asks the host once a second.
+# many minutes asks the host once a second. A container that logs vLLM's ready line
+# (swap_log.READY_LOG_LINE) is asked at once.
 HEALTH_POLL_FIRST = 0.1
 HEALTH_POLL_MAX = 1.0
 HEALTH_POLL_GROWTH = 0.1  # seconds of interval added per second of loading
@@ -434,12 +435,20 @@ class SwapRunner:
                             f"(ARBITER_SWAP_HEALTH_TIMEOUT; last check: {self.last_health}); "
                             f"container {stopped} stopped"
                         )
-                    await asyncio.sleep(health_poll_interval(timezone.now() - started))
+                    await self.until_next_health_check(timezone.now() - started)
         finally:
             await self.stop_followers(followers)
         await self.sync_logs()
         seconds = await sync_to_async(store.end_phase)(self.swap_id, store.LOAD, last=True)
         await self.say(f"phase load took {seconds:.1f} s")
+
+    async def until_next_health_check(self, loading_for: timedelta) -> None:
+        """Sleep one poll interval, or less if the container logs that it is ready."""
+        ready = self.journal.ready_line_seen
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), health_poll_interval(loading_for))
+        # Once: a server that logged the line but does not answer yet is polled as usual.
+        ready.clear()
 
     # -- helpers -----------------------------------------------------------------------
     async def docker(

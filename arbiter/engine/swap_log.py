@@ -43,6 +43,12 @@ from arbiter.errors import SshError
 log = logging.getLogger(__name__)
 
 FULL_LOG_TIMEOUT = 60.0
+# vLLM's OpenAI server runs under uvicorn, which logs this once the app is up and about
+# to listen (uvicorn PR #458, "Clearer startup messaging"; seen in vLLM logs, e.g.
+# vllm-project/vllm#15915). Seeing it makes the health check ask at once instead of at
+# its next tick. It only wakes the check: that issue shows a server stuck right after
+# the line, so the answer of /health and /v1/models still decides.
+READY_LOG_LINE = "Application startup complete."
 
 
 def split_lines(text: str) -> list[str]:
@@ -103,6 +109,8 @@ class SwapJournal:
         # log's end since its follower last started (a sync then has nothing to add).
         self.recent: dict[str, deque[tuple[str, str]]] = {}
         self.read_to_end: set[str] = set()
+        # Set when a followed container prints READY_LOG_LINE (the health wait clears it).
+        self.ready_line_seen = asyncio.Event()
 
     async def load(self) -> None:
         """Continue after what is stored (a resumed swap)."""
@@ -244,6 +252,8 @@ class SwapJournal:
                     seen[stream] += 1
                     if seen[stream] > skip[stream]:
                         fresh.append((stream, line.rstrip("\r")))
+                    if READY_LOG_LINE in line:
+                        self.ready_line_seen.set()
                 if held is None:
                     held = fresh
                     continue

@@ -22,7 +22,16 @@ from arbiter.engine.preflight import LaunchPlan
 from arbiter.engine.sampler import BATCH_ARGV, parse_batch
 from arbiter.errors import SshError
 
-POLL_INTERVAL = 0.5
+# Asked often right after the stop, when the memory is most likely coming back (the
+# simulator, like a driver, frees it a fraction of a second after the process ends),
+# then less often: 0.1 s, growing by 0.1 s per second waited, up to 0.5 s.
+POLL_FIRST = 0.1
+POLL_MAX = 0.5
+POLL_GROWTH = 0.1  # seconds of interval added per second waited
+# "Released and steady" means the used memory stayed within the tolerance this long
+# after it dropped: a time, not a number of polls, so asking more often does not make
+# a release still in progress look finished.
+STEADY_SECONDS = 0.5
 READ_TIMEOUT = 15.0
 STABLE_TOLERANCE_MIB = 256.0  # MemAvailable wanders a little on a busy host
 
@@ -114,11 +123,15 @@ class MemoryWait:
         """Return once the memory is free enough (see the module docstring)."""
         deadline = time.monotonic() + self.timeout
         baseline = sum(g.used for g in self.before) if self.before else None
-        previous: float | None = None
+        # The used figure the steadiness is measured against, and since when it holds.
+        steady_at: float | None = None
+        steady_since = 0.0
         dropped = False
         announced = False
+        started = time.monotonic()
         while True:
             memory = await self.read()
+            now = time.monotonic()
             short = self.short(memory)
             if not short:
                 detail = ", ".join(f"GPU {g.index} {g.free:.0f} MiB free" for g in memory)
@@ -127,18 +140,18 @@ class MemoryWait:
             used = sum(g.used for g in memory)
             if baseline is not None and used < baseline - STABLE_TOLERANCE_MIB:
                 dropped = True
-            if stopped_any and dropped and previous is not None:
-                if abs(used - previous) <= STABLE_TOLERANCE_MIB:
-                    await self.say(
-                        f"GPU memory released and steady, but still short: {self.describe(short)}"
-                    )
-                    return
+            if steady_at is None or abs(used - steady_at) > STABLE_TOLERANCE_MIB:
+                steady_at, steady_since = used, now
+            if stopped_any and dropped and now - steady_since >= STEADY_SECONDS:
+                await self.say(
+                    f"GPU memory released and steady, but still short: {self.describe(short)}"
+                )
+                return
             if not announced:
                 await self.say(f"waiting for GPU memory to be freed: {self.describe(short)}")
                 announced = True
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 raise MemoryNotFreed(
                     f"GPU memory was not freed within {self.timeout:g} s: {self.describe(short)}"
                 )
-            previous = used
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(min(POLL_MAX, POLL_FIRST + POLL_GROWTH * (now - started)))

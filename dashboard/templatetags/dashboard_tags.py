@@ -14,17 +14,37 @@ WIDTH, HEIGHT = 120, 24
 
 @register.simple_tag
 def sparkline(values: list[float | None], label: str, css_class: str = "") -> SafeString:
-    """Plot percentages (0-100) oldest first; gaps (None) break the line."""
-    count = len(values)
+    """Plot percentages (0-100) oldest first; gaps (None) break the line.
+
+    Drawn for every host card on every sampling tick, so it is kept cheap: a flat run
+    (an idle GPU's line, most of the time) keeps only its two ends, which draws the
+    same line with a fraction of the points.
+    """
+    step = WIDTH / max(len(values) - 1, 1)
+    scale = HEIGHT / 100.0
     segments: list[list[str]] = [[]]
+    run_y = ""  # the y of the flat run the last point belongs to
+    run_end = -1  # the index of that run's newest point while it is not kept yet
     for i, value in enumerate(values):
+        points = segments[-1]
         if value is None:
-            if segments[-1]:
+            if run_end >= 0:
+                points.append(f"{run_end * step:.1f},{run_y}")
+            if points:
                 segments.append([])
+            run_y, run_end = "", -1
             continue
-        x = WIDTH * i / max(count - 1, 1)
-        y = HEIGHT - HEIGHT * min(max(value, 0.0), 100.0) / 100.0
-        segments[-1].append(f"{x:.1f},{y:.1f}")
+        clamped = 0.0 if value < 0.0 else 100.0 if value > 100.0 else value
+        y = f"{HEIGHT - clamped * scale:.1f}"
+        if y == run_y:
+            run_end = i
+            continue
+        if run_end >= 0:
+            points.append(f"{run_end * step:.1f},{run_y}")
+        points.append(f"{i * step:.1f},{y}")
+        run_y, run_end = y, -1
+    if run_end >= 0:
+        segments[-1].append(f"{run_end * step:.1f},{run_y}")
     lines = "".join(
         f'<polyline points="{" ".join(points)}"/>' for points in segments if len(points) > 1
     )

@@ -283,3 +283,42 @@ def test_an_existing_data_dir_and_database_are_tightened(tmp_path):
     manage(data_dir, "check")
     assert mode(data_dir) == 0o700
     assert mode(database) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/api/models",
+            {"key": "q", "hub_repo": "Qwen/Qwen3-0.6B", "display_name": "a\ud800"},
+            "display_name",
+        ),
+        (
+            "/api/models",
+            {"key": "q", "hub_repo": "Qwen/Qwen3-0.6B", "extra_args": ["--x=\udfff"]},
+            "extra_args.0",
+        ),
+        ("/api/swap/lock", {"holder": "cron\ud83d", "ttl_seconds": 60}, "holder"),
+        ("/api/schedule", {"id": "n", "cron": "0 * * * *", "meta": {"\udc00": 1}}, "meta.\udc00"),
+        (
+            "/api/webhooks",
+            {"url": "https://hooks.example/x", "description": "d\udbff"},
+            "description",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_a_422_naming_the_field_and_nothing_is_written(
+    admin_key_client, path, body, field
+):
+    # "\ud800" is valid JSON and Python decodes it, but it is no text: a database write
+    # of it used to raise UnicodeEncodeError, a 500 (found by the SSH seam's fuzz test).
+    from catalog.models import CatalogModel
+    from coordination.models import SwapLock
+
+    response = admin_key_client.post(path, json.dumps(body), content_type="application/json")
+    assert response.status_code == 422, response.content
+    error = response.json()["error"]
+    assert error["type"] == "validation_error"
+    assert error["field"] == field
+    assert not CatalogModel.objects.exists()
+    assert not SwapLock.objects.filter(token_hash__gt="").exists()

@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 from arbiter.simulator.container.logs import log, log_line
 from arbiter.simulator.container.options import DEFAULT_DISTRIBUTED_TIMEOUT, Options
+from arbiter.simulator.container.threads import start_helper_thread
 
 CONNECT_RETRY_SECONDS = 0.1
 RETRY_WARNING_EVERY = 5.0  # seconds between repeated "failed to connect" warnings
@@ -84,7 +85,7 @@ class HeadStore:
             self.all_joined.set()
 
     def start(self) -> None:
-        threading.Thread(target=self._accept, name="store", daemon=True).start()
+        start_helper_thread(self._accept, name="store")
 
     @property
     def joined_ranks(self) -> int:
@@ -99,7 +100,7 @@ class HeadStore:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            start_helper_thread(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
         reader = conn.makefile("rb")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ from arbiter.simulator.container.options import (
     parse_options,
 )
 from arbiter.simulator.container.server import ContainerServer
+from arbiter.simulator.container.threads import start_helper_thread
 
 
 def startup_script(o: Options) -> list[tuple[float, str, str]]:
@@ -147,15 +147,13 @@ def run(options: Options) -> int:
         if store is not None and not wait_for_nodes(store, options):
             return 1
         server.listen()
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        start_helper_thread(server.serve_forever, name="http")
         barrier = None if store is None else (lambda: nodes_loaded(store, options))
         if not play_startup(options, barrier):
             return 1
         server.ready.set()
         if store is not None:
-            threading.Thread(
-                target=watch_workers, args=(store, server), name="watch", daemon=True
-            ).start()
+            start_helper_thread(watch_workers, store, server, name="watch")
         if server.engine_dead.wait(options.crash_after_ready):
             # A request reached the sleeping engine (server.engine_died), or a worker node
             # left (watch_workers). vLLM's watchdog notices within VLLM_WATCHDOG_TIME_S
