@@ -323,6 +323,9 @@ ARBITER_BROKER_MAX_CONCURRENCY = env_int("ARBITER_BROKER_MAX_CONCURRENCY", 64)
 # With REDIS_URL the per-model limit holds across processes; a slot a crashed process
 # held comes back after this many seconds (docs/BROKER.md, "Several processes").
 ARBITER_BROKER_SLOT_TTL = env_float("ARBITER_BROKER_SLOT_TTL", 900.0)
+# The broker's Redis keys start with this (default: "arbiter:<database name>:broker:"),
+# so deployments (and tests) sharing one Redis keep apart.
+ARBITER_BROKER_REDIS_PREFIX = env("ARBITER_BROKER_REDIS_PREFIX")
 ARBITER_BROKER_QUEUE_SIZE = env_int("ARBITER_BROKER_QUEUE_SIZE", 100)
 ARBITER_BROKER_QUEUE_TIMEOUT = env_float("ARBITER_BROKER_QUEUE_TIMEOUT", 600.0)
 ARBITER_BROKER_CONNECT_TIMEOUT = env_float("ARBITER_BROKER_CONNECT_TIMEOUT", 5.0)

@@ -2,10 +2,14 @@
 
 A client names itself with `X-Client-Id` (a short token: letters, digits, `._:-`, at
 most 64 characters); without one it is counted under its API key's name. Counts are
-kept in this process since it started (`client_usage()` for `/api/status` and the
-dashboard; Prometheus `arbiter_broker_client_requests_total` for history). The number
-of distinct clients is capped so a client inventing ids cannot grow memory without
-bound: the rest are counted under "(other)".
+kept in this process since it started; with REDIS_URL each process also sends its new
+counts to Redis about once a second (`shared_limits`), and `client_usage()` (for
+`/api/status` and the dashboard) shows the deployment's totals: Redis's, plus what this
+process has not sent yet, with requests in flight in every process. Without Redis, or
+while it cannot be reached, it shows this process's counts. Prometheus
+`arbiter_broker_client_requests_total` is per process, for history. The number of
+distinct clients is capped so a client inventing ids cannot grow memory without bound:
+the rest are counted under "(other)".
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from django.conf import settings
+
+from arbiter.broker.shared_limits import OTHER, ClientCounts, read_clients
+
 MAX_CLIENTS = 1000
-OTHER = "(other)"
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -58,6 +66,10 @@ class Accounting:
         self.max_clients = max_clients
         self._usage: dict[str, _Usage] = {}
         self._lock = threading.Lock()
+        # With REDIS_URL (set by the broker's state): counts not sent to Redis yet, and
+        # what to call when there are some (it schedules the flush).
+        self._pending: dict[str, ClientCounts] = {}
+        self.on_pending: Callable[[], None] | None = None
 
     def _get(self, client: str) -> _Usage:
         usage = self._usage.get(client)
@@ -76,6 +88,12 @@ class Accounting:
             usage.requests += 1
             usage.in_flight += 1
             usage.last_seen = time.time()
+            if self.on_pending is not None:
+                pending = self._pending.setdefault(client, ClientCounts())
+                pending.requests += 1
+                pending.last_seen = usage.last_seen
+        if self.on_pending is not None:
+            self.on_pending()
         return client
 
     def finished(self, client: str, status: int, bytes_out: int = 0, model: str = "") -> None:
@@ -89,6 +107,15 @@ class Accounting:
             if model:
                 usage.by_model[model] = usage.by_model.get(model, 0) + 1
             usage.last_seen = time.time()
+            if self.on_pending is not None:
+                pending = self._pending.setdefault(client, ClientCounts())
+                pending.errors += status >= 400
+                pending.bytes_out += bytes_out
+                if model:
+                    pending.by_model[model] = pending.by_model.get(model, 0) + 1
+                pending.last_seen = usage.last_seen
+        if self.on_pending is not None:
+            self.on_pending()
 
     def usage(self) -> list[ClientUsageOut]:
         """Every client's counts, busiest first."""
@@ -107,14 +134,62 @@ class Accounting:
             ]
         return sorted(rows, key=lambda row: (-row["requests"], row["client"]))
 
+    def take_pending(self) -> dict[str, ClientCounts]:
+        """The counts not sent to Redis yet, now handed to the sender."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def restore_pending(self, counts: dict[str, ClientCounts]) -> None:
+        """Counts the sender could not send, kept for its next try."""
+        with self._lock:
+            for client, extra in counts.items():
+                self._pending.setdefault(client, ClientCounts()).add(extra)
+
+    def shared_usage(
+        self, shared: dict[str, ClientCounts], others_in_flight: dict[str, int]
+    ) -> list[ClientUsageOut]:
+        """The deployment's counts: Redis's totals plus what this process has not sent
+        yet; in flight, this process's own plus the other processes' (from Redis)."""
+        with self._lock:
+            totals = {name: counts.copy() for name, counts in shared.items()}
+            for name, pending in self._pending.items():
+                totals.setdefault(name, ClientCounts()).add(pending)
+            in_flight = dict(others_in_flight)
+            for name, usage in self._usage.items():
+                if usage.in_flight:
+                    in_flight[name] = in_flight.get(name, 0) + usage.in_flight
+                    totals.setdefault(name, ClientCounts(last_seen=usage.last_seen))
+            for name in others_in_flight:
+                totals.setdefault(name, ClientCounts())
+        rows = [
+            ClientUsageOut(
+                client=name,
+                requests=c.requests,
+                errors=c.errors,
+                in_flight=in_flight.get(name, 0),
+                bytes_out=c.bytes_out,
+                by_model=c.by_model,
+                last_seen=c.last_seen,
+            )
+            for name, c in totals.items()
+        ]
+        return sorted(rows, key=lambda row: (-row["requests"], row["client"]))
+
     def reset(self) -> None:
         with self._lock:
             self._usage.clear()
+            self._pending.clear()
 
 
 accounting = Accounting()
 
 
 def client_usage() -> list[ClientUsageOut]:
-    """What `/api/status` and the dashboard show: per-client counts of this process."""
-    return accounting.usage()
+    """What `/api/status` and the dashboard show: per-client counts of every process with
+    REDIS_URL (this process's while Redis cannot be reached), else of this process."""
+    url = getattr(settings, "REDIS_URL", "")
+    shared = read_clients(url) if url else None
+    if shared is None:
+        return accounting.usage()
+    return accounting.shared_usage(*shared)

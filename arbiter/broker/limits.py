@@ -5,13 +5,13 @@ dicts need no lock. With REDIS_URL the per-model limit is shared by every proces
 instead (`shared_limits`); the wait queue stays per process.
 
 `ServiceActivity` is what eviction decides on: requests in flight per service and when
-the last one finished.
+the last one finished; with REDIS_URL, `current()` adds the other processes' figures.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -103,6 +103,16 @@ class ActivitySnapshot:
     in_flight: dict[str, int] = field(default_factory=dict)
     last_finished: dict[str, float] = field(default_factory=dict)  # epoch seconds
 
+    def plus(self, other: ActivitySnapshot) -> ActivitySnapshot:
+        """Both together: requests in flight added up, the later finish of each service."""
+        in_flight = dict(self.in_flight)
+        for service, count in other.in_flight.items():
+            in_flight[service] = in_flight.get(service, 0) + count
+        last_finished = dict(self.last_finished)
+        for service, when in other.last_finished.items():
+            last_finished[service] = max(when, last_finished.get(service, 0.0))
+        return ActivitySnapshot(in_flight, last_finished)
+
 
 class ServiceActivity:
     """Requests in flight per service, and when each one's last request finished.
@@ -113,6 +123,9 @@ class ServiceActivity:
     def __init__(self) -> None:
         self.in_flight: dict[str, int] = {}
         self.last_finished: dict[str, float] = {}
+        # With REDIS_URL: the other processes' requests in flight and every process's
+        # last finishes (`shared_limits`); None from it when Redis cannot be reached.
+        self.others: Callable[[], Awaitable[ActivitySnapshot | None]] | None = None
 
     def started(self, service: str) -> None:
         self.in_flight[service] = self.in_flight.get(service, 0) + 1
@@ -126,4 +139,11 @@ class ServiceActivity:
         self.last_finished[service] = time.time()
 
     def snapshot(self) -> ActivitySnapshot:
+        """This process's figures."""
         return ActivitySnapshot(dict(self.in_flight), dict(self.last_finished))
+
+    async def current(self) -> ActivitySnapshot:
+        """Every process's figures where they are shared, else this process's."""
+        mine = self.snapshot()
+        theirs = None if self.others is None else await self.others()
+        return mine if theirs is None else mine.plus(theirs)

@@ -366,7 +366,10 @@ class Loads:
     ) -> SwapEnd:
         while True:
             try:
-                step = await sync_to_async(plan_load)(model_key, self.activity.snapshot())
+                # Every process's requests in flight with REDIS_URL: a service busy in
+                # another process is not evicted (`limits.ServiceActivity.current`).
+                activity = await self.activity.current()
+                step = await sync_to_async(plan_load)(model_key, activity)
                 if step.action == "go":
                     await self._evict(step, deadline, on_behalf)
                     swap_id, ours = await sync_to_async(start_swap)(model_key, step.host, on_behalf)

@@ -53,7 +53,7 @@ from arbiter import audit
 from arbiter.broker import metrics
 from arbiter.broker.background import spawn
 from arbiter.broker.errors import BackendUnavailable, from_arbiter_error
-from arbiter.broker.limits import ServiceActivity
+from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
 from arbiter.broker.loading import assert_lock_free
 from arbiter.broker.table import DEFAULT_TTL, CatalogEntry, RouteTable, ServiceRoute
 from arbiter.engine.host_memory import sleep_level
@@ -177,7 +177,9 @@ class Residency:
             await asyncio.sleep(settle_seconds())
             if await _db(read_unloaded_at, name) != until:
                 return False  # a swap on the service reset it meanwhile: nothing to unload
-            if self.activity.in_flight.get(name, 0):  # a request came in meanwhile: keep it
+            # A request came in meanwhile, here or (with REDIS_URL) in another process:
+            # keep it. Such a request counted itself in Redis before it was forwarded.
+            if (await self.activity.current()).in_flight.get(name, 0):
                 await self._conclude(name, until, None)
                 return False
             # Someone took the swap lock while we settled: an unload (idle or eviction)
@@ -338,7 +340,9 @@ class IdleUnloader:
             await self.sweep(await state.table.get(), state.residency)
             await asyncio.sleep(idle_check_seconds())
 
-    def due(self, table: RouteTable, activity: ServiceActivity, now: float) -> list[ServiceRoute]:
+    def due(
+        self, table: RouteTable, activity: ActivitySnapshot | ServiceActivity, now: float
+    ) -> list[ServiceRoute]:
         """The services to unload now (a pure function of its inputs and `first_seen`)."""
         entries = {e.served_name: e for e in table.catalog}
         watched: set[tuple[str, str]] = set()
@@ -364,8 +368,9 @@ class IdleUnloader:
 
     async def sweep(self, table: RouteTable, residency: Residency) -> list[str]:
         """Unload what is due; return the names of the services unloaded."""
+        # Every process's requests and last finishes with REDIS_URL, else this one's.
         activity = residency.activity
-        due = self.due(table, activity, self.clock())
+        due = self.due(table, await activity.current(), self.clock())
         if not due or not await sync_to_async(lock_free)():
             return []
         unloaded = []

@@ -2,7 +2,10 @@
 
 Futures, the HTTP client's pool and the counters belong to the loop that serves the
 requests (daphne runs one; a test's AsyncClient runs the app on the test's own loop),
-so they are kept per loop and dropped with it.
+so they are kept per loop and dropped with it. With REDIS_URL the loop's Redis client
+(`shared_limits`) also carries what the processes share: the per-model limit, requests
+in flight per service and their last finishes (eviction and idle unload read them
+through `activity.current()`), and the per-client counters `accounting` collects.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 from django.conf import settings
 
+from arbiter.broker.accounting import accounting
 from arbiter.broker.keys import KeyCache
 from arbiter.broker.limits import ConcurrencyLimits, ServiceActivity, WaitQueue
 from arbiter.broker.loading import Loads
@@ -39,8 +43,9 @@ class BrokerState:
     _client: httpx.AsyncClient | None = None
     residency: Residency = field(init=False)
     loads: Loads = field(init=False)
-    # With REDIS_URL the per-model limit holds across processes (`shared_limits`);
-    # without, `limits` bounds this process alone at no cost.
+    # With REDIS_URL the per-model limit holds across processes (`shared_limits`), and
+    # service activity and client counts are shared; without, `limits` bounds this
+    # process alone and the figures stay here, at no cost.
     shared_limits: SharedLimits | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +53,9 @@ class BrokerState:
         self.loads = Loads(self.watcher, self.residency)
         redis_url = getattr(settings, "REDIS_URL", "")
         self.shared_limits = SharedLimits(redis_url) if redis_url else None
+        if self.shared_limits is not None:
+            self.activity.others = self.shared_limits.others_activity
+            accounting.on_pending = send_client_counts
 
     @property
     def transport(self) -> LeanTransport:
@@ -84,6 +92,19 @@ def get_state() -> BrokerState:
     if state is None:
         state = _states[loop] = BrokerState()
     return state
+
+
+def send_client_counts() -> None:
+    """`accounting`'s hook with REDIS_URL: this loop's Redis client sends the new counts
+    within a second."""
+    try:
+        state = get_state()
+    except RuntimeError:  # no running loop: the next count made on one schedules it
+        return
+    if state.shared_limits is None:
+        accounting.take_pending()  # this loop shares nothing (tests that drop REDIS_URL)
+    else:
+        state.shared_limits.flush_soon(accounting)
 
 
 async def reset_state() -> None:

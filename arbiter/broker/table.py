@@ -220,18 +220,32 @@ class RouteTableCache:
 
     async def get(self, newer_than: float | None = None) -> RouteTable:
         """The cached table, or a fresh read; `newer_than` (monotonic) demands a read
-        that started after that moment (e.g. after a swap was seen to complete)."""
+        that started after that moment (e.g. after a swap was seen to complete).
+
+        A table past half its lifetime is refreshed in the background while it is
+        still served, so under steady traffic no request waits for the read (it was a
+        stall of a few milliseconds once a second); no table older than the TTL is
+        ever served, which is what `residency` relies on."""
         table = self.table
         if table is not None:
-            if newer_than is None and time.monotonic() - table.read_at < self._ttl():
-                return table
-            if newer_than is not None and table.read_at >= newer_than:
+            if newer_than is None:
+                age = time.monotonic() - table.read_at
+                ttl = self._ttl()
+                if age < ttl:
+                    if age >= ttl / 2 and self._refresh is None:
+                        self._start_refresh().add_done_callback(_retrieve)
+                    return table
+            elif table.read_at >= newer_than:
                 return table
         refresh = self._refresh
         if refresh is None or (newer_than is not None and self._refresh_started < newer_than):
-            self._refresh_started = time.monotonic()
-            refresh = self._refresh = spawn(self._read(self._refresh_started))
+            refresh = self._start_refresh()
         return await asyncio.shield(refresh)
+
+    def _start_refresh(self) -> asyncio.Future[RouteTable]:
+        self._refresh_started = time.monotonic()
+        refresh = self._refresh = spawn(self._read(self._refresh_started))
+        return refresh
 
     async def _read(self, started: float) -> RouteTable:
         try:
@@ -247,3 +261,10 @@ class RouteTableCache:
 
     def invalidate(self) -> None:
         self.table = None
+
+
+def _retrieve(refresh: asyncio.Future[RouteTable]) -> None:
+    # A background refresh nobody awaited: a failed read is retried by the next request
+    # (and logged there), not reported as an exception never retrieved.
+    if not refresh.cancelled():
+        refresh.exception()

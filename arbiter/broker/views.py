@@ -227,7 +227,9 @@ async def forward(
         state.limits.acquire(model)  # 429 past the per-model limit of this process
         slot = ""
     else:
-        slot = await shared.acquire(model)  # 429 past the limit of all processes together
+        # 429 past the limit of all processes together; the request counts as in flight
+        # at its service and for its client in every process (eviction, /api/status).
+        slot = await shared.acquire(model, service=service.name, client=exchange.client)
     state.activity.started(service.name)
     metrics.IN_FLIGHT.labels(model).inc()
 

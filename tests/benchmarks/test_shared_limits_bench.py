@@ -1,10 +1,10 @@
 """What sharing the per-model limit through Redis costs a request (`shared_limits`).
 
 Two lean broker processes (daphne serving `arbiter.broker.asgi:application`) on the
-same SQLite database and simulated backend (token delay 0), one with REDIS_URL and one
-without; the served Arbiter from `test_broker_bench` runs the prober for both. Small
-chat completions are sent to them in turns (interleaved, as in `test_broker_bench`),
-then at concurrency 32, one process at a time. Run it:
+same SQLite database and canned backend, one with REDIS_URL and one without; the served
+Arbiter from `test_broker_bench` runs the prober for both. wrk sends small chat
+completions at concurrency 1 and 64, the two processes interleaved in rounds as in
+`test_broker_bench`. Run it:
 
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m pytest -m benchmark \\
         tests/benchmarks/test_shared_limits_bench.py -s
@@ -14,7 +14,6 @@ Prints p50/p99 per process and the difference; writes test-artifacts/bench-share
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -25,17 +24,18 @@ import pytest
 
 from tests.benchmarks.conftest import start_child
 from tests.benchmarks.test_broker_bench import (  # noqa: F401 (fixtures used by name)
-    Target,
+    SCENARIOS,
+    ServedArbiter,
     arbiter,
     backend,
-    concurrent,
-    sequential,
-    summary,
     wait_until_served,
 )
+from tests.benchmarks.wrk import Target, medians, run_rounds
 from tests.live_arbiter import free_port
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+SECONDS = 5
+ROUNDS = 3
 ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "bench-shared-limits.json"
 
 pytestmark = [
@@ -45,42 +45,43 @@ pytestmark = [
 ]
 
 
-def lean(arbiter: Target, name: str, redis_url: str) -> Iterator[Target]:  # noqa: F811
+def lean(arbiter: ServedArbiter, name: str, redis_url: str) -> Iterator[Target]:  # noqa: F811
     port = free_port()
     argv = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
-    assert arbiter.env is not None
     env = {**arbiter.env, "REDIS_URL": redis_url}
     child = start_child([*argv, "arbiter.broker.asgi:application"], env)
-    target = Target(name, f"http://127.0.0.1:{port}", arbiter.headers)
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_served(child, target)
-        yield target
+        wait_until_served(child, url, arbiter.authorization)
+        yield Target(name, url, url, arbiter.authorization)
     finally:
         child.stop()
 
 
 @pytest.fixture(scope="module")
-def local_limits(arbiter: Target) -> Iterator[Target]:  # noqa: F811
+def local_limits(arbiter: ServedArbiter) -> Iterator[Target]:  # noqa: F811
     yield from lean(arbiter, "per-process", "")
 
 
 @pytest.fixture(scope="module")
-def redis_limits(arbiter: Target) -> Iterator[Target]:  # noqa: F811
+def redis_limits(arbiter: ServedArbiter) -> Iterator[Target]:  # noqa: F811
     yield from lean(arbiter, "redis", REDIS_URL)
 
 
-def test_what_the_shared_limit_costs(local_limits: Target, redis_limits: Target) -> None:
-    targets = {t.name: t for t in (local_limits, redis_limits)}
-    figures: dict[str, dict[str, object]] = {}
-    for name, latencies in sequential(targets).items():
-        figures[name] = {"sequential": summary(latencies)}
-    for name, target in targets.items():
-        latencies, elapsed = asyncio.run(concurrent(target))
-        figures[name]["concurrent_32"] = summary(latencies)
-        figures[name]["requests_per_second_32"] = round(len(latencies) / elapsed, 1)
+def test_what_the_shared_limit_costs(
+    local_limits: Target, redis_limits: Target, tmp_path: Path
+) -> None:
+    scenarios = [s for s in SCENARIOS if not s.stream]  # concurrency 1 and 64
+    runs = run_rounds([local_limits, redis_limits], scenarios, ROUNDS, SECONDS, tmp_path)
+    figures = {s: {t: medians(r) for t, r in by_target.items()} for s, by_target in runs.items()}
     ARTIFACT.parent.mkdir(exist_ok=True)
     ARTIFACT.write_text(json.dumps(figures, indent=2) + "\n")
-    print("\n" + json.dumps(figures, indent=2))
-    local, shared = figures["per-process"]["sequential"], figures["redis"]["sequential"]
-    assert isinstance(local, dict) and isinstance(shared, dict)
+    for scenario, by_target in figures.items():
+        for name, cell in by_target.items():
+            print(
+                f"{scenario} {name:<12} p50 {cell['p50_ms']:8.3f} ms "
+                f"p99 {cell['p99_ms']:8.3f} ms {cell['rps']:8.1f} req/s"
+            )
+            assert cell["non2xx"] == 0, f"{name}: {cell['non2xx']} error statuses in {scenario}"
+    local, shared = figures["c1"]["per-process"], figures["c1"]["redis"]
     print(f"added by Redis at concurrency 1: p50 {shared['p50_ms'] - local['p50_ms']:+.3f} ms")

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,7 @@ from django.utils import timezone
 from arbiter.broker.accounting import accounting
 from arbiter.broker.asgi import BrokerASGIHandler
 from arbiter.broker.background import close_thread_connections
+from arbiter.broker.shared_limits import sync_client
 from arbiter.broker.state import reset_state
 from arbiter.models import ApiKey, Host, Service
 from catalog.models import CatalogModel
@@ -213,9 +215,16 @@ def _close_broker_thread_connections():
 
 @pytest.fixture
 def broker_settings(settings):
-    """Every request sees the database as it is now (no table cache)."""
+    """Every request sees the database as it is now (no table cache); with REDIS_URL the
+    broker's Redis keys (shared limits, activity, client counts) are this test's own."""
     settings.ARBITER_BROKER_TABLE_TTL = 0.0
-    return settings
+    prefix = settings.ARBITER_BROKER_REDIS_PREFIX = f"arbiter-test:{uuid.uuid4().hex}:"
+    yield settings
+    if settings.REDIS_URL:
+        redis = sync_client(settings.REDIS_URL)
+        keys = redis.keys(prefix + "*")
+        if keys:
+            redis.delete(*keys)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from django.core import signals
 from django.db import connection
 from django.db.backends.signals import connection_created
 
-from arbiter.broker.asgi import on_request_thread
+from arbiter.broker.asgi import on_request_thread, send_on_request_thread
 from arbiter.broker.background import REQUEST_EXECUTOR
 from tests.broker.conftest import call, chat, register
 
@@ -130,6 +130,27 @@ async def test_a_host_outside_allowed_hosts_is_refused_like_on_every_other_path(
     error = json.loads(content)["error"]
     assert (error["code"], error["param"]) == ("disallowed_host", "Host")
     assert backend.requests() == 0
+
+
+def test_a_signal_still_queued_for_an_earlier_request_is_not_queued_again():
+    sent: list[str] = []
+    signal = signals.Signal()
+
+    def receiver(**kwargs) -> None:
+        sent.append(threading.current_thread().name)
+
+    signal.connect(receiver)
+    busy = threading.Event()
+    REQUEST_EXECUTOR.submit(busy.wait, 10)  # the thread is busy: the sends wait in line
+    for _ in range(3):
+        send_on_request_thread(signal, sender=None)
+    busy.set()
+    drain_request_thread()
+    assert sent == ["broker-requests_0"]  # one send, before any work queued after it
+
+    send_on_request_thread(signal, sender=None)  # the queued one has run: a new send
+    drain_request_thread()
+    assert sent == ["broker-requests_0", "broker-requests_0"]
 
 
 def test_a_failure_on_the_request_thread_is_logged(caplog):

@@ -159,6 +159,46 @@ async def test_closing_a_response_early_closes_its_connection(scripted):
     assert backend.connections == 2
 
 
+async def test_chunks_that_arrive_together_go_out_as_one_piece(scripted):
+    events = [b"data: %d\n\n" % i for i in range(64)]
+    stream = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + stream
+    backend = await scripted([answer])
+    async with lean_client() as lean:
+        async with lean.stream("POST", backend.url, content=b"{}") as response:
+            pieces = [piece async for piece in response.aiter_raw()]
+    assert b"".join(pieces) == b"".join(events)
+    assert len(pieces) < 4  # one write from the backend: not 64 pieces to relay
+
+
+async def test_chunks_that_arrive_apart_go_out_apart(scripted):
+    async def slowly(reader, writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"3\r\none\r\n", b"3\r\ntwo\r\n", b"0\r\n\r\n"):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await reader.read()
+
+    backend = await scripted([slowly])
+    async with lean_client() as lean:
+        async with lean.stream("POST", backend.url, content=b"{}") as response:
+            pieces = [piece async for piece in response.aiter_raw()]
+    assert pieces == [b"one", b"two"]
+
+
+async def test_whole_chunks_before_a_malformed_one_still_go_out(scripted):
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\nzz\r\n"
+    backend = await scripted([answer])
+    received = b""
+    async with lean_client() as lean:
+        async with lean.stream("POST", backend.url, content=b"{}") as response:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async for piece in response.aiter_raw():
+                    received += piece
+    assert received == b"one"
+
+
 async def test_it_reads_a_large_body_whole(scripted):
     body = bytes(range(256)) * 8192  # 2 MiB, past the read high-water mark
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)

@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from arbiter.broker import metrics
-from arbiter.broker.limits import ServiceActivity
+from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
 from arbiter.broker.residency import IdleUnloader
 from arbiter.broker.state import get_state
 from arbiter.broker.table import CatalogEntry, RouteTable, ServiceRoute
@@ -214,6 +214,35 @@ async def test_nothing_is_unloaded_while_someone_else_holds_the_lock(aclient, sl
     clock.now += TTL
     assert await sweep(unloader) == []
     assert await counter(sleepy, "sim_sleeps_total") == 0
+
+
+@needs_db
+async def test_a_request_in_flight_in_another_process_keeps_it_loaded(aclient, sleepy):
+    # With REDIS_URL the other processes' figures come from Redis (`shared_limits`, held
+    # by tests/ship/test_broker_processes.py); here the seam stands in for them.
+    others = ActivitySnapshot(in_flight={"vllm-a": 1})
+
+    async def other_processes() -> ActivitySnapshot:
+        return others
+
+    state = get_state()
+    state.activity.others = other_processes
+    clock = Clock()
+    unloader = IdleUnloader(clock)
+    await sweep(unloader)
+    clock.now += TTL
+    assert await sweep(unloader) == []
+    # One that arrives there after the sweep chose the service: the unload backs off.
+    url = f"{sleepy.url}/sleep"
+    assert await state.residency.unload("vllm-a", url, "idle") is False
+    assert await counter(sleepy, "sim_sleeps_total") == 0
+    assert await sync_to_async(unloaded_at)() is None
+
+    # Its request finished there just now: idle counts from then.
+    others = ActivitySnapshot(last_finished={"vllm-a": clock.now})
+    assert await sweep(unloader) == []
+    clock.now += TTL
+    assert await sweep(unloader) == ["vllm-a"]
 
 
 @needs_db

@@ -8,6 +8,7 @@ exactly one of them — the leader — runs the engine loops (`arbiter.engine.le
 """
 
 import asyncio
+import gc
 import os
 import secrets
 import signal
@@ -206,4 +207,10 @@ def serve_forever(host: str, port: int, proxy_headers: bool = False) -> None:
         proxy_forwarded_proto_header="X-Forwarded-Proto" if proxy_headers else None,
         verbosity=0,
     )
+    # Everything loaded so far (Django, the apps, Twisted: some 125,000 objects) lives as
+    # long as the process. Without this, every full collection of the cyclic garbage
+    # collector walks all of it, a pause of about 80 ms on the reference machine that
+    # every request in flight waits out (the broker's worst latencies at concurrency 1);
+    # frozen, a full collection walks only what was made since.
+    gc.freeze()
     server.run()
