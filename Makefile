@@ -67,8 +67,21 @@ startos-check-if-node:
 		echo "*** STARTOS PACKAGE NOT TYPE-CHECKED: node is missing (install Node.js 20) ***" >&2; \
 	fi
 
+# Benchmarks (not part of make test). The broker's (tests/benchmarks/test_broker_bench.py)
+# compares it with nginx and LiteLLM's proxy under wrk, installing wrk and nginx with
+# apt-get and LiteLLM in ~/.cache/arbiter-bench when missing; a few minutes, figures in
+# test-artifacts/bench-broker.json.
 bench: install
 	$(TEST_ENV) $(BIN)/python -m pytest -m benchmark tests/benchmarks -s
+
+# A long run under mixed load (broker clients, swaps, dashboard viewers, webhooks)
+# against a real `manage.py serve`: RSS and database size every minute.
+# ARBITER_SOAK_MINUTES (default 30) sets its length; figures in test-artifacts/soak.json.
+# With DATABASE_URL and REDIS_URL set: a fresh PostgreSQL database, and that Redis (use a
+# database number nothing else uses, e.g. redis://127.0.0.1:6379/15).
+.PHONY: soak
+soak: install
+	$(TEST_ENV) $(BIN)/python -m pytest -m soak tests/benchmarks/test_soak.py -s
 
 # Re-resolve the pinned dependency set after editing pyproject.toml.
 lock:
