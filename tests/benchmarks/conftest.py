@@ -160,7 +160,7 @@ def bench_arbiter(bench_dir: Path, bench_cluster: BenchCluster) -> Iterator[Benc
     child = start_child([sys.executable, "-u", MANAGE, "serve", "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(child, url)
+        wait_healthy(child, url)
         match = re.search(r"password\n\s+(\S+)", "".join(child.output))
         assert match, "serve did not print the first admin's password:\n" + "".join(child.output)
         yield BenchArbiter(child, url, data_dir / "arbiter.sqlite3", match.group(1))
@@ -168,8 +168,9 @@ def bench_arbiter(bench_dir: Path, bench_cluster: BenchCluster) -> Iterator[Benc
         child.stop()
 
 
-def _wait_healthy(child: ChildProcess, url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_healthy(child: ChildProcess, url: str, timeout: float = START_TIMEOUT) -> None:
+    """Until the served Arbiter answers /healthz (it fails at once if the process died)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert child.alive(), "serve exited:\n" + "".join(child.output)
         try:

@@ -52,7 +52,7 @@ import httpx
 import pytest
 
 from arbiter.engine.sampler import HISTORY
-from tests.benchmarks.conftest import ChildProcess, start_child
+from tests.benchmarks.conftest import start_child, wait_healthy
 from tests.benchmarks.soak_load import (
     CLIENTS,
     MINUTES,
@@ -148,7 +148,7 @@ def soak_arbiter(tmp_path: Path, postgres_url: str | None) -> Iterator[SoakArbit
         else Database(data_dir / "arbiter.sqlite3", data_dir / "huey.sqlite3")
     )
     try:
-        _wait_healthy(child, url)
+        wait_healthy(child, url, START_TIMEOUT)
         match = re.search(r"password\n\s+(\S+)", "".join(child.output))
         assert match, "serve did not print the first admin's password:\n" + "".join(child.output)
         arbiter = SoakArbiter(child, url, data_dir, database, match.group(1))
@@ -183,19 +183,6 @@ def soak_arbiter(tmp_path: Path, postgres_url: str | None) -> Iterator[SoakArbit
                 os.killpg(pid, 9)  # they outlive the simulator on purpose (like real ones)
             except OSError:
                 pass
-
-
-def _wait_healthy(child: ChildProcess, url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert child.alive(), "serve exited:\n" + "".join(child.output)
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("serve did not become healthy:\n" + "".join(child.output))
 
 
 # -- the soak --------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ and the simulated cluster (running in this test process). Runs when DATABASE_URL
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -25,19 +24,13 @@ import yaml
 
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import ApiKey, Host, Service
+from tests.ship.markers import needs_postgres_and_redis
 from tests.ship.serve_processes import serve_processes
 from tests.ship.test_broker_processes import SERVED, chat, model_swaps
 from tests.swaps.conftest import make_model
 
 pytestmark = [
-    pytest.mark.skipif(
-        not (
-            os.environ.get("DATABASE_URL", "").startswith("postgres")
-            and os.environ.get("REDIS_URL")
-        ),
-        reason="needs PostgreSQL and Redis: set DATABASE_URL and REDIS_URL "
-        "(`make test-postgres` does; CI runs it)",
-    ),
+    needs_postgres_and_redis,
     pytest.mark.django_db(transaction=True),
     pytest.mark.timeout(300),
 ]
