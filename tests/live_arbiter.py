@@ -154,16 +154,23 @@ def healthy(url: str) -> bool:
         return False
 
 
-def _kill_leftover_containers(data_dir: Path) -> None:
-    """Simulated containers outlive the simulator on purpose (like real ones); not tests'."""
+def simulated_container_records(data_dir: Path) -> Iterator[tuple[str, dict]]:
+    """(host, record) of every container the simulated dockers under `data_dir` know
+    (sim/hosts/<host>/docker/containers.json; a file being rewritten is skipped)."""
     for registry in (data_dir / "sim").rglob("containers.json"):
         try:
             containers = json.loads(registry.read_text()).get("containers", [])
         except (OSError, ValueError):
             continue
         for container in containers:
-            if container.get("pid"):
-                try:
-                    os.killpg(container["pid"], signal.SIGKILL)
-                except OSError:
-                    pass
+            yield registry.parent.parent.name, container
+
+
+def _kill_leftover_containers(data_dir: Path) -> None:
+    """Simulated containers outlive the simulator on purpose (like real ones); not tests'."""
+    for _host, container in simulated_container_records(data_dir):
+        if container.get("pid"):
+            try:
+                os.killpg(container["pid"], signal.SIGKILL)
+            except OSError:
+                pass

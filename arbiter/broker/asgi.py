@@ -10,14 +10,14 @@ handler with no middleware and everything else to `app`, unchanged:
     application = ProtocolTypeRouter({"http": with_broker(django_asgi_app), ...})
 
 `application` here is the project's ASGI application with that split, for running
-`daphne arbiter.broker.asgi:application` side by side (the benchmark does).
+`daphne arbiter.broker.asgi:application` side by side (the broker tests' "lean" cases do;
+`arbiter.asgi`, which serve runs, applies the same split behind its body limit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -233,12 +233,10 @@ def __getattr__(name: str) -> Any:
 
         from arbiter import asgi
 
-        router = ProtocolTypeRouter(
+        return ProtocolTypeRouter(
             {
                 "http": with_broker(asgi.django_asgi_app),
                 "websocket": asgi.application.application_mapping["websocket"],
             }
         )
-        gc.freeze()  # as `manage.py serve` does before serving: no 80 ms full collections
-        return router
     raise AttributeError(name)

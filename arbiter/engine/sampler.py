@@ -144,8 +144,6 @@ def record_and_render(
 ) -> str:
     """One tick's writes and the host's new card, in one trip to a database thread (the
     card shows the rows just written without reading them back)."""
-    from dashboard.fragments import host_card  # the engine renders; dashboards only listen
-
     rows = record_sample(host_id, readings, meminfo, driver_error)
     return host_card(host_id, latest=rows)
 
@@ -159,11 +157,13 @@ def record_miss(host_id: int, error: str | None) -> None:
     Host.objects.filter(pk=host_id).update(**fields)
 
 
-@sync_to_async
-def render_host_card(host_id: int) -> str:
-    from dashboard.fragments import host_card  # the engine renders; dashboards only listen
+def host_card(host_id: int, latest: list[GpuSample] | None = None) -> str:
+    from dashboard import fragments  # the engine renders; dashboards only listen
 
-    return host_card(host_id)
+    return fragments.host_card(host_id, latest)
+
+
+render_host_card = sync_to_async(host_card)
 
 
 @sync_to_async

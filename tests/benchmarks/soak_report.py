@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.benchmarks.conftest import ChildProcess
 from tests.benchmarks.soak_load import MINUTES, Tally
+from tests.live_arbiter import simulated_container_records
 
 # The figures that judge flatness start here: 5 minutes in a full soak, less in a trial.
 WARMUP_MINUTES = min(5, max(1, MINUTES // 3))
@@ -130,17 +131,11 @@ class SoakArbiter:
 # -- measuring processes ------------------------------------------------------------------------
 def simulated_containers(data_dir: Path) -> dict[int, str]:
     """{pid: "container <host>/<name>"} of every simulated container, running or not."""
-    found = {}
-    for registry in (data_dir / "sim").rglob("containers.json"):
-        try:
-            containers = json.loads(registry.read_text()).get("containers", [])
-        except (OSError, ValueError):
-            continue
-        for container in containers:
-            if container.get("pid") and container.get("status") == "running":
-                host = registry.parent.parent.name  # sim/hosts/<host>/docker/containers.json
-                found[container["pid"]] = f"container {host}/{container['name']}"
-    return found
+    return {
+        container["pid"]: f"container {host}/{container['name']}"
+        for host, container in simulated_container_records(data_dir)
+        if container.get("pid") and container.get("status") == "running"
+    }
 
 
 def _parent_pids() -> dict[int, int]:
