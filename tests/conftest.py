@@ -20,6 +20,19 @@ def _close_async_test_connections():
 
 
 @pytest.fixture(autouse=True)
+def _own_broker_redis_keys(settings):
+    """Each test's broker keys in Redis (limits, in-flight, client counts) under a prefix
+    of its own. Without it a test read what earlier ones left under the default prefix,
+    which is named after the test database: the three-process ship tests' serve
+    processes leave their client counts there, and the dashboard's clients test then
+    saw "key:broker-processes-test" first (CI, PostgreSQL + Redis). No effect without
+    REDIS_URL."""
+    import uuid
+
+    settings.ARBITER_BROKER_REDIS_PREFIX = f"arbiter-test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each test gets its own channel layer instance. channels_redis gives every
     process-local channel of one instance a single Redis list (its client prefix) and

@@ -88,7 +88,7 @@ class Accounting:
             usage.requests += 1
             usage.in_flight += 1
             usage.last_seen = time.time()
-            if self.on_pending is not None:
+            if counts_are_shared():
                 pending = self._pending.setdefault(client, ClientCounts())
                 pending.requests += 1
                 pending.last_seen = usage.last_seen
@@ -107,7 +107,7 @@ class Accounting:
             if model:
                 usage.by_model[model] = usage.by_model.get(model, 0) + 1
             usage.last_seen = time.time()
-            if self.on_pending is not None:
+            if counts_are_shared():
                 pending = self._pending.setdefault(client, ClientCounts())
                 pending.errors += status >= 400
                 pending.bytes_out += bytes_out
@@ -180,6 +180,13 @@ class Accounting:
         with self._lock:
             self._usage.clear()
             self._pending.clear()
+
+
+def counts_are_shared() -> bool:
+    """Counts are kept for Redis whenever REDIS_URL is set, whether or not this process
+    has a broker loop to send them yet (`on_pending` only schedules the sending):
+    `client_usage` adds what is not sent to Redis's totals."""
+    return bool(getattr(settings, "REDIS_URL", ""))
 
 
 accounting = Accounting()
