@@ -1,4 +1,4 @@
-"""Domain exceptions. Each carries its HTTP status; `arbiter.api` maps them once."""
+"""Domain exceptions. Each carries its HTTP status; `arbiter.api.root` maps them once."""
 
 from typing import Any
 

@@ -379,7 +379,7 @@ class SwapLogLine(models.Model):
     stream = models.CharField(max_length=8, choices=STREAM_CHOICES, default="stdout")
     text = models.TextField()
     # The host whose container printed the line, in a multi-node swap ("" otherwise):
-    # a re-attach counts each node's lines apart (see arbiter.engine.swap_log).
+    # a re-attach counts each node's lines apart (see arbiter.engine.swaps.journal).
     node = models.CharField(max_length=63, blank=True)
 
     class Meta:

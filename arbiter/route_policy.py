@@ -64,7 +64,7 @@ API_POLICY: dict[tuple[str, str], Decision] = {
     ("GET", "api/swap/lock"): READ,
     ("POST", "api/swap/lock"): OPERATOR,
     # Release with the token; `?force=true` additionally needs an admin person
-    # (coordination.lock_api).
+    # (coordination.locks.api).
     ("DELETE", "api/swap/lock"): OPERATOR,
     ("GET", "api/webhooks"): OPERATOR,
     ("POST", "api/webhooks"): ADMIN,

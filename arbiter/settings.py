@@ -242,7 +242,7 @@ ARBITER_CONFIG = env("ARBITER_CONFIG")
 # Let anonymous visitors read GET API routes (status, endpoints). Off by default.
 ARBITER_ANONYMOUS_READS = env_bool("ARBITER_ANONYMOUS_READS", False)
 # Engine timing.
-# A swap's stored log (arbiter.engine.swap_log): a line is cut at LINE_CHARS; past
+# A swap's stored log (arbiter.engine.swaps.journal): a line is cut at LINE_CHARS; past
 # MAX_LINES container lines per swap the rest are counted, and the last TAIL_LINES kept.
 ARBITER_SWAP_LOG_LINE_CHARS = env_int("ARBITER_SWAP_LOG_LINE_CHARS", 4096)
 ARBITER_SWAP_LOG_MAX_LINES = env_int("ARBITER_SWAP_LOG_MAX_LINES", 20000)

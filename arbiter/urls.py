@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from arbiter import views
-from arbiter.api import api
+from arbiter.api.root import api
 from arbiter.broker import ops as broker_ops
 
 urlpatterns = [

@@ -1,6 +1,6 @@
 """What a launch-setting value may look like: image references, engine flags, docker options.
 
-Each value becomes exactly one argv item of `docker run` (see arbiter.engine.launch), so
+Each value becomes exactly one argv item of `docker run` (see arbiter.engine.swaps.docker_argv), so
 beyond being well-formed it must not be able to smuggle in a second option. Patterns use
 `fullmatch`: a `$` would also match before a trailing newline.
 """
@@ -147,7 +147,7 @@ PER_HOST_ENV = ("VLLM_HOST_IP", "RAY_NODE_IP_ADDRESS", "RAY_OVERRIDE_NODE_IP_ADD
 # directory, or one device below it; host path only (no `:container-path:permissions`).
 DEVICE_RE = re.compile(r"/dev/infiniband(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)?")
 NETWORK_OPTIONS = ("--network", "--net")
-# What Arbiter sets from each host's cluster_interface (arbiter.engine.multi_node): one
+# What Arbiter sets from each host's cluster_interface (arbiter.engine.swaps.multi_node): one
 # way to set them, and a catalog copy would silently win over the inventory's.
 INTERFACE_ENV = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "UCX_NET_DEVICES")
 

@@ -24,14 +24,14 @@ class CatalogModel(models.Model):
     tensor_parallel_size = models.PositiveSmallIntegerField(default=1)
     tensor_parallel_hosts = models.JSONField(default=list, blank=True)
     # How the hosts of a multi-node model find each other: vLLM's own multiprocessing
-    # multi-node mode, or a Ray cluster (arbiter.engine.multi_node).
+    # multi-node mode, or a Ray cluster (arbiter.engine.swaps.multi_node).
     MULTI_NODE_NATIVE = "native"
     MULTI_NODE_RAY = "ray"
     MULTI_NODE_CHOICES = [(MULTI_NODE_NATIVE, "vLLM native"), (MULTI_NODE_RAY, "Ray")]
     multi_node = models.CharField(max_length=8, choices=MULTI_NODE_CHOICES, default="native")
     max_model_len = models.PositiveIntegerField(null=True, blank=True)
     # Null: chosen per host at launch (0.9 on discrete GPUs; on unified memory derived from
-    # the host's MemAvailable, see arbiter.engine.preflight).
+    # the host's MemAvailable, see arbiter.engine.swaps.preflight).
     gpu_memory_utilization = models.FloatField(null=True, blank=True, default=None)
     # The argv placed right after the image (e.g. ["vllm", "serve"]); [] runs the image's
     # own entrypoint. Resolved from the image when a model is created without it.

@@ -5,7 +5,7 @@ class CoordinationConfig(AppConfig):
     name = "coordination"
 
     def ready(self) -> None:
-        from arbiter.engine.swap_store import swap_finished
-        from coordination.swap_events import on_swap_finished
+        from arbiter.engine.swaps.store import swap_finished
+        from coordination.webhooks.swap_events import on_swap_finished
 
         swap_finished.connect(on_swap_finished, dispatch_uid="coordination-swap-webhooks")

@@ -11,10 +11,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from arbiter.engine.events import DASHBOARD_GROUP, DashboardMessage
 from arbiter.roles import level_of
 from dashboard.auth import session_group
-from dashboard.coordination import coordination_panels
-from dashboard.fragments import clients_panel, hosts_panel, services_panel
+from dashboard.panels.cluster import clients_panel, hosts_panel, services_panel
+from dashboard.panels.coordination import coordination_panels
+from dashboard.panels.swaps import swap_panel
 from dashboard.roles import for_level
-from dashboard.swaps import swap_panel
 
 
 def full_state() -> str:

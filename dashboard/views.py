@@ -12,16 +12,16 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from arbiter import audit_api
+from arbiter.api import audit as audit_api
 from arbiter.errors import InvalidInput
 from arbiter.models import ApiKey
 from arbiter.roles import ADMIN, OPERATOR, may
 from coordination.models import WebhookEndpoint
-from dashboard import coordination
 from dashboard.auth import fragment_login_required
-from dashboard.fragments import clients_panel, hosts_panel, page_context, services_panel
+from dashboard.panels import coordination
+from dashboard.panels.cluster import clients_panel, hosts_panel, page_context, services_panel
+from dashboard.panels.swaps import panel_context, swap_log, swap_panel
 from dashboard.roles import personal
-from dashboard.swaps import panel_context, swap_log, swap_panel
 
 
 @login_required
@@ -54,7 +54,7 @@ def swap_log_fragment(request: HttpRequest, swap_id: int) -> HttpResponse:
     return HttpResponse(personal(request, swap_log(swap_id)))
 
 
-# -- coordination panels (dashboard/coordination/) ---------------------------------------
+# -- coordination panels (dashboard/panels/) ---------------------------------------
 
 
 @fragment_login_required

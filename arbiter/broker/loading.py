@@ -51,9 +51,9 @@ from arbiter.broker.planner import plan_eviction as plan_host
 from arbiter.broker.swapwait import SwapEnd, SwapWatcher
 from arbiter.broker.table import json_bytes
 from arbiter.engine.host_memory import claimed_mib, latest_unified, sleep_level
-from arbiter.engine.multi_node import is_multi_node, pair_host_rows, running_pair_on
-from arbiter.engine.preflight import get_catalog_model, vllm_service
-from arbiter.engine.swap_store import active_swap_on, create_swap
+from arbiter.engine.swaps.multi_node import is_multi_node, pair_host_rows, running_pair_on
+from arbiter.engine.swaps.preflight import get_catalog_model, vllm_service
+from arbiter.engine.swaps.store import active_swap_on, create_swap
 from arbiter.errors import ArbiterError, Conflict
 from arbiter.models import GpuSample, Host, Service, Swap
 from catalog.models import CatalogModel

@@ -94,7 +94,7 @@ def record_result(service_id: int, result: ProbeResult) -> None:
 
 @sync_to_async
 def render_services_panel() -> str:
-    from dashboard.fragments import clients_panel, services_panel  # dashboards only listen
+    from dashboard.panels.cluster import clients_panel, services_panel  # dashboards only listen
 
     # The broker's per-client counts ride along: they change with every request, too
     # often for a push each.

@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from arbiter import audit
-from arbiter.engine import ssh, swap_store
+from arbiter.engine import ssh
 from arbiter.engine.events import publish_fragment
 from arbiter.engine.gpu import (
     MEMINFO_ARGV,
@@ -34,6 +34,7 @@ from arbiter.engine.gpu import (
     parse_meminfo,
     parse_nvidia_smi_csv,
 )
+from arbiter.engine.swaps import store as swap_store
 from arbiter.errors import SshError
 from arbiter.models import GpuSample, Host
 
@@ -158,7 +159,7 @@ def record_miss(host_id: int, error: str | None) -> None:
 
 
 def host_card(host_id: int, latest: list[GpuSample] | None = None) -> str:
-    from dashboard import fragments  # the engine renders; dashboards only listen
+    from dashboard.panels import cluster as fragments  # the engine renders; dashboards only listen
 
     return fragments.host_card(host_id, latest)
 

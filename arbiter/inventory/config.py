@@ -88,7 +88,7 @@ class ServiceConfig:
     unload_method: str = "POST"
     unload_body: Any = None
     # Containers Arbiter did not start but may stop and replace for this service (the
-    # `vllm_node` a Spark launcher script started); see arbiter.engine.slot.
+    # `vllm_node` a Spark launcher script started); see arbiter.engine.swaps.slot.
     adopt_containers: tuple[str, ...] = ()
     disabled: bool = False
 

@@ -75,7 +75,7 @@ def _row_for_update(scope: str) -> SwapLock | None:
 def _push_to_dashboards(*, forced: bool = False) -> None:
     """Once the current transaction commits, push the lock banner to the dashboards."""
     # Imported here: the dashboard imports this module. The push never fails the caller.
-    from dashboard.coordination import lock_changed, lock_force_released
+    from dashboard.panels.coordination import lock_changed, lock_force_released
 
     transaction.on_commit(lock_force_released if forced else lock_changed, robust=True)
 

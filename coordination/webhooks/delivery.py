@@ -17,9 +17,9 @@ from django.utils import timezone
 
 from arbiter.errors import Conflict, NotFound
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from coordination.secrets_box import SecretUnreadable
 from coordination.webhooks.addresses import AddressRefused, PinnedTransport
 from coordination.webhooks.outbox import new_event_id, wake_workers
+from coordination.webhooks.secrets_box import SecretUnreadable
 from coordination.webhooks.signing import event_body, signature_headers, signing_secrets
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _record(
                     enabled=False, disabled_reason=disable_reason
                 )
             # Imported here: the dashboard imports coordination. The push never fails this.
-            from dashboard.coordination import webhooks_changed
+            from dashboard.panels.coordination import webhooks_changed
 
             transaction.on_commit(webhooks_changed, robust=True)
     except IntegrityError:
@@ -341,7 +341,7 @@ def send_test(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Send
                 response_excerpt=response.excerpt[:EXCERPT_CHARS],
             )
             delivery_id = delivery.pk
-            from dashboard.coordination import webhooks_changed  # see _record
+            from dashboard.panels.coordination import webhooks_changed  # see _record
 
             transaction.on_commit(webhooks_changed, robust=True)
     except IntegrityError:

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from arbiter.errors import InvalidInput
 from coordination.models import WebhookEndpoint
-from coordination.secrets_box import encrypt_secret, generate_secret, secret_format_problem
 from coordination.webhooks.addresses import url_refusal
+from coordination.webhooks.secrets_box import encrypt_secret, generate_secret, secret_format_problem
 
 logger = logging.getLogger(__name__)
 

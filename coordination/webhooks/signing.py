@@ -13,7 +13,7 @@ from typing import Any
 from django.utils import timezone
 
 from coordination.models import WebhookEndpoint, WebhookEvent
-from coordination.secrets_box import decrypt_secret, secret_key_bytes
+from coordination.webhooks.secrets_box import decrypt_secret, secret_key_bytes
 
 
 def signing_secrets(endpoint: WebhookEndpoint, now: datetime | None = None) -> list[str]:

@@ -37,7 +37,7 @@ def apply_webhook(url: str, secret: str) -> str:
     """Make the StartOS webhook endpoint match the form; return what was done."""
     from coordination import webhooks
     from coordination.models import WebhookEndpoint
-    from coordination.secrets_box import SecretUnreadable
+    from coordination.webhooks.secrets_box import SecretUnreadable
 
     endpoint = WebhookEndpoint.objects.filter(description=CONFIGURED_WEBHOOK).first()
     if not url:

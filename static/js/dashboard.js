@@ -13,7 +13,7 @@
 // time moves between pushes. The server renders the seconds elapsed at render time; the
 // ticker adds the time since the element arrived, so client and server clocks never mix.
 (function () {
-  function format(seconds) {  // as dashboard/swaps.py format_seconds
+  function format(seconds) {  // as dashboard/panels/swaps.py format_seconds
     if (seconds < 60) return seconds.toFixed(1) + " s";
     const whole = Math.floor(seconds);
     return Math.floor(whole / 60) + " min " + String(whole % 60).padStart(2, "0") + " s";

@@ -40,12 +40,12 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 
-from arbiter.engine import swap_dispatch
 from arbiter.engine.events import swap_group
 from arbiter.engine.ssh import get_pool
-from arbiter.engine.swap_dispatch import SwapDispatcher
-from arbiter.engine.swap_log import READY_LOG_LINE
-from arbiter.engine.swap_store import create_swap
+from arbiter.engine.swaps import dispatch as swap_dispatch
+from arbiter.engine.swaps.dispatch import SwapDispatcher
+from arbiter.engine.swaps.journal import READY_LOG_LINE
+from arbiter.engine.swaps.store import create_swap
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Swap, SwapLogLine, SwapTransition
 from arbiter.simulator.cluster import ClusterThread

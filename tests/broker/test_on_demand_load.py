@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from arbiter.broker.metrics import REGISTRY
 from arbiter.engine.ssh import get_pool
-from arbiter.engine.swap_dispatch import SwapDispatcher
+from arbiter.engine.swaps.dispatch import SwapDispatcher
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Host, Service, Swap
 from arbiter.simulator import vllm_args

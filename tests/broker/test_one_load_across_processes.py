@@ -16,7 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from arbiter.broker.loading import JUST_LOADED_SECONDS, start_swap
-from arbiter.engine.swap_store import record_transition
+from arbiter.engine.swaps.store import record_transition
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Host, Swap
 from tests.swaps.conftest import make_model

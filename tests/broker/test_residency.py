@@ -322,7 +322,7 @@ async def test_a_restarted_broker_reloads_what_an_earlier_process_unloaded(aclie
 
 @needs_db
 def test_a_completed_swap_on_the_service_clears_the_unloaded_mark(sleepy):
-    from arbiter.engine.swap_store import record_transition
+    from arbiter.engine.swaps.store import record_transition
     from arbiter.models import Host, Service, Swap
 
     service = Service.objects.get(name="vllm-a")

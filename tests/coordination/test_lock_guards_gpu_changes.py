@@ -21,11 +21,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from arbiter.api import api
+from arbiter.api.root import api
 from arbiter.broker.limits import ServiceActivity
 from arbiter.broker.residency import IdleUnloader, Residency
 from arbiter.engine.ssh import get_pool
-from arbiter.engine.swap_store import create_swap
+from arbiter.engine.swaps.store import create_swap
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Service, Swap
 from catalog.models import CatalogModel

@@ -10,8 +10,8 @@ import asyncio
 import pytest
 from asgiref.sync import async_to_sync
 
-from arbiter.engine import swap_store
-from arbiter.engine.swap_dispatch import SwapDispatcher
+from arbiter.engine.swaps import store as swap_store
+from arbiter.engine.swaps.dispatch import SwapDispatcher
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Swap
 from catalog.loader import seed_catalog_file

@@ -3,7 +3,7 @@
 import pytest
 from django.db import transaction
 
-from arbiter.engine.swap_store import record_transition
+from arbiter.engine.swaps.store import record_transition
 from arbiter.models import Host, Swap
 from coordination.models import WebhookEvent
 

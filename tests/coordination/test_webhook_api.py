@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 
 from coordination import webhooks
 from coordination.models import WebhookDelivery, WebhookEndpoint
-from coordination.secrets_box import secret_key_bytes
+from coordination.webhooks.secrets_box import secret_key_bytes
 from tests.conftest import grant
 from tests.coordination.test_webhook_receiver import Receiver, Reply, make_endpoint
 

@@ -8,9 +8,10 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 
-from coordination import secrets_box, webhooks
+from coordination import webhooks
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
-from coordination.secrets_box import secret_key_bytes
+from coordination.webhooks import secrets_box
+from coordination.webhooks.secrets_box import secret_key_bytes
 from tests.coordination.test_webhook_receiver import Receiver, Reply, make_endpoint
 
 pytestmark = pytest.mark.django_db

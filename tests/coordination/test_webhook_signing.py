@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from coordination import webhooks
 from coordination.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from coordination.secrets_box import secret_key_bytes
+from coordination.webhooks.secrets_box import secret_key_bytes
 from tests.coordination.test_webhook_receiver import Receiver, make_endpoint
 
 pytestmark = pytest.mark.django_db

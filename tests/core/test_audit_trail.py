@@ -467,7 +467,7 @@ def test_the_audit_page_shows_the_filtered_trail_to_an_admin(alice_client, rows)
 
 
 def test_the_audit_page_pages_and_reports_a_bad_filter(alice_client, rows, monkeypatch):
-    from arbiter import audit_api
+    from arbiter.api import audit as audit_api
 
     monkeypatch.setattr(audit_api, "DEFAULT_LIMIT", 2)
     page = alice_client.get("/audit/?actor=app1").content.decode()

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from arbiter.engine.swap_store import prune_logs
+from arbiter.engine.swaps.store import prune_logs
 from arbiter.models import Host, Swap, SwapLogLine
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from coordination.webhooks import prune_finished

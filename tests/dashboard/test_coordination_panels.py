@@ -25,13 +25,13 @@ from coordination.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from dashboard import coordination
+from dashboard import pushing
 from dashboard.consumers import full_state
-from dashboard.coordination import pushing
-from dashboard.coordination.labels import format_countdown
-from dashboard.coordination.lock_banner import FORCE_RELEASE_SHOWN_FOR
-from dashboard.coordination.schedule_panel import schedule_context
-from dashboard.coordination.webhook_panel import DELIVERIES_PER_ENDPOINT
+from dashboard.panels import coordination
+from dashboard.panels.labels import format_countdown
+from dashboard.panels.lock_banner import FORCE_RELEASE_SHOWN_FOR
+from dashboard.panels.schedules import schedule_context
+from dashboard.panels.webhooks import DELIVERIES_PER_ENDPOINT
 
 FRAGMENTS = ["/fragments/lock", "/fragments/lock/force-release", "/fragments/schedule"]
 FRAGMENTS += ["/fragments/webhooks"]

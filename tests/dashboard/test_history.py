@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from arbiter.models import GpuSample, Host
-from dashboard import history
+from dashboard.panels import history
 
 pytestmark = pytest.mark.django_db
 INTERVAL = 2.0

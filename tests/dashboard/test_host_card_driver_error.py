@@ -5,7 +5,7 @@ from django.test import Client
 from django.utils import timezone
 
 from arbiter.models import GpuSample, Host
-from dashboard.fragments import host_card
+from dashboard.panels.cluster import host_card
 
 pytestmark = pytest.mark.django_db
 

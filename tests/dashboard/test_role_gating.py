@@ -15,7 +15,7 @@ from arbiter.engine.events import publish_fragment
 from arbiter.models import ApiKey, Host, Service
 from catalog.models import CatalogModel
 from coordination.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from dashboard import coordination
+from dashboard.panels import coordination
 from dashboard.roles import for_level
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
@@ -248,7 +248,7 @@ async def test_each_socket_gets_the_pushed_panels_cut_for_its_person():
     def setup() -> str:
         host = Host.objects.create(name="gpu-a", address="10.0.0.1")
         Service.objects.create(name="svc-on", host=host, base_url="http://10.0.0.1:8000")
-        from dashboard.fragments import services_panel
+        from dashboard.panels.cluster import services_panel
 
         return services_panel(oob=True)
 

@@ -11,10 +11,10 @@ from django.test import Client
 from django.utils import timezone
 
 from arbiter.engine.events import DASHBOARD_GROUP
-from arbiter.engine.swap_log import SwapJournal
+from arbiter.engine.swaps.journal import SwapJournal
 from arbiter.models import Host, Swap, SwapLogLine, SwapTransition
 from dashboard.consumers import full_state
-from dashboard.swaps import PUSH_INTERVAL, swap_changed, swap_log, swap_panel
+from dashboard.panels.swaps import PUSH_INTERVAL, swap_changed, swap_log, swap_panel
 
 PHASES = ["pending", "preflight", "stopping", "launching", "waiting_healthy", "complete"]
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from arbiter.engine.swap import SwapRunner
+from arbiter.engine.swaps.machine import SwapRunner
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
@@ -52,7 +52,7 @@ async def test_a_cancel_during_a_redis_command_is_not_swallowed():
 
 
 async def test_stopping_followers_is_bounded_when_one_ignores_its_cancel(monkeypatch):
-    monkeypatch.setattr("arbiter.engine.swap.FOLLOWER_STOP_SECONDS", 0.3)
+    monkeypatch.setattr("arbiter.engine.swaps.machine.FOLLOWER_STOP_SECONDS", 0.3)
     stubborn_stop = asyncio.Event()
 
     async def stubborn() -> None:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from arbiter.engine import ssh
 from arbiter.engine.sampler import BATCH_ARGV, Sampler
-from arbiter.engine.swap_memory import MemoryNotFreed, MemoryWait
+from arbiter.engine.swaps.memory import MemoryNotFreed, MemoryWait
 from arbiter.models import GpuSample, Host
 from arbiter.simulator.gpus import DRIVER_VERSION
 

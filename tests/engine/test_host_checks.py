@@ -9,7 +9,7 @@ from django.core.management import call_command
 
 from arbiter.engine import ssh
 from arbiter.engine.host_checks import check_host
-from arbiter.engine.preflight import preflight
+from arbiter.engine.swaps.preflight import preflight
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Host
 from catalog.models import CatalogModel

@@ -12,14 +12,14 @@ from typing import cast
 
 import pytest
 
-from arbiter.engine.preflight import LaunchPlan
-from arbiter.engine.swap_memory import (
+from arbiter.engine.swaps.memory import (
     POLL_MAX,
     STEADY_SECONDS,
     GpuMemory,
     MemoryNotFreed,
     MemoryWait,
 )
+from arbiter.engine.swaps.preflight import LaunchPlan
 
 TOTAL = 80_000.0
 HELD = 0.9 * TOTAL  # what the stopped model held

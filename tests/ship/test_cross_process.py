@@ -33,7 +33,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from arbiter.engine.swap_log import SwapJournal
+from arbiter.engine.swaps.journal import SwapJournal
 from arbiter.models import Host, Swap
 from tests.live_arbiter import free_port, healthy, inherited_env
 from tests.ship.sources import ROOT

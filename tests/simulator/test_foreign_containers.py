@@ -16,7 +16,7 @@ import pytest
 import yaml
 from django.core.management import CommandError, call_command
 
-from arbiter.engine.launch import parse_ps
+from arbiter.engine.swaps.docker_argv import parse_ps
 from arbiter.simulator import docker_lifecycle
 from arbiter.simulator.cluster import ClusterThread, reservable_port
 from arbiter.simulator.scenarios import SPARK_CONTAINER, SPARK_IMAGE

@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from arbiter.engine.ssh import get_pool
-from arbiter.engine.swap_dispatch import SwapDispatcher
+from arbiter.engine.swaps.dispatch import SwapDispatcher
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import ApiKey, Host, Swap, SwapLogLine, SwapTransition
 from catalog.models import CatalogModel

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from arbiter.engine import ssh
-from arbiter.engine.launch import (
+from arbiter.engine.swaps.docker_argv import (
     build_logs_argv,
     build_rm_argv,
     build_run_argv,
@@ -65,7 +65,7 @@ def test_it_builds_the_hub_model_command(hf):
         "--publish=18000:8000",
         "--volume=/models/hub-cache:/root/.cache/huggingface/hub",
         "--volume=/home/arbiter/.cache/vllm:/root/.cache/vllm",  # compile cache
-        "--label=arbiter.managed=true",  # what swaps may stop (arbiter.engine.slot)
+        "--label=arbiter.managed=true",  # what swaps may stop (arbiter.engine.swaps.slot)
         "--label=arbiter.model=m",
         "vllm/vllm-openai:latest",
         "Qwen/Qwen3-0.6B",  # positional: the image's entrypoint is `vllm serve`

@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from arbiter.engine import ssh
-from arbiter.engine.image_check import ImageConfig, fit_problems, parse_inspect
+from arbiter.engine.swaps.image_check import ImageConfig, fit_problems, parse_inspect
 from arbiter.models import Host
 from arbiter.simulator import docker_images
 from arbiter.simulator.docker_images import ImageSpec

@@ -15,10 +15,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from arbiter.engine import swap_store as store
 from arbiter.engine.probes import probe_services_once
 from arbiter.engine.ssh import get_pool
-from arbiter.engine.swap import run_swap
+from arbiter.engine.swaps import store
+from arbiter.engine.swaps.machine import run_swap
 from arbiter.models import Service
 from tests.swaps.conftest import log_lines, make_model, start_swap, swap_row, wait_for_state
 

@@ -90,7 +90,7 @@ async def _container_line_count(swap_id: int) -> int:
 def test_overlap_finds_where_the_end_of_the_log_continues_what_was_seen():
     from collections import deque
 
-    from arbiter.engine.swap_log import overlap
+    from arbiter.engine.swaps.journal import overlap
 
     seen = deque([("stdout", f"line {n}") for n in range(10)], maxlen=5)  # lines 5..9
     end = [("stdout", f"line {n}") for n in range(7, 12)]  # the log's last five: 7..11

@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 
 from arbiter.engine.host_memory import DEFAULT_UNIFIED_MARGIN_MIB
-from arbiter.engine.preflight import load_plan, memory_check, sleep_check
+from arbiter.engine.swaps.preflight import load_plan, memory_check, sleep_check
 from arbiter.models import GpuSample, Host, Service, Swap
 from tests.swaps.conftest import make_model
 

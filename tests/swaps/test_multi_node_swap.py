@@ -15,14 +15,14 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
+from arbiter.api.snapshot import cluster_status
 from arbiter.broker.background import close_thread_connections
-from arbiter.engine import swap_store as store
-from arbiter.engine.multi_node import swap_host_names
 from arbiter.engine.probes import Prober
-from arbiter.engine.swap import run_swap
+from arbiter.engine.swaps import store
+from arbiter.engine.swaps.machine import run_swap
+from arbiter.engine.swaps.multi_node import swap_host_names
 from arbiter.models import Service, Swap, SwapHost, SwapLogLine
-from arbiter.status import cluster_status
-from dashboard.fragments import host_card, services_panel
+from dashboard.panels.cluster import host_card, services_panel
 from tests.swaps.conftest import (
     host_id,
     log_lines,

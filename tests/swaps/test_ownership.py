@@ -15,9 +15,9 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from arbiter.engine.launch import ContainerInfo, parse_labels, parse_ps
-from arbiter.engine.preflight import load_plan, read_slot
-from arbiter.engine.slot import classify
+from arbiter.engine.swaps.docker_argv import ContainerInfo, parse_labels, parse_ps
+from arbiter.engine.swaps.preflight import load_plan, read_slot
+from arbiter.engine.swaps.slot import classify
 from arbiter.models import Service
 from tests.swaps.conftest import log_lines, start_swap, wait_for_state
 

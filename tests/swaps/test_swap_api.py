@@ -4,7 +4,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from arbiter.engine import swap_store
+from arbiter.engine.swaps import store as swap_store
 from arbiter.errors import Conflict
 from arbiter.models import Host, Swap, SwapTransition
 from catalog.models import CatalogModel

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
 from arbiter.engine.events import DASHBOARD_GROUP, swap_group
-from arbiter.engine.swap_dispatch import SwapDispatcher
+from arbiter.engine.swaps.dispatch import SwapDispatcher
 from arbiter.models import Service
 from tests.swaps.conftest import (
     log_lines,

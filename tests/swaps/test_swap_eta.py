@@ -6,10 +6,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from arbiter.engine import swap_store as store
 from arbiter.engine.served_auth import model_api_key
+from arbiter.engine.swaps import store
 from arbiter.models import Host, Swap
-from dashboard.swaps import swap_panel
+from dashboard.panels.swaps import swap_panel
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from arbiter.engine.leader import own_connection_params
-from arbiter.engine.swap_dispatch import SwapDispatcher
-from arbiter.engine.swap_wakeup import CHANNEL, SwapWakeup
+from arbiter.engine.swaps.dispatch import SwapDispatcher
+from arbiter.engine.swaps.wakeup import CHANNEL, SwapWakeup
 from tests.swaps.conftest import start_swap, swap_row, wait_for_state
 
 SLOW_POLL = 30.0
@@ -74,7 +74,7 @@ async def test_a_notify_from_another_connection_wakes_the_dispatcher():
 def test_health_is_polled_often_at_first_and_once_a_second_in_a_long_load():
     from datetime import timedelta
 
-    from arbiter.engine.swap import health_poll_interval
+    from arbiter.engine.swaps.machine import health_poll_interval
 
     seconds = [health_poll_interval(timedelta(seconds=s)) for s in (0, 1, 5, 9, 600)]
     assert seconds == pytest.approx([0.1, 0.2, 0.6, 1.0, 1.0])

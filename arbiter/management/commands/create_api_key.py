@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from arbiter import audit
-from arbiter.keys_api import (
+from arbiter.api.keys import (
     MAX_EXPIRES_IN_DAYS,
     MAX_REQUESTS_PER_MINUTE,
     MAX_TOKENS_PER_DAY,

@@ -185,7 +185,7 @@ def serve_forever(host: str, port: int, proxy_headers: bool = False) -> None:
     from twisted.internet import reactor
 
     from arbiter.asgi import application
-    from arbiter.engine.runner import run_engine
+    from arbiter.loops import run_engine
 
     engine_task: list[asyncio.Task] = []
 

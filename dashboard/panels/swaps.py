@@ -34,7 +34,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from arbiter.engine.events import publish_fragment
-from arbiter.engine.swap_store import phase_progress
+from arbiter.engine.swaps.store import phase_progress
 from arbiter.models import Swap, SwapLogLine, SwapTransition
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ _pushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SwapPanelPusher] 
 def swap_changed(message: Mapping[str, Any]) -> None:
     """A swap event was published (`swap.line` / `swap.state`): push the panel soon.
 
-    Called by the engine (arbiter.engine.swap_log) on its event loop; returns at once.
+    Called by the engine (arbiter.engine.swaps.journal) on its event loop; returns at once.
     """
     loop = asyncio.get_running_loop()
     pusher = _pushers.get(loop)

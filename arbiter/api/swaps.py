@@ -10,7 +10,7 @@
                                      (423 while someone else holds the swap lock)
     GET  /api/swaps                  recent swaps, newest first
 
-The swaps themselves run in the engine (arbiter.engine.swap_dispatch); these views only
+The swaps themselves run in the engine (arbiter.engine.swaps.dispatch); these views only
 read and write rows, so any process can serve them.
 """
 
@@ -31,11 +31,11 @@ from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 
 from arbiter import audit
-from arbiter.engine.launch import display
-from arbiter.engine.multi_node import swap_host_names
-from arbiter.engine.preflight import get_catalog_model, preflight, swap_hosts
-from arbiter.engine.swap_log import announce_cancelled_while_pending
-from arbiter.engine.swap_store import create_swap, phase_progress, request_cancel
+from arbiter.engine.swaps.docker_argv import display
+from arbiter.engine.swaps.journal import announce_cancelled_while_pending
+from arbiter.engine.swaps.multi_node import swap_host_names
+from arbiter.engine.swaps.preflight import get_catalog_model, preflight, swap_hosts
+from arbiter.engine.swaps.store import create_swap, phase_progress, request_cancel
 from arbiter.errors import NotFound
 from arbiter.models import ApiKey, Swap, SwapLogLine, SwapTransition
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER

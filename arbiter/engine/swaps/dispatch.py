@@ -19,9 +19,9 @@ import logging
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from arbiter.engine import swap_store as store
-from arbiter.engine.swap import SwapRunner
-from arbiter.engine.swap_wakeup import SwapWakeup
+from arbiter.engine.swaps import store
+from arbiter.engine.swaps.machine import SwapRunner
+from arbiter.engine.swaps.wakeup import SwapWakeup
 
 log = logging.getLogger(__name__)
 

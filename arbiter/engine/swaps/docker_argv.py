@@ -26,7 +26,7 @@ from arbiter.errors import InvalidInput
 from catalog.validation import catalog_field_problems, normalize_local_path
 
 if TYPE_CHECKING:
-    from arbiter.engine.multi_node import NodeRole
+    from arbiter.engine.swaps.multi_node import NodeRole
     from arbiter.models import Host, Service
     from catalog.models import CatalogModel
 
@@ -39,7 +39,7 @@ SLEEP_MODE_ENV = "--env=VLLM_SERVER_DEV_MODE=1"
 # is the layout of HF_HUB_CACHE; inside the container that is $HF_HOME/hub.
 CONTAINER_HUB_CACHE = "/root/.cache/huggingface/hub"
 STOP_TIMEOUT_SECONDS = 30
-# Labels on every container Arbiter starts (arbiter.engine.slot reads them back).
+# Labels on every container Arbiter starts (arbiter.engine.swaps.slot reads them back).
 LABEL_MANAGED = "arbiter.managed"
 LABEL_MODEL = "arbiter.model"
 LABEL_SWAP = "arbiter.swap"
@@ -130,7 +130,7 @@ def build_run_argv(
 
     `swap_id` labels the container with the swap that starts it (a validation without a
     swap shows the command without that one label). `node` is the host's part in a
-    multi-node model (arbiter.engine.multi_node): host networking, the interconnect
+    multi-node model (arbiter.engine.swaps.multi_node): host networking, the interconnect
     environment and vLLM's multi-node flags; `service` is then the host's own vLLM
     service where it has one, and the API listens on the head service's port. Raises
     InvalidInput (naming the field) when a catalog value fails validation.

@@ -10,7 +10,7 @@ from arbiter.broker.residency import IdleUnloader
 from arbiter.engine import ssh
 from arbiter.engine.probes import Prober
 from arbiter.engine.sampler import Sampler
-from arbiter.engine.swap_dispatch import SwapDispatcher
+from arbiter.engine.swaps.dispatch import SwapDispatcher
 
 log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 2.0

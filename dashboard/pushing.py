@@ -11,9 +11,9 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from arbiter.engine.events import publish_fragment
-from dashboard.coordination.lock_banner import lock_banner
-from dashboard.coordination.schedule_panel import schedule_panel
-from dashboard.coordination.webhook_panel import webhook_panel
+from dashboard.panels.lock_banner import lock_banner
+from dashboard.panels.schedules import schedule_panel
+from dashboard.panels.webhooks import webhook_panel
 
 log = logging.getLogger(__name__)
 

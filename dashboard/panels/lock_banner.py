@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from coordination import locks
 from coordination.models import LockAudit
-from dashboard.coordination.labels import format_countdown, utc_label
+from dashboard.panels.labels import format_countdown, utc_label
 
 # The last force release stays on the banner this long (then the ticker hides it).
 FORCE_RELEASE_SHOWN_FOR = timedelta(minutes=2)

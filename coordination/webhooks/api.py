@@ -29,7 +29,7 @@ from arbiter.roles import ADMIN, may
 from coordination import tasks as _tasks  # noqa: F401 - see below
 from coordination import webhooks
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
-from coordination.webhook_schemas import (
+from coordination.webhooks.schemas import (
     DeliveryOut,
     RedeliveryOut,
     RotateIn,
@@ -155,7 +155,7 @@ def update_webhook(request: HttpRequest, webhook_id: int, payload: WebhookPatchI
             audit.record(
                 request, "webhook.update", "webhook", endpoint.pk, before=before, after=after
             )
-            from dashboard.coordination import webhooks_changed  # the dashboard imports us
+            from dashboard.panels.coordination import webhooks_changed  # the dashboard imports us
 
             transaction.on_commit(webhooks_changed, robust=True)
     return _endpoint_out(endpoint)

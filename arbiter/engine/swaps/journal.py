@@ -30,14 +30,14 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 
 from arbiter.engine import ssh
-from arbiter.engine import swap_store as store
 from arbiter.engine.events import (
     SwapLineMessage,
     SwapStateMessage,
     publish_fragment,
     publish_swap_event,
 )
-from arbiter.engine.launch import build_logs_argv
+from arbiter.engine.swaps import store
+from arbiter.engine.swaps.docker_argv import build_logs_argv
 from arbiter.errors import SshError
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def announce_cancelled_while_pending(record: store.TransitionRecord) -> None:
     dashboards' swap panels; without this they would show it pending until their next
     push or reload. Called from a synchronous view, after the transition committed.
     """
-    from dashboard.swaps import swap_panel  # the engine renders; dashboards listen
+    from dashboard.panels.swaps import swap_panel  # the engine renders; dashboards listen
 
     try:
         async_to_sync(publish_swap_event)(record.swap_id, state_message(record))
@@ -206,7 +206,7 @@ class SwapJournal:
     async def publish(self, message: SwapLineMessage | SwapStateMessage) -> None:
         try:
             await publish_swap_event(self.swap_id, message)
-            from dashboard.swaps import swap_changed  # the engine renders; dashboards listen
+            from dashboard.panels.swaps import swap_changed  # the engine renders; dashboards listen
 
             swap_changed(message)  # pushes the dashboard's swap panel, throttled per swap
         except Exception:  # a full channel layer must never stop a swap

@@ -21,16 +21,16 @@ from __future__ import annotations
 from typing import Any
 
 from arbiter.roles import ADMIN, may
-from dashboard.coordination.lock_banner import force_release_slot, lock_banner, lock_banner_view
-from dashboard.coordination.pushing import (
+from dashboard.panels.lock_banner import force_release_slot, lock_banner, lock_banner_view
+from dashboard.panels.schedules import schedule_context, schedule_panel
+from dashboard.panels.webhooks import webhook_context, webhook_panel
+from dashboard.pushing import (
     lock_changed,
     lock_force_released,
     remember_socket_loop,
     schedules_changed,
     webhooks_changed,
 )
-from dashboard.coordination.schedule_panel import schedule_context, schedule_panel
-from dashboard.coordination.webhook_panel import webhook_context, webhook_panel
 
 __all__ = [
     "coordination_panels",

@@ -117,7 +117,7 @@ def _service_out(service: Service) -> dict[str, Any]:
 def _push_services_panel() -> None:
     """Show a service enabled or disabled on every dashboard now, not at the next probe
     round. Called from a synchronous view; the edit is done, so a failed push only logs."""
-    from dashboard.fragments import services_panel  # the dashboard imports the core
+    from dashboard.panels.cluster import services_panel  # the dashboard imports the core
 
     try:
         async_to_sync(publish_fragment)(services_panel(oob=True))

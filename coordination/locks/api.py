@@ -21,7 +21,7 @@ from arbiter.errors import Forbidden, InvalidInput
 from arbiter.models import ApiKey
 from arbiter.roles import ADMIN, may
 from coordination import locks
-from coordination.lock_schemas import LockExtendedOut, LockGrantOut, LockIn, LockStateOut
+from coordination.locks.schemas import LockExtendedOut, LockGrantOut, LockIn, LockStateOut
 
 router = Router(tags=["coordination"])
 

@@ -12,14 +12,16 @@ from ninja import Router, Status
 from arbiter import audit
 from arbiter.errors import NotFound
 from coordination.models import ScheduledJob
-from coordination.schedule_schemas import ScheduledJobIn, ScheduledJobOut
 from coordination.schedules import next_runs, register_job
+from coordination.schedules.schemas import ScheduledJobIn, ScheduledJobOut
 
 router = Router(tags=["coordination"])
 
 
 def _push_to_dashboards() -> None:
-    from dashboard.coordination import schedules_changed  # the dashboard imports coordination
+    from dashboard.panels.coordination import (
+        schedules_changed,  # the dashboard imports coordination
+    )
 
     transaction.on_commit(schedules_changed, robust=True)
 

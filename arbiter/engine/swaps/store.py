@@ -17,9 +17,9 @@ from django.db.models import Count, Max, Q
 from django.dispatch import Signal
 from django.utils import timezone
 
-from arbiter.engine.multi_node import pair_conflict
-from arbiter.engine.preflight import get_catalog_model, swap_hosts, vllm_service
-from arbiter.engine.swap_wakeup import announce_swap_created
+from arbiter.engine.swaps.multi_node import pair_conflict
+from arbiter.engine.swaps.preflight import get_catalog_model, swap_hosts, vllm_service
+from arbiter.engine.swaps.wakeup import announce_swap_created
 from arbiter.errors import Conflict, InvalidInput, NotFound
 from arbiter.models import Host, Service, Swap, SwapHost, SwapLogLine, SwapTransition
 

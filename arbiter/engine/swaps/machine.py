@@ -10,7 +10,7 @@ exists is not repeated, and the health wait follows the container's log again fr
 the start, skipping the lines already stored. The runner keeps plain values only;
 everything in the database is re-read by id through `swap_store`.
 
-A multi-node model (arbiter.engine.multi_node) is one swap over every host of the pair:
+A multi-node model (arbiter.engine.swaps.multi_node) is one swap over every host of the pair:
 each step runs on every host (`nodes`, the head first), workers are started before the
 head, every host's log is followed, and the swap is healthy when the head serves. A
 failure or cancel on any host stops the containers on all of them, so nothing is left
@@ -32,10 +32,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from arbiter.engine import launch_phases, ssh
-from arbiter.engine import swap_store as store
+from arbiter.engine import ssh
 from arbiter.engine.host_paths import host_hub_cache
-from arbiter.engine.launch import (
+from arbiter.engine.served_auth import auth_headers
+from arbiter.engine.swaps import launch_phases, store
+from arbiter.engine.swaps.docker_argv import (
     ContainerState,
     build_rm_argv,
     build_state_argv,
@@ -44,10 +45,9 @@ from arbiter.engine.launch import (
     launch_env,
     parse_state,
 )
-from arbiter.engine.preflight import LaunchPlan, load_plans, preflight, read_slot, slot_check
-from arbiter.engine.served_auth import auth_headers
-from arbiter.engine.swap_log import SwapJournal, split_lines
-from arbiter.engine.swap_memory import MemoryNotFreed, MemoryWait
+from arbiter.engine.swaps.journal import SwapJournal, split_lines
+from arbiter.engine.swaps.memory import MemoryNotFreed, MemoryWait
+from arbiter.engine.swaps.preflight import LaunchPlan, load_plans, preflight, read_slot, slot_check
 from arbiter.errors import SshError
 from arbiter.models import Swap
 

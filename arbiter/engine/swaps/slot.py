@@ -39,7 +39,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from arbiter.engine.launch import ContainerInfo
+from arbiter.engine.swaps.docker_argv import ContainerInfo
 
 PORT_PROBE_TIMEOUT = 2.0
 # `--port 8888` / `--port=8888` in a container's command: vLLM's (and most servers') flag.

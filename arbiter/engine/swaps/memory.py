@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from arbiter.engine import ssh
 from arbiter.engine.gpu import GpuOutputError, NvidiaSmiFailed
-from arbiter.engine.preflight import LaunchPlan
 from arbiter.engine.sampler import BATCH_ARGV, parse_batch
+from arbiter.engine.swaps.preflight import LaunchPlan
 from arbiter.errors import SshError
 
 # Asked often right after the stop, when the memory is most likely coming back (the

@@ -2,14 +2,14 @@
 
 from django.template.loader import render_to_string
 
+from arbiter.api.snapshot import gpu_status, host_status, service_status
 from arbiter.models import GpuSample, Host, Service
-from arbiter.status import gpu_status, host_status, service_status
-from dashboard.history import gpu_history, history_with_tick
+from dashboard.panels.history import gpu_history, history_with_tick
 
 
 def host_view(host: Host, latest: list[GpuSample] | None = None) -> dict:
     """A host's status with each GPU's recent history attached, as the cards need it;
-    `latest`: the rows of the tick the sampler just wrote (see dashboard.history)."""
+    `latest`: the rows of the tick the sampler just wrote (see dashboard.panels.history)."""
     if latest is None:
         status = dict(host_status(host))
         history = gpu_history(host.pk)

@@ -29,7 +29,7 @@ from arbiter.engine import ssh
 from arbiter.errors import SshError
 
 if TYPE_CHECKING:
-    from arbiter.engine.preflight import LaunchPlan
+    from arbiter.engine.swaps.preflight import LaunchPlan
 
 READ_TIMEOUT = 15.0
 VLLM_SERVE = ("vllm", "serve")

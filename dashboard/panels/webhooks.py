@@ -9,7 +9,7 @@ from django.db.models import Prefetch
 from django.template.loader import render_to_string
 
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
-from dashboard.coordination.labels import utc_label
+from dashboard.panels.labels import utc_label
 
 MAX_ENDPOINTS = 50
 DELIVERIES_PER_ENDPOINT = 5

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from arbiter.engine import ssh
-from arbiter.engine.launch import display
 from arbiter.engine.served_auth import model_api_key
+from arbiter.engine.swaps.docker_argv import display
 from arbiter.errors import ArbiterError, CommandFailed, CommandTimeout
 from catalog.disk import download_hub_model, hub_cache_folder, model_disk_status
 from catalog.models import CatalogModel

@@ -5,9 +5,9 @@ from datetime import datetime
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
+from arbiter.api.snapshot import cluster_status
 from arbiter.models import Service
-from arbiter.status import cluster_status
-from coordination.lock_schemas import LockStateOut
+from coordination.locks.schemas import LockStateOut
 
 router = Router(tags=["status"])
 

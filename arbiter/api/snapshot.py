@@ -10,7 +10,7 @@ from typing import TypedDict
 from django.db.models import Max
 
 from arbiter.engine.leader import current_leader
-from arbiter.engine.multi_node import running_pair_on, swap_host_names
+from arbiter.engine.swaps.multi_node import running_pair_on, swap_host_names
 from arbiter.models import GpuSample, Host, Service, Swap
 
 

@@ -8,19 +8,19 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 from ninja.types import DictStrAny
 
-from arbiter.audit_api import router as audit_router
+from arbiter.api.audit import router as audit_router
+from arbiter.api.host_checks import router as host_checks_router
+from arbiter.api.inventory import router as inventory_router
+from arbiter.api.keys import router as keys_router
+from arbiter.api.status import router as status_router
+from arbiter.api.swaps import router as swaps_router
 from arbiter.auth import api_auth
 from arbiter.body_limit import api_limit
 from arbiter.errors import ArbiterError, PayloadTooLarge
-from arbiter.host_checks_api import router as host_checks_router
-from arbiter.inventory_api import router as inventory_router
-from arbiter.keys_api import router as keys_router
-from arbiter.status_api import router as status_router
-from arbiter.swaps_api import router as swaps_router
 from catalog.api import router as catalog_router
-from coordination.lock_api import router as lock_router
-from coordination.schedule_api import router as schedule_router
-from coordination.webhook_api import router as webhook_router
+from coordination.locks.api import router as lock_router
+from coordination.schedules.api import router as schedule_router
+from coordination.webhooks.api import router as webhook_router
 
 
 class NotUtf8(ValueError):

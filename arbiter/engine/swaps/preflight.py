@@ -19,11 +19,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Max
 
-from arbiter.engine import host_checks, host_paths, multi_node, ssh
-from arbiter.engine import slot as slots
+from arbiter.engine import host_checks, host_paths, ssh
 from arbiter.engine.host_memory import MemoryRequest, memory_request, sleep_refusal
-from arbiter.engine.image_check import image_fit
-from arbiter.engine.launch import (
+from arbiter.engine.swaps import multi_node
+from arbiter.engine.swaps import slot as slots
+from arbiter.engine.swaps.docker_argv import (
     DOCKER_VERSION_ARGV,
     ContainerInfo,
     build_ps_argv,
@@ -34,6 +34,7 @@ from arbiter.engine.launch import (
     parse_ps,
     service_port,
 )
+from arbiter.engine.swaps.image_check import image_fit
 from arbiter.errors import ArbiterError, InvalidInput, NotFound, SshError
 from arbiter.models import GpuSample, Host, Service
 from catalog.disk import model_disk_status, model_host_path
@@ -462,7 +463,7 @@ async def host_preconditions(plan: LaunchPlan) -> list[Check]:
 
 
 async def read_slot(plan: LaunchPlan) -> slots.Slot:
-    """Who holds the service's slot on the host (see `arbiter.engine.slot`)."""
+    """Who holds the service's slot on the host (see `arbiter.engine.swaps.slot`)."""
     result = await ssh.run(plan.target, build_ps_argv(), timeout=READ_TIMEOUT)
     answers = bool(plan.base_url) and await slots.port_answers(plan.base_url)
     return slots.classify(
