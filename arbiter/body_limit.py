@@ -23,6 +23,9 @@ from typing import Any
 
 from django.conf import settings
 
+from arbiter.broker.errors import PayloadTooLarge as BrokerPayloadTooLarge
+from arbiter.errors import PayloadTooLarge
+
 BROKER_PATH_PREFIXES = ("/v1/", "/audio/")
 # Django's own default for DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB).
 DEFAULT_API_LIMIT = 2621440
@@ -53,12 +56,8 @@ def limit_for(path: str) -> int:
 def too_large_body(path: str, limit: int) -> dict[str, Any]:
     """The 413 body in the error shape of the route family `path` belongs to."""
     if is_broker_path(path):
-        from arbiter.broker.errors import PayloadTooLarge
-
-        return PayloadTooLarge(limit).as_body()
-    from arbiter.errors import PayloadTooLarge as ApiPayloadTooLarge
-
-    return ApiPayloadTooLarge(limit).as_body()
+        return BrokerPayloadTooLarge(limit).as_body()
+    return PayloadTooLarge(limit).as_body()
 
 
 def declared_length(scope: Scope) -> int | None:

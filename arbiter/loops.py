@@ -1,19 +1,37 @@
-"""The engine loops that run inside the serving process: GPU sampling, health probes, swaps,
-and the broker's idle unloads (on the loop that serves the broker's requests, whose
-activity counters they read)."""
+"""The composition root of the loops that run inside the serving process: GPU sampling,
+health probes, swaps, the broker's idle unloads (on the loop that serves the broker's
+requests, whose activity counters they read) and the retention of the tables kept for
+days. `manage.py serve` starts them on the leader (arbiter.engine.leader)."""
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from arbiter.broker.residency import IdleUnloader
+from asgiref.sync import sync_to_async
+
+from arbiter import audit
+from arbiter.broker.idle import IdleUnloader
 from arbiter.engine import ssh
 from arbiter.engine.probes import Prober
 from arbiter.engine.sampler import Sampler
+from arbiter.engine.swaps import store as swap_store
 from arbiter.engine.swaps.dispatch import SwapDispatcher
 
 log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 2.0
+RETENTION_EVERY_SECONDS = 3600.0
+
+
+@sync_to_async
+def prune_retained() -> int:
+    """The tables kept for days: the audit trail and the logs of old swaps."""
+    return audit.prune() + swap_store.prune_logs()
+
+
+async def prune_retained_forever() -> None:
+    while True:
+        await prune_retained()
+        await asyncio.sleep(RETENTION_EVERY_SECONDS)
 
 
 async def _supervised(name: str, loop_factory: Callable[[], Awaitable[None]]) -> None:
@@ -37,6 +55,7 @@ async def run_engine() -> None:
             _supervised("prober", prober.run_forever),
             _supervised("swaps", swaps.run_forever),
             _supervised("idle-unload", idle.run_forever),
+            _supervised("retention", prune_retained_forever),
         )
     finally:
         await ssh.get_pool().close()

@@ -2,11 +2,29 @@
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from statistics import median
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
+
+from arbiter.errors import NotFound
+
+
+class HostQuerySet(models.QuerySet):
+    def in_inventory(self) -> "HostQuerySet":
+        return self.filter(in_inventory=True)
+
+    def by_name(self, name: str, *, field: str = "host") -> "Host":
+        """The inventory's host of that name, or NotFound (404) naming `field`."""
+        host = self.in_inventory().filter(name=name).first()
+        if host is None:
+            raise NotFound(f"no host named {name!r} in the inventory", field=field)
+        return host
 
 
 class Host(models.Model):
@@ -59,6 +77,8 @@ class Host(models.Model):
     cluster_address = models.CharField(max_length=255, blank=True)
     cluster_interface = models.CharField(max_length=64, blank=True)
 
+    objects = HostQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
 
@@ -80,6 +100,20 @@ class Host(models.Model):
         if self.driver_error:
             return "driver_error"
         return "live"
+
+
+class ServiceQuerySet(models.QuerySet):
+    def in_inventory(self) -> "ServiceQuerySet":
+        return self.filter(in_inventory=True)
+
+    def vllm_on(self, host: Host) -> "Service | None":
+        """The service a swap replaces on a host: its (first) enabled vLLM service."""
+        return (
+            self.in_inventory()
+            .filter(host=host, kind=Service.KIND_VLLM, disabled=False)
+            .order_by("name")
+            .first()
+        )
 
 
 class Service(models.Model):
@@ -122,6 +156,8 @@ class Service(models.Model):
     loaded_model = models.CharField(max_length=255, blank=True)
     # Set while the broker has unloaded the service (its unload_route) and not reloaded it.
     unloaded_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ServiceQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -260,6 +296,84 @@ class ApiKey(models.Model):
         return f"{API_KEY_PREFIX}{self.prefix}_"
 
 
+class SwapQuerySet(models.QuerySet):
+    def in_flight(self) -> "SwapQuerySet":
+        """Swaps not yet ended (at most one per host)."""
+        return self.filter(state__in=Swap.ACTIVE_STATES)
+
+    def finished(self) -> "SwapQuerySet":
+        return self.filter(state__in=Swap.FINAL_STATES)
+
+    def on_host(self, name: str) -> "SwapQuerySet":
+        """Swaps serving on the named host (a multi-node swap: its head)."""
+        return self.filter(host__name=name)
+
+    def newest_first(self) -> "SwapQuerySet":
+        return self.order_by("-created_at", "-pk")
+
+    def for_display(self) -> "SwapQuerySet":
+        """With what `Swap.as_dict` reads: host, service, hosts and transitions."""
+        return self.select_related("host", "service").prefetch_related(
+            models.Prefetch("swap_hosts", queryset=SwapHost.objects.select_related("host")),
+            "transitions",
+        )
+
+    def by_id(self, swap_id: int) -> "Swap":
+        """The swap, or NotFound (404) naming `swap_id`."""
+        swap = self.filter(pk=swap_id).first()
+        if swap is None:
+            raise NotFound(f"no swap with id {swap_id}", field="swap_id")
+        return swap
+
+    def launch_history(self, swap: "Swap") -> list[dict[str, Any]]:
+        """Phase durations of the latest complete swaps of the swap's model on its host."""
+        return list(
+            self.filter(
+                model_key=swap.model_key, host_id=swap.host_id, state=Swap.COMPLETE, dry_run=False
+            )
+            .exclude(pk=swap.pk)
+            .order_by("-finished_at", "-pk")
+            .values_list("phase_durations", flat=True)[: Swap.ETA_HISTORY]
+        )
+
+
+@dataclass(frozen=True)
+class LaunchProgress:
+    """Where a swap's launch is: its phase, for how long, and the time left."""
+
+    phase: str | None
+    phase_label: str
+    phase_elapsed_seconds: float | None
+    eta_seconds: float | None
+    phase_durations: dict[str, float]
+
+
+class SwapDict(TypedDict):
+    """A swap as the API lists it and the dashboard shows it (`Swap.as_dict`)."""
+
+    id: int
+    model: str
+    host: str  # the host it serves on (a multi-node model's head)
+    hosts: list[str]  # every host the swap works on, the head first
+    service: str | None
+    state: str
+    final: bool
+    dry_run: bool
+    requested_by: str
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed_seconds: float
+    progress: float
+    phase: str | None
+    phase_label: str
+    phase_elapsed_seconds: float | None
+    eta_seconds: float | None
+    phase_durations: dict[str, float]
+    url: str
+
+
 class Swap(models.Model):
     """One request to serve a catalog model on a host, and everything that happened to it."""
 
@@ -276,6 +390,17 @@ class Swap(models.Model):
     ACTIVE_STATES = (PENDING, PREFLIGHT, STOPPING, LAUNCHING, WAITING_HEALTHY)
     FINAL_STATES = (COMPLETE, FAILED, CANCELLED)
     STATE_CHOICES = [(s, s) for s in (*PHASES, FAILED, CANCELLED)]
+    # The launch runs up to three phases, each with its own budget: the image pull (only
+    # when the image is not on the host), the weights (only for a hub model not yet in
+    # the host's hub cache), and the load (container start until the served model answers).
+    PULL = "pull"
+    WEIGHTS = "weights"
+    LOAD = "load"
+    LAUNCH_PHASES = (PULL, WEIGHTS, LOAD)
+    PHASE_LABELS = {PULL: "pulling the image", WEIGHTS: "downloading the weights", LOAD: "loading"}
+    # The ETA takes the median over this many of the latest complete swaps of the same
+    # model on the same host; older ones describe an image or a host that may have changed.
+    ETA_HISTORY = 5
 
     model = models.ForeignKey(
         "catalog.CatalogModel", null=True, on_delete=models.SET_NULL, related_name="swaps"
@@ -305,6 +430,8 @@ class Swap(models.Model):
     # The engine that runs the swap touches this; a stale heartbeat means nobody does.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 
+    objects = SwapQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [
@@ -324,6 +451,139 @@ class Swap(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+    def elapsed_seconds(self, now: datetime | None = None) -> float:
+        """Seconds from the request to the end (or now): it counts from the request, not
+        the engine's claim, so it never jumps back when the engine picks the swap up."""
+        end = self.finished_at or now or timezone.now()
+        return round(max(0.0, (end - self.created_at).total_seconds()), 3)
+
+    def host_names(self) -> list[str]:
+        """The hosts the swap works on, the head first (its head alone before SwapHost rows)."""
+        return [row.host.name for row in self.swap_hosts.all()] or [self.host.name]
+
+    @property
+    def reached_phase(self) -> str:
+        """The furthest state of the successful path (PHASES) its transitions reached."""
+        reached = [t.state for t in self.transitions.all() if t.state in self.PHASES]
+        return reached[-1] if reached else self.PENDING
+
+    @property
+    def progress(self) -> float:
+        """0..1 through the successful path's phases."""
+        if self.state == self.COMPLETE:
+            return 1.0
+        return round(self.PHASES.index(self.reached_phase) / (len(self.PHASES) - 1), 3)
+
+    def eta_seconds(self, now: datetime | None = None) -> float | None:
+        """Seconds the launch will still take, from earlier swaps of this model on this host.
+
+        The current phase's median duration minus the time spent in it (never below zero),
+        plus the median of each later phase. A phase that an earlier swap skipped (its
+        image was there already) gives no sample; None when any phase needed has none:
+        "no estimate yet". Later phases are taken to run (a load always does; a pull
+        happens before the weights, so when the weights are needed is not yet known and
+        the estimate counts them only if earlier swaps of this model downloaded them).
+        """
+        if self.phase not in self.LAUNCH_PHASES or not self.is_active:
+            return None
+        samples: dict[str, list[float]] = {phase: [] for phase in self.LAUNCH_PHASES}
+        for durations in Swap.objects.launch_history(self):
+            for phase, seconds in (durations or {}).items():
+                if phase in samples and isinstance(seconds, int | float):
+                    samples[phase].append(float(seconds))
+        if not samples[self.phase] or not samples[self.LOAD]:
+            return None
+        now = now or timezone.now()
+        spent = (now - self.phase_started_at).total_seconds() if self.phase_started_at else 0.0
+        remaining = max(0.0, median(samples[self.phase]) - spent)
+        current = self.LAUNCH_PHASES.index(self.phase)
+        for phase in self.LAUNCH_PHASES[current + 1 :]:
+            if samples[phase]:
+                remaining += median(samples[phase])
+        return round(remaining, 1)
+
+    def launch_progress(self, now: datetime | None = None) -> LaunchProgress:
+        """The launch phase, the time in it, the ETA and each finished phase's duration."""
+        now = now or timezone.now()
+        phase = self.phase or None
+        in_phase = None
+        if phase and self.phase_started_at is not None:
+            end = now if self.is_active else (self.finished_at or now)
+            in_phase = round(max(0.0, (end - self.phase_started_at).total_seconds()), 3)
+        durations = {
+            phase: float(seconds)
+            for phase, seconds in (self.phase_durations or {}).items()
+            if isinstance(seconds, int | float)
+        }
+        return LaunchProgress(
+            phase=phase,
+            phase_label=self.PHASE_LABELS.get(phase or "", ""),
+            phase_elapsed_seconds=in_phase,
+            eta_seconds=self.eta_seconds(now),
+            phase_durations=durations,
+        )
+
+    @property
+    def url(self) -> str:
+        return reverse("api:swap_detail", kwargs={"swap_id": self.pk})
+
+    @property
+    def stream_url(self) -> str:
+        return reverse("api:swap_stream", kwargs={"swap_id": self.pk})
+
+    @property
+    def log_url(self) -> str:
+        return reverse("api:swap_log", kwargs={"swap_id": self.pk})
+
+    def as_dict(self, now: datetime | None = None) -> SwapDict:
+        """The one shape of a swap, for the API and the dashboard (see `for_display`)."""
+        now = now or timezone.now()
+        launch = self.launch_progress(now)
+        return SwapDict(
+            id=self.pk,
+            model=self.model_key,
+            host=self.host.name,
+            hosts=self.host_names(),
+            service=self.service.name if self.service else None,
+            state=self.state,
+            final=self.is_final,
+            dry_run=self.dry_run,
+            requested_by=self.requested_by,
+            error=self.error,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            elapsed_seconds=self.elapsed_seconds(now),
+            progress=self.progress,
+            phase=launch.phase,
+            phase_label=launch.phase_label,
+            phase_elapsed_seconds=launch.phase_elapsed_seconds,
+            eta_seconds=launch.eta_seconds,
+            phase_durations=launch.phase_durations,
+            url=self.url,
+        )
+
+    def as_detail_dict(self, now: datetime | None = None) -> dict[str, Any]:
+        """`as_dict` with what one swap's page adds: transitions, checks, argv, log size."""
+        return {
+            **self.as_dict(now),
+            "cancel_requested": self.cancel_requested,
+            "lock_generation": self.lock_generation,
+            "heartbeat_at": self.heartbeat_at,
+            "checks": self.checks or [],
+            "argv": [str(item) for item in self.launch_argv or []],
+            "transitions": [
+                {"state": t.state, "at": t.at, "detail": t.detail} for t in self.transitions.all()
+            ],
+            "log_lines": self.log_lines.count(),
+            "stream_url": self.stream_url,
+            "log_url": self.log_url,
+        }
 
 
 class SwapHost(models.Model):
@@ -390,6 +650,16 @@ class SwapLogLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.swap_id}#{self.seq}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A line as the API pages it and the dashboard shows it."""
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "stream": self.stream,
+            "text": self.text,
+            "node": self.node,
+        }
 
 
 class KeyUsage(models.Model):

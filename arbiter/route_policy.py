@@ -112,12 +112,20 @@ VIEW_POLICY: dict[tuple[str, str], Decision] = {
     (ANY, "logout/"): PUBLIC,
     # People's pages: login_required sends anonymous visitors to the login page.
     (ANY, "catalog/"): READ,
-    (ANY, "catalog/add/<str:source>"): OPERATOR,
     (ANY, "catalog/<slug:key>/disk"): READ,
+    # A download's log (dashboard/catalog.py); starting one is the operator's.
+    (ANY, "catalog/<slug:key>/downloads"): READ,
+    # The catalog page's writes (dashboard/catalog.py, POST only): what the API route
+    # doing the same change needs (POST /api/models, /api/swap, the disk routes).
+    (ANY, "catalog/add/<str:source>"): OPERATOR,
+    (ANY, "catalog/<slug:key>/download"): OPERATOR,
+    (ANY, "catalog/<slug:key>/disk/delete"): OPERATOR,
+    (ANY, "catalog/<slug:key>/swap"): OPERATOR,
     (ANY, ""): READ,
     (ANY, "fragments/hosts"): READ,
     (ANY, "fragments/services"): READ,
     (ANY, "fragments/clients"): READ,
+    (ANY, "hosts/<slug:name>/history"): READ,
     (ANY, "fragments/swaps"): READ,
     (ANY, "swaps/<int:swap_id>/log"): READ,
     (ANY, "fragments/lock"): READ,
@@ -125,11 +133,23 @@ VIEW_POLICY: dict[tuple[str, str], Decision] = {
     (ANY, "fragments/lock/force-release"): READ,
     (ANY, "fragments/schedule"): READ,
     (ANY, "fragments/webhooks"): READ,
-    # Admin screens: they only show; every change goes through the API above.
     (ANY, "keys/"): ADMIN,
     (ANY, "fragments/keys"): ADMIN,
     (ANY, "audit/"): ADMIN,
     (ANY, "webhooks/"): OPERATOR,
+    # The dashboard's writes (dashboard/actions.py, POST only): each needs what the API
+    # route doing the same change needs.
+    (ANY, "actions/keys"): PERSON_ADMIN,
+    (ANY, "actions/keys/<int:key_id>/revoke"): PERSON_ADMIN,
+    (ANY, "actions/webhooks"): ADMIN,
+    (ANY, "actions/webhooks/<int:webhook_id>/edit"): ADMIN,
+    (ANY, "actions/webhooks/<int:webhook_id>/delete"): ADMIN,
+    (ANY, "actions/webhooks/<int:webhook_id>/test"): ADMIN,
+    (ANY, "actions/webhooks/deliveries/<int:delivery_id>/redeliver"): ADMIN,
+    (ANY, "actions/services/<str:name>"): ADMIN,
+    (ANY, "actions/swaps/<int:swap_id>/cancel"): OPERATOR,
+    # DELETE /api/swap/lock?force=true: an admin person (coordination.locks.api).
+    (ANY, "actions/lock/force-release"): PERSON_ADMIN,
 }
 
 # What a level is called for each kind of principal, in messages.

@@ -13,7 +13,6 @@ urlpatterns = [
     path("", include("arbiter.broker.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("catalog/", include("catalog.urls")),
     path("", include("dashboard.urls")),
 ]
 

@@ -9,7 +9,7 @@ own event loop, and the download streams `hf download` progress as Server-Sent E
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -20,17 +20,10 @@ from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Router, Status
 
 from arbiter import audit
-from arbiter.engine.host_paths import host_hub_cache
+from arbiter.engine.disk import delete_hub_model, disk_report, download_events
 from arbiter.engine.ssh import SshTarget
-from arbiter.errors import ArbiterError, Conflict, InvalidInput, NotFound
+from arbiter.errors import Conflict, InvalidInput
 from arbiter.models import Host, Service, Swap
-from catalog.disk import (
-    delete_hub_model,
-    disk_report,
-    download_hub_model,
-    hub_cache_folder,
-    model_disk_status,
-)
 from catalog.models import CatalogModel
 from catalog.schemas import CatalogModelIn, CatalogModelOut, DiskOut
 from catalog.store import create_model, update_model
@@ -42,14 +35,11 @@ router = Router(tags=["catalog"])
 
 
 def get_model(key: str) -> CatalogModel:
-    model = CatalogModel.objects.select_related("default_host").filter(key=key).first()
-    if model is None:
-        raise NotFound(f"no catalog model with key {key!r}", field="key")
-    return model
+    return CatalogModel.objects.select_related("default_host").by_key(key, field="key")
 
 
 def active_swap(model: CatalogModel, host: Host | None = None) -> Swap | None:
-    swaps = Swap.objects.filter(model=model, state__in=Swap.ACTIVE_STATES)
+    swaps = Swap.objects.in_flight().filter(model=model)
     return (swaps.filter(host=host) if host is not None else swaps).first()
 
 
@@ -93,14 +83,12 @@ def _gate_gpu_change(request: HttpRequest, model: CatalogModel | None = None) ->
 
 def inventory_targets() -> list[SshTarget]:
     timeout = settings.ARBITER_SSH_CONNECT_TIMEOUT
-    hosts = Host.objects.filter(in_inventory=True).order_by("name")
+    hosts = Host.objects.in_inventory().order_by("name")
     return [SshTarget.from_host(host, connect_timeout=timeout) for host in hosts]
 
 
 def _target(name: str) -> SshTarget:
-    host = Host.objects.filter(name=name, in_inventory=True).first()
-    if host is None:
-        raise NotFound(f"no host named {name!r} in the inventory", field="host")
+    host = Host.objects.by_name(name)
     return SshTarget.from_host(host, connect_timeout=settings.ARBITER_SSH_CONNECT_TIMEOUT)
 
 
@@ -196,10 +184,9 @@ def _serving_conflict(model: CatalogModel, host_name: str) -> None:
         raise Conflict(f"{model.key!r} is being served on {host_name}", field="host")
 
 
-@router.delete(
-    "/models/{key}/disk", response={204: None}, summary="Delete a hub model's files from a host"
-)
-async def delete_model_disk(request: HttpRequest, key: str, host: str):
+async def delete_from_host(request: HttpRequest, key: str, host: str) -> None:
+    """Delete a hub model's files from a host, for the API and the catalog page: the
+    swap lock, no swap or service using it there, then the delete and its audit row."""
     model = await sync_to_async(get_model)(key)
     _hub_only(model, "delete from disk")
     target = await sync_to_async(_target)(host)
@@ -215,6 +202,13 @@ async def delete_model_disk(request: HttpRequest, key: str, host: str):
         before={"host": host, "present": True},
         after={"host": host, "present": False},
     )
+
+
+@router.delete(
+    "/models/{key}/disk", response={204: None}, summary="Delete a hub model's files from a host"
+)
+async def delete_model_disk(request: HttpRequest, key: str, host: str):
+    await delete_from_host(request, key, host)
     return Status(204, None)
 
 
@@ -223,23 +217,42 @@ def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _download_events(
-    target: SshTarget, key: str, repo: str, revision: str
-) -> AsyncIterator[str]:
-    # Plain values only: nothing here holds an ORM object across an await.
-    yield sse("start", {"host": target.name, "model": key, "repo": repo})
-    try:
-        cache_dir = await host_hub_cache(target)  # this host's own hub cache
-        async for line in download_hub_model(
-            target, repo, revision, cache_dir, settings.ARBITER_HF_TOKEN
-        ):
-            yield sse("progress", {"line": line})
-        folder = hub_cache_folder(repo, cache_dir)
-        status = await model_disk_status(target, folder, local=False, roots=[])
-    except ArbiterError as error:
-        yield sse("error", {"host": target.name, "model": key, **error.as_body()["error"]})
-        return
-    yield sse("done", {"model": key, **asdict(status)})
+@dataclass(frozen=True)
+class AcceptedDownload:
+    """A hub download that passed its checks: plain values for the code that runs it."""
+
+    target: SshTarget
+    key: str
+    repo: str
+    revision: str
+
+    def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        return download_events(
+            self.target, self.key, self.repo, self.revision, settings.ARBITER_HF_TOKEN
+        )
+
+
+async def accept_download(request: HttpRequest, key: str, host: str) -> AcceptedDownload:
+    """Check a hub download (a hub model, a known host, the swap lock) and audit it, for
+    the API and the catalog page; the caller runs its `events()`."""
+    model = await sync_to_async(get_model)(key)
+    _hub_only(model, "download")
+    target = await sync_to_async(_target)(host)
+    await sync_to_async(_gate_gpu_change)(request)
+    # Recorded when the download is accepted; its outcome is in the events it yields.
+    await sync_to_async(audit.record)(
+        request,
+        "catalog.download",
+        "catalog_model",
+        model.key,
+        after={"host": target.name, "repo": model.hub_repo, "revision": model.hub_revision},
+    )
+    return AcceptedDownload(target, model.key, model.hub_repo, model.hub_revision)
+
+
+async def _download_stream(download: AcceptedDownload) -> AsyncIterator[str]:
+    async for event, data in download.events():
+        yield sse(event, data)
 
 
 @router.post(
@@ -248,23 +261,9 @@ async def _download_events(
     summary="Download a hub model to a host (Server-Sent Events: progress, then done/error)",
 )
 async def download_model(request: HttpRequest, key: str, host: str):
-    model = await sync_to_async(get_model)(key)
-    _hub_only(model, "download")
-    target = await sync_to_async(_target)(host)
     # Checked before the stream starts: a refused download answers 423, not an SSE error.
-    await sync_to_async(_gate_gpu_change)(request)
-    # Recorded when the download is accepted; its outcome is in the stream it answers.
-    await sync_to_async(audit.record)(
-        request,
-        "catalog.download",
-        "catalog_model",
-        model.key,
-        after={"host": target.name, "repo": model.hub_repo, "revision": model.hub_revision},
-    )
-    response = StreamingHttpResponse(
-        _download_events(target, model.key, model.hub_repo, model.hub_revision),
-        content_type="text/event-stream",
-    )
+    download = await accept_download(request, key, host)
+    response = StreamingHttpResponse(_download_stream(download), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # stream through nginx without buffering
     return response

@@ -2,6 +2,17 @@
 
 from django.db import models
 
+from arbiter.errors import NotFound
+
+
+class CatalogModelQuerySet(models.QuerySet):
+    def by_key(self, key: str, *, field: str = "model") -> "CatalogModel":
+        """The model with that catalog key, or NotFound (404) naming `field`."""
+        model = self.filter(key=key).first()
+        if model is None:
+            raise NotFound(f"no catalog model with key {key!r}", field=field)
+        return model
+
 
 class CatalogModel(models.Model):
     """A model that can be served: exactly one of a hub repo id or an absolute local path."""
@@ -50,6 +61,8 @@ class CatalogModel(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CatalogModelQuerySet.as_manager()
 
     class Meta:
         ordering = ["key"]

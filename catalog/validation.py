@@ -117,7 +117,7 @@ def normalize_local_path(path: str, roots: list[str]) -> str:
     escapes (`%2e%2e%2f` must never be decoded into a traversal somewhere downstream),
     control characters, `:`/`,`/`\\` (docker's volume and mount separators) and paths
     that are not below a root. Roots are compared by path component, so `/models-evil`
-    is not inside `/models`. Symlinks are resolved on the host (catalog.disk).
+    is not inside `/models`. Symlinks are resolved on the host (arbiter.engine.disk).
     """
 
     def bad(reason: str) -> InvalidInput:

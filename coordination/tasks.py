@@ -98,6 +98,17 @@ def deliver_pending() -> None:
     send_due_deliveries()
 
 
+def wake(delay: float) -> None:
+    """The outbox's waker: a delivery round now, or after `delay` seconds."""
+    if delay > 0:
+        deliver_pending.schedule(delay=delay)
+    else:
+        deliver_pending()
+
+
+webhooks.set_waker(wake)
+
+
 @db_periodic_task(crontab(minute="*"))
 def drain_webhook_outbox() -> None:
     queued = send_due_deliveries()

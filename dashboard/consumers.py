@@ -1,16 +1,18 @@
-"""The dashboard socket: one group, fragments pushed by `arbiter.engine.events`.
+"""The dashboard socket: one group, fragments pushed by `dashboard/live.py`.
 
 Pushed fragments are rendered once for every viewer; each socket cuts out the actions its
 person may not take before sending (dashboard/roles.py). The level is read when the
 socket connects: a changed role shows after a reload.
 """
 
+import asyncio
+
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from arbiter.engine.events import DASHBOARD_GROUP, DashboardMessage
 from arbiter.roles import level_of
 from dashboard.auth import session_group
+from dashboard.live import DASHBOARD_GROUP, DashboardMessage, remember_socket_loop
 from dashboard.panels.cluster import clients_panel, hosts_panel, services_panel
 from dashboard.panels.coordination import coordination_panels
 from dashboard.panels.swaps import swap_panel
@@ -42,6 +44,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        remember_socket_loop(asyncio.get_running_loop())
         # A (re)connect always starts from the full current state.
         await self.send(text_data=for_level(await sync_to_async(full_state)(), self.level))
 

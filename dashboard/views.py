@@ -10,16 +10,23 @@ from urllib.parse import urlencode
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 
 from arbiter.api import audit as audit_api
 from arbiter.errors import InvalidInput
-from arbiter.models import ApiKey
+from arbiter.models import Host
 from arbiter.roles import ADMIN, OPERATOR, may
 from coordination.models import WebhookEndpoint
 from dashboard.auth import fragment_login_required
 from dashboard.panels import coordination
-from dashboard.panels.cluster import clients_panel, hosts_panel, page_context, services_panel
+from dashboard.panels.cluster import (
+    clients_panel,
+    host_history_panel,
+    hosts_panel,
+    page_context,
+    services_panel,
+)
+from dashboard.panels.keys import keys_context, keys_table
 from dashboard.panels.swaps import panel_context, swap_log, swap_panel
 from dashboard.roles import personal
 
@@ -41,6 +48,17 @@ def hosts_fragment(request: HttpRequest) -> HttpResponse:
 @fragment_login_required
 def services_fragment(request: HttpRequest) -> HttpResponse:
     return HttpResponse(personal(request, services_panel()))
+
+
+@fragment_login_required
+def host_history(request: HttpRequest, name: str) -> HttpResponse:
+    """A host's GPUs over all the history the database keeps, drawn wide (a host card's
+    plots link here). The page polls for its plots, so it stays current without a socket."""
+    host = get_object_or_404(Host, name=name, in_inventory=True)
+    panel = host_history_panel(host)
+    if request.htmx:
+        return HttpResponse(panel)
+    return render(request, "dashboard/host_history.html", {"host_name": host.name, "panel": panel})
 
 
 @fragment_login_required
@@ -86,8 +104,7 @@ def clients_fragment(request: HttpRequest) -> HttpResponse:
 
 
 # -- admin screens: API keys and webhook endpoints -----------------------------------------
-# Both pages only show; every change goes through the JSON API (static/js/admin.js, the
-# session and its CSRF token), which checks the level again.
+# Both pages only show; their forms and buttons post to dashboard/actions.py.
 
 
 def _require(request: HttpRequest, needed: str) -> None:
@@ -95,28 +112,18 @@ def _require(request: HttpRequest, needed: str) -> None:
         raise PermissionDenied(f"this page needs the {needed} role")
 
 
-def _keys_context() -> dict:
-    from arbiter.broker.quotas import current_usage
-
-    keys = list(ApiKey.objects.order_by("-created_at"))
-    usage = current_usage([k.pk for k in keys])
-    for key in keys:  # what each key used against its quotas (keys_table.html)
-        key.usage_minute, key.usage_tokens = usage[key.pk]  # type: ignore[attr-defined]
-    return {"api_keys": keys, "key_roles": ApiKey.ROLE_CHOICES}
-
-
 @login_required
 def keys(request: HttpRequest) -> HttpResponse:
     """API keys (admins): list, create (the raw key shown once), revoke."""
     _require(request, ADMIN)
-    return render(request, "dashboard/keys.html", _keys_context())
+    return render(request, "dashboard/keys.html", keys_context())
 
 
 @fragment_login_required
 def keys_fragment(request: HttpRequest) -> HttpResponse:
-    """The key table alone, fetched again after a create or a revoke."""
+    """The key table alone."""
     _require(request, ADMIN)
-    return render(request, "dashboard/partials/keys_table.html", _keys_context())
+    return HttpResponse(keys_table())
 
 
 def _compact(value: object) -> str:

@@ -75,6 +75,22 @@ def operator_bob(bob):
 
 
 @pytest.fixture
+def alice_client(alice) -> Client:
+    """A browser session logged in as Alice."""
+    client = Client()
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def admin_person(bob) -> Client:
+    """A browser session logged in as Bob in the admin group."""
+    client = Client()
+    client.force_login(grant(bob, "admin"))
+    return client
+
+
+@pytest.fixture
 def api_key(db) -> str:
     """A raw API key (as the cron job would hold it); role operator, the default."""
     _key, raw_key = ApiKey.objects.create_key(name="nightly cron")

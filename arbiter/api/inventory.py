@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr
 
-from arbiter import audit
-from arbiter.engine.events import publish_fragment
+from arbiter import audit, events
 from arbiter.errors import InvalidInput
 from arbiter.inventory.adoption import check_adoptions, clean_adopt_list
 from arbiter.inventory.edits import HOST_EDITABLE, SERVICE_EDITABLE, edit_row, reset_edits
@@ -114,17 +112,6 @@ def _service_out(service: Service) -> dict[str, Any]:
     }
 
 
-def _push_services_panel() -> None:
-    """Show a service enabled or disabled on every dashboard now, not at the next probe
-    round. Called from a synchronous view; the edit is done, so a failed push only logs."""
-    from dashboard.panels.cluster import services_panel  # the dashboard imports the core
-
-    try:
-        async_to_sync(publish_fragment)(services_panel(oob=True))
-    except Exception:
-        log.warning("pushing the services panel failed", exc_info=True)
-
-
 @router.patch("/hosts/{name}", response=HostEditOut, url_name="host_edit", summary="Edit a host")
 def edit_host(request: HttpRequest, name: str, payload: HostEditIn):
     changes = clean_interconnect(_changes(payload, HOST_EDITABLE))
@@ -171,6 +158,13 @@ def reset_host(request: HttpRequest, name: str):
     "/services/{name}", response=ServiceEditOut, url_name="service_edit", summary="Edit a service"
 )
 def edit_service(request: HttpRequest, name: str, payload: ServiceEditIn):
+    return _service_out(apply_service_edit(request, name, payload))
+
+
+def apply_service_edit(request: HttpRequest, name: str, payload: ServiceEditIn) -> Service:
+    """Apply the sent fields of a service edit, audited, under the lock's rule (the
+    token from `X-Swap-Lock-Token`); the dashboards then show it. The one way in for the
+    API route and the dashboard's Enable / Disable (dashboard/actions.py)."""
     changes = _changes(payload, SERVICE_EDITABLE)
     adopt: list[str] | None = None
     if "adopt_containers" in changes:
@@ -194,8 +188,8 @@ def edit_service(request: HttpRequest, name: str, payload: ServiceEditIn):
             request, "service.update", "service", service.name, before=before, after=changes
         )
     log.info("service %s edited: %s", service.name, sorted(service.inventory_overrides))
-    _push_services_panel()
-    return _service_out(service)
+    events.send_on_commit(events.services_changed)
+    return service
 
 
 @router.delete(
@@ -226,5 +220,5 @@ def reset_service(request: HttpRequest, name: str):
             before=before,
             after=_fields(service, before),
         )
-    _push_services_panel()
+    events.send_on_commit(events.services_changed)
     return _service_out(service)

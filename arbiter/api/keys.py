@@ -117,8 +117,9 @@ def list_keys(request: HttpRequest):
     return [_key_out(k, usage[k.pk]) for k in keys]
 
 
-@router.post("/keys", response={201: ApiKeyCreatedOut}, summary="Create an API key")
-def create_key(request: HttpRequest, payload: ApiKeyIn):
+def issue_key(request: HttpRequest, payload: ApiKeyIn) -> tuple[ApiKey, str]:
+    """Create a key and its audit row (never the key or its hash); the raw key is returned
+    once. The one way in for the API route and the keys page (dashboard/actions.py)."""
     if payload.models and payload.role != ApiKey.ROLE_INFERENCE:
         raise InvalidInput(
             f"models: only an inference key is limited to models (this one is {payload.role})",
@@ -129,10 +130,10 @@ def create_key(request: HttpRequest, payload: ApiKeyIn):
         if payload.expires_in_days is not None
         else None
     )
-    with transaction.atomic():  # the key and its audit row (never the key or its hash)
+    with transaction.atomic():  # the key and its audit row commit together
         key, raw_key = ApiKey.objects.create_key(
             name=payload.name,
-            user=request.auth,
+            user=audit.principal_of(request),
             role=payload.role,
             allowed_models=payload.models,
             expires_at=expires_at,
@@ -140,15 +141,16 @@ def create_key(request: HttpRequest, payload: ApiKeyIn):
             tokens_per_day=payload.tokens_per_day,
         )
         audit.record(request, "key.create", "api_key", key.pk, after=key_audit_values(key))
-    return Status(201, {**_key_out(key), "key": raw_key})
+    return key, raw_key
 
 
-@router.delete("/keys/{key_id}", response={204: None}, summary="Revoke an API key")
-def revoke_key(request: HttpRequest, key_id: int):
+def revoke(request: HttpRequest, key_id: int) -> None:
+    """Revoke a key (NotFound when there is none); revoking a revoked key changes nothing
+    and leaves no audit row. Shared by the API route and the keys page."""
     now = timezone.now()
     with transaction.atomic():
         updated = ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).update(revoked_at=now)
-        if updated:  # revoking a revoked key changes nothing and leaves no row
+        if updated:
             name = ApiKey.objects.filter(pk=key_id).values_list("name", flat=True).first()
             audit.record(
                 request,
@@ -160,4 +162,15 @@ def revoke_key(request: HttpRequest, key_id: int):
             )
     if not updated and not ApiKey.objects.filter(pk=key_id).exists():
         raise NotFound(f"no API key with id {key_id}", field="key_id")
+
+
+@router.post("/keys", response={201: ApiKeyCreatedOut}, summary="Create an API key")
+def create_key(request: HttpRequest, payload: ApiKeyIn):
+    key, raw_key = issue_key(request, payload)
+    return Status(201, {**_key_out(key), "key": raw_key})
+
+
+@router.delete("/keys/{key_id}", response={204: None}, summary="Revoke an API key")
+def revoke_key(request: HttpRequest, key_id: int):
+    revoke(request, key_id)
     return Status(204, None)

@@ -9,9 +9,12 @@ from typing import TypedDict
 
 from django.db.models import Max
 
+from arbiter.broker.accounting import client_usage
+from arbiter.broker.quotas import key_quotas
 from arbiter.engine.leader import current_leader
-from arbiter.engine.swaps.multi_node import running_pair_on, swap_host_names
-from arbiter.models import GpuSample, Host, Service, Swap
+from arbiter.engine.swaps.multi_node import running_pair_on
+from arbiter.models import GpuSample, Host, Service, Swap, SwapDict
+from coordination.locks.gate import current_lock
 
 
 class GpuStatus(TypedDict):
@@ -160,41 +163,15 @@ def service_hosts(service: Service) -> list[str]:
     return [service.host.name]
 
 
-class SwapSummary(TypedDict):
-    id: int
-    model: str
-    host: str
-    hosts: list[str]  # every host the swap works on, the head first
-    state: str
-    dry_run: bool
-    created_at: datetime
-    url: str
-
-
-def active_swaps() -> list[SwapSummary]:
-    """Swaps in flight (at most one per host)."""
-    swaps = Swap.objects.filter(state__in=Swap.ACTIVE_STATES).select_related("host")
-    return [
-        SwapSummary(
-            id=swap.pk,
-            model=swap.model_key,
-            host=swap.host.name,
-            hosts=swap_host_names(swap),
-            state=swap.state,
-            dry_run=swap.dry_run,
-            created_at=swap.created_at,
-            url=f"/api/swap/{swap.pk}",
-        )
-        for swap in swaps.order_by("created_at")
-    ]
+def active_swaps() -> list[SwapDict]:
+    """Swaps in flight (at most one per host); `GET /api/status` shows a few of its fields."""
+    swaps = Swap.objects.in_flight().for_display().order_by("created_at")
+    return [swap.as_dict() for swap in swaps]
 
 
 def cluster_status() -> dict:
-    hosts = Host.objects.filter(in_inventory=True)
-    services = Service.objects.filter(in_inventory=True).select_related("host")
-    from arbiter.broker.accounting import client_usage
-    from arbiter.broker.quotas import key_quotas
-    from coordination.locks import current_lock  # coordination builds on the core
+    hosts = Host.objects.in_inventory()
+    services = Service.objects.in_inventory().select_related("host")
 
     return {
         "hosts": [host_status(h) for h in hosts],

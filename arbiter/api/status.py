@@ -145,7 +145,7 @@ def get_status(request: HttpRequest):
 
 @router.get("/endpoints", response=list[EndpointOut], summary="Services, disabled ones flagged")
 def list_endpoints(request: HttpRequest):
-    services = Service.objects.filter(in_inventory=True).select_related("host")
+    services = Service.objects.in_inventory().select_related("host")
     return [
         EndpointOut(
             name=s.name,

@@ -18,26 +18,22 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.http import HttpRequest, StreamingHttpResponse
-from django.urls import reverse
-from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
 from pydantic import ConfigDict
 
 from arbiter import audit
 from arbiter.engine.swaps.docker_argv import display
 from arbiter.engine.swaps.journal import announce_cancelled_while_pending
-from arbiter.engine.swaps.multi_node import swap_host_names
-from arbiter.engine.swaps.preflight import get_catalog_model, preflight, swap_hosts
-from arbiter.engine.swaps.store import create_swap, phase_progress, request_cancel
-from arbiter.errors import NotFound
+from arbiter.engine.swaps.preflight import preflight, swap_hosts
+from arbiter.engine.swaps.store import create_swap, request_cancel
 from arbiter.models import ApiKey, Swap, SwapLogLine, SwapTransition
+from catalog.models import CatalogModel
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
 from coordination.locks import assert_may_change_gpu
 
@@ -122,7 +118,7 @@ class SwapSummaryOut(Schema):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    elapsed_seconds: float
+    elapsed_seconds: float = Field(..., description="From the request to the end (or now)")
     progress: float = Field(..., description="0..1 through the successful path's phases")
     phase: str | None = Field(
         ..., description="The launch phase: pull / weights / load (null outside the launch)"
@@ -190,79 +186,28 @@ def _requested_by(request: HttpRequest) -> str:
     return username() if callable(username) else str(auth or "")
 
 
-def _urls(swap_id: int) -> dict[str, str]:
-    return {
-        "url": reverse("api:swap_detail", kwargs={"swap_id": swap_id}),
-        "stream_url": reverse("api:swap_stream", kwargs={"swap_id": swap_id}),
-        "log_url": reverse("api:swap_log", kwargs={"swap_id": swap_id}),
-    }
-
-
-def _progress(swap: Swap, states: list[str]) -> float:
-    if swap.state == Swap.COMPLETE:
-        return 1.0
-    reached = [s for s in states if s in Swap.PHASES] or [Swap.PENDING]
-    return round(Swap.PHASES.index(reached[-1]) / (len(Swap.PHASES) - 1), 3)
-
-
-def _summary(swap: Swap, states: list[str]) -> dict[str, Any]:
-    end = swap.finished_at or timezone.now()
-    start = swap.started_at or swap.created_at
-    return {
-        "id": swap.pk,
-        "model": swap.model_key,
-        "host": swap.host.name,
-        "hosts": swap_host_names(swap),
-        "service": swap.service.name if swap.service else None,
-        "state": swap.state,
-        "final": swap.state in Swap.FINAL_STATES,
-        "dry_run": swap.dry_run,
-        "requested_by": swap.requested_by,
-        "error": swap.error,
-        "created_at": swap.created_at,
-        "started_at": swap.started_at,
-        "finished_at": swap.finished_at,
-        "elapsed_seconds": round(max(0.0, (end - start).total_seconds()), 3),
-        "progress": _progress(swap, states),
-        **asdict(phase_progress(swap)),
-        "url": _urls(swap.pk)["url"],
-    }
-
-
-def get_swap(swap_id: int) -> Swap:
-    swap = Swap.objects.select_related("host", "service").filter(pk=swap_id).first()
-    if swap is None:
-        raise NotFound(f"no swap with id {swap_id}", field="swap_id")
-    return swap
-
-
 def swap_detail(swap_id: int) -> dict[str, Any]:
-    swap = get_swap(swap_id)
-    transitions = list(SwapTransition.objects.filter(swap=swap).order_by("at", "pk"))
-    states = [t.state for t in transitions]
-    argv = [str(item) for item in swap.launch_argv or []]
-    return {
-        **_summary(swap, states),
-        **_urls(swap.pk),
-        "cancel_requested": swap.cancel_requested,
-        "lock_generation": swap.lock_generation,
-        "heartbeat_at": swap.heartbeat_at,
-        "checks": swap.checks or [],
-        "command": display(argv) if argv else "",
-        "argv": argv,
-        "transitions": [{"state": t.state, "at": t.at, "detail": t.detail} for t in transitions],
-        "log_lines": SwapLogLine.objects.filter(swap=swap).count(),
-    }
+    swap = Swap.objects.for_display().by_id(swap_id)
+    detail = swap.as_detail_dict()
+    return {**detail, "command": display(detail["argv"]) if detail["argv"] else ""}
 
 
-def _line_out(line: SwapLogLine) -> dict[str, Any]:
-    return {
-        "seq": line.seq,
-        "at": line.at,
-        "stream": line.stream,
-        "text": line.text,
-        "node": line.node,
-    }
+def begin_swap(
+    request: HttpRequest, model: str, host: str | None, dry_run: bool, requested_by: str
+) -> Swap:
+    """Create a swap and its audit row, for the API and the catalog page's "Swap in"
+    (the swap lock: the request's `X-Swap-Lock-Token`)."""
+    token = request.headers.get(LOCK_TOKEN_HEADER) or None
+    with transaction.atomic():  # the swap and its audit row commit together
+        swap = create_swap(model, host, dry_run, requested_by, lock_token=token)
+        audit.record(
+            request,
+            "swap.start",
+            "swap",
+            swap.pk,
+            after={"model": swap.model_key, "host": swap.host.name, "dry_run": swap.dry_run},
+        )
+    return swap
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -273,21 +218,8 @@ def _line_out(line: SwapLogLine) -> dict[str, Any]:
     summary="Start a swap (409 with the running swap's id while the host is busy)",
 )
 def start_swap(request: HttpRequest, payload: SwapIn):
-    token = request.headers.get(LOCK_TOKEN_HEADER) or None
-    with transaction.atomic():  # the swap and its audit row commit together
-        swap = create_swap(
-            payload.model, payload.host, payload.dry_run, _requested_by(request), lock_token=token
-        )
-        audit.record(
-            request,
-            "swap.start",
-            "swap",
-            swap.pk,
-            after={"model": swap.model_key, "host": swap.host.name, "dry_run": swap.dry_run},
-        )
-    return Status(
-        202, {"id": swap.pk, "state": swap.state, "dry_run": swap.dry_run, **_urls(swap.pk)}
-    )
+    swap = begin_swap(request, payload.model, payload.host, payload.dry_run, _requested_by(request))
+    return Status(202, swap)  # SwapCreatedOut reads the row: id, state, dry_run, urls
 
 
 @router.post(
@@ -300,7 +232,7 @@ async def validate_swap(request: HttpRequest, key: str, payload: ValidateIn | No
     host_name = payload.host if payload else None
 
     def resolve() -> str:
-        return swap_hosts(get_catalog_model(key), host_name)[0].name  # a pair's head
+        return swap_hosts(CatalogModel.objects.by_key(key), host_name)[0].name  # a pair's head
 
     host = await sync_to_async(resolve)()
     result = await preflight(key, host)
@@ -322,20 +254,12 @@ async def validate_swap(request: HttpRequest, key: str, payload: ValidateIn | No
 
 @router.get("/swaps", response=list[SwapSummaryOut], url_name="swap_list", summary="Recent swaps")
 def list_swaps(request: HttpRequest, filters: Query[SwapListQuery]):
-    swaps = Swap.objects.select_related("host", "service").order_by("-created_at", "-pk")
+    swaps = Swap.objects.for_display().newest_first()
     if filters.host:
-        swaps = swaps.filter(host__name=filters.host)
+        swaps = swaps.on_host(filters.host)
     if filters.state:
         swaps = swaps.filter(state=filters.state)
-    rows = list(swaps[: filters.limit])
-    states: dict[int, list[str]] = {}
-    for swap_id, state in (
-        SwapTransition.objects.filter(swap__in=rows)
-        .order_by("at", "pk")
-        .values_list("swap", "state")
-    ):
-        states.setdefault(swap_id, []).append(state)
-    return [_summary(swap, states.get(swap.pk, [])) for swap in rows]
+    return [swap.as_dict() for swap in swaps[: filters.limit]]
 
 
 @router.get("/swap/{int:swap_id}", response=SwapOut, url_name="swap_detail", summary="One swap")
@@ -347,13 +271,13 @@ def get_swap_detail(request: HttpRequest, swap_id: int):
     "/swap/{int:swap_id}/log", response=SwapLogOut, url_name="swap_log", summary="A swap's log"
 )
 def get_swap_log(request: HttpRequest, swap_id: int, query: Query[LogQuery]):
-    swap = get_swap(swap_id)
-    lines = SwapLogLine.objects.filter(swap=swap, seq__gt=query.after).order_by("seq")
+    swap = Swap.objects.by_id(swap_id)
+    lines = swap.log_lines.filter(seq__gt=query.after).order_by("seq")
     return {
         "swap_id": swap.pk,
         "state": swap.state,
-        "final": swap.state in Swap.FINAL_STATES,
-        "lines": [_line_out(line) for line in lines[: query.limit]],
+        "final": swap.is_final,
+        "lines": [line.as_dict() for line in lines[: query.limit]],
     }
 
 
@@ -364,6 +288,13 @@ def get_swap_log(request: HttpRequest, swap_id: int, query: Query[LogQuery]):
     summary="Cancel a swap: it stops and removes the container it launched",
 )
 def cancel_swap(request: HttpRequest, swap_id: int):
+    return Status(202, cancel(request, swap_id).as_dict())
+
+
+def cancel(request: HttpRequest, swap_id: int) -> Swap:
+    """Ask the engine to stop a swap (a pending one ends at once), audited; NotFound when
+    there is none. The one way in for the API route and the swap card's Cancel
+    (dashboard/actions.py)."""
     # Stopping a swap changes what runs on the GPU: while the lock is held only its
     # holder's token may (423 otherwise, nothing flagged).
     with transaction.atomic():
@@ -380,9 +311,7 @@ def cancel_swap(request: HttpRequest, swap_id: int):
         )
     if cancelled is not None:
         announce_cancelled_while_pending(cancelled)
-    swap = get_swap(swap_id)
-    states = list(SwapTransition.objects.filter(swap=swap).values_list("state", flat=True))
-    return Status(202, _summary(swap, states))
+    return Swap.objects.for_display().by_id(swap_id)
 
 
 # -- Server-Sent Events ----------------------------------------------------------------
@@ -467,7 +396,7 @@ def _after(request: HttpRequest, after: int) -> int:
     summary="A swap's log as Server-Sent Events (`line` events, then a final `state` event)",
 )
 async def stream_swap(request: HttpRequest, swap_id: int, after: int = 0):
-    await sync_to_async(get_swap)(swap_id)
+    await sync_to_async(Swap.objects.by_id)(swap_id)
     response = StreamingHttpResponse(
         swap_events(swap_id, _after(request, max(after, 0))), content_type="text/event-stream"
     )

@@ -9,9 +9,7 @@ handler with no middleware and everything else to `app`, unchanged:
 
     application = ProtocolTypeRouter({"http": with_broker(django_asgi_app), ...})
 
-`application` here is the project's ASGI application with that split, for running
-`daphne arbiter.broker.asgi:application` side by side (the broker tests' "lean" cases do;
-`arbiter.asgi`, which serve runs, applies the same split behind its body limit).
+`arbiter.asgi` (what serve and every daphne run) applies it behind the body limit.
 """
 
 from __future__ import annotations
@@ -224,19 +222,3 @@ def with_broker(app: Any, broker: Any | None = None) -> Any:
             await app(scope, receive, send)
 
     return route
-
-
-def __getattr__(name: str) -> Any:
-    # Built on first use: importing this module must not set up the whole project.
-    if name == "application":
-        from channels.routing import ProtocolTypeRouter
-
-        from arbiter import asgi
-
-        return ProtocolTypeRouter(
-            {
-                "http": with_broker(asgi.django_asgi_app),
-                "websocket": asgi.application.application_mapping["websocket"],
-            }
-        )
-    raise AttributeError(name)

@@ -52,11 +52,11 @@ from arbiter.broker.swapwait import SwapEnd, SwapWatcher
 from arbiter.broker.table import json_bytes
 from arbiter.engine.host_memory import claimed_mib, latest_unified, sleep_level
 from arbiter.engine.swaps.multi_node import is_multi_node, pair_host_rows, running_pair_on
-from arbiter.engine.swaps.preflight import get_catalog_model, vllm_service
 from arbiter.engine.swaps.store import active_swap_on, create_swap
 from arbiter.errors import ArbiterError, Conflict
 from arbiter.models import GpuSample, Host, Service, Swap
 from catalog.models import CatalogModel
+from coordination.locks.gate import assert_may_change_gpu
 
 if TYPE_CHECKING:  # residency imports this module's lock gate
     from arbiter.broker.residency import Residency
@@ -98,8 +98,6 @@ def assert_lock_free() -> None:
 
     Loads, reloads, evictions and idle unloads all pass this one gate.
     """
-    from coordination.locks import assert_may_change_gpu
-
     assert_may_change_gpu(None)
 
 
@@ -161,21 +159,22 @@ def residents_of(
 def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
     """Decide the next step of loading `model_key` (see the module docstring)."""
     assert_lock_free()
-    model = get_catalog_model(model_key)
+    model = CatalogModel.objects.by_key(model_key)
     if is_multi_node(model):
         # A multi-node model loads on its pair only, as one swap named by its head; the
         # swap itself frees every host of the pair (SwapRunner.step_stopping).
         hosts = pair_host_rows(model)[:1]
     elif model.default_host_id is not None:
-        hosts = list(Host.objects.filter(pk=model.default_host_id, in_inventory=True))
+        hosts = list(Host.objects.in_inventory().filter(pk=model.default_host_id))
     else:
         hosts = list(
-            Host.objects.filter(
-                in_inventory=True,
+            Host.objects.in_inventory()
+            .filter(
                 services__kind=Service.KIND_VLLM,
                 services__in_inventory=True,
                 services__disabled=False,
-            ).distinct()
+            )
+            .distinct()
         )
     plans: list[tuple[EvictionPlan, Host, list[Resident], bool]] = []
     busy_swaps: list[int] = []
@@ -191,7 +190,7 @@ def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
             # The broker never evicts a pair: its hosts serve it as one unit until a
             # swap replaces the whole pair.
             continue
-        service = vllm_service(host)
+        service = Service.objects.vllm_on(host)
         if service is None:
             continue
         unified = latest_unified(host.pk)
@@ -286,7 +285,7 @@ def _swap_loading(model_key: str) -> int | None:
     if model is None:
         return None  # create_swap names the missing model
     swaps = Swap.objects.filter(model_key=model_key, dry_run=False).order_by("-pk")
-    running = swaps.filter(state__in=Swap.ACTIVE_STATES).values_list("pk", flat=True).first()
+    running = swaps.in_flight().values_list("pk", flat=True).first()
     if running is not None:
         return running
     recent = timezone.now() - timedelta(seconds=JUST_LOADED_SECONDS)

@@ -17,6 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from arbiter.models import Service, Swap
+from coordination.locks.gate import current_lock
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REGISTRY = CollectorRegistry()
 
@@ -81,9 +84,6 @@ class ClusterCollector(Collector):
     """Backend health, swaps and the swap lock, read from the database at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
-        from arbiter.models import Service, Swap
-        from coordination.locks import current_lock
-
         up = GaugeMetricFamily(
             "arbiter_backend_up",
             "1 when the service's last health probe succeeded, 0 when it failed.",

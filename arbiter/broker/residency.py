@@ -7,7 +7,7 @@ it. Each route is called with the service's `*_method` and JSON `*_body`. The br
 unloads services in two cases:
 - eviction, to make room for an on-demand load (`loading`);
 - idle TTL: a catalog model with `idle_unload_seconds` is unloaded once its service has
-  gone that long without a request (`IdleUnloader`, an engine loop of the serving
+  gone that long without a request (`idle.IdleUnloader`, a loop of the serving
   process), never while a request is in flight or a swap runs on the service, and never
   while someone else holds the swap lock.
 A reload takes GPU memory back, so while someone else holds the lock it is refused
@@ -53,9 +53,9 @@ from arbiter import audit
 from arbiter.broker import metrics
 from arbiter.broker.background import spawn
 from arbiter.broker.errors import BackendUnavailable, from_arbiter_error
-from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
+from arbiter.broker.limits import ServiceActivity
 from arbiter.broker.loading import assert_lock_free
-from arbiter.broker.table import DEFAULT_TTL, CatalogEntry, RouteTable, ServiceRoute
+from arbiter.broker.table import DEFAULT_TTL, CatalogEntry, ServiceRoute
 from arbiter.engine.host_memory import sleep_level
 from arbiter.errors import Locked
 from arbiter.models import Service
@@ -319,84 +319,3 @@ def may_sleep(service: ServiceRoute, entry: CatalogEntry | None) -> bool:
     if not service.unified_memory or sleep_level(service.kind, service.unload_route) is None:
         return True
     return entry is not None and entry.sleep_on_unified_memory
-
-
-class IdleUnloader:
-    """Unload services whose catalog model has sat idle past its `idle_unload_seconds`.
-
-    Idle since = the later of the service's last finished request and the moment this
-    loop first saw it serving the model (so a model swapped in gets its full TTL).
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock  # epoch seconds, like ServiceActivity.last_finished
-        self.first_seen: dict[tuple[str, str], float] = {}
-
-    async def run_forever(self) -> None:
-        from arbiter.broker.state import get_state  # state imports this module
-
-        while True:
-            state = get_state()
-            await self.sweep(await state.table.get(), state.residency)
-            await asyncio.sleep(idle_check_seconds())
-
-    def due(
-        self, table: RouteTable, activity: ActivitySnapshot | ServiceActivity, now: float
-    ) -> list[ServiceRoute]:
-        """The services to unload now (a pure function of its inputs and `first_seen`)."""
-        entries = {e.served_name: e for e in table.catalog}
-        watched: set[tuple[str, str]] = set()
-        due = []
-        for service in table.services:
-            entry = entries.get(service.loaded_model)
-            ttl = entry.idle_unload_seconds if entry else None
-            if not ttl or not service.unload_route or service.health != "up":
-                continue
-            if service.swap_id is not None or service.unloaded_at is not None:
-                continue
-            if not may_sleep(service, entry):
-                continue
-            key = (service.name, service.loaded_model)
-            watched.add(key)
-            seen = self.first_seen.setdefault(key, now)
-            idle_since = max(seen, activity.last_finished.get(service.name, 0.0))
-            if activity.in_flight.get(service.name, 0) == 0 and now - idle_since >= ttl:
-                due.append(service)
-        for key in set(self.first_seen) - watched:
-            del self.first_seen[key]
-        return due
-
-    async def sweep(self, table: RouteTable, residency: Residency) -> list[str]:
-        """Unload what is due; return the names of the services unloaded."""
-        # Every process's requests and last finishes with REDIS_URL, else this one's.
-        activity = residency.activity
-        due = self.due(table, await activity.current(), self.clock())
-        if not due or not await sync_to_async(lock_free)():
-            return []
-        unloaded = []
-        for service in due:
-            if activity.in_flight.get(service.name, 0):  # a request arrived meanwhile
-                continue
-            try:
-                done = await residency.unload(
-                    service.name,
-                    service.url(service.unload_route),
-                    "idle",
-                    service.unload_method,
-                    service.unload_body,
-                )
-            except httpx.HTTPError as exc:
-                log.warning(
-                    "broker: idle unload of %s failed: %s", service.name, type(exc).__name__
-                )
-                continue
-            if not done:
-                continue
-            log.info(
-                "broker: unloaded %s on %s (%s idle)",
-                service.name,
-                service.host_name,
-                service.loaded_model,
-            )
-            unloaded.append(service.name)
-        return unloaded

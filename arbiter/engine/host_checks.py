@@ -14,7 +14,7 @@ pre-flight runs the ones a swap needs (`swap_checks`). Every command is read-onl
   with `sudo nvidia-ctk runtime configure --runtime=docker`.
 - nvidia_smi: the driver answers; otherwise nvidia-smi's own message and status.
 - hf: the hub CLI for downloads: `hf` on the non-interactive PATH, or the same CLI as
-  `python3 -m huggingface_hub.cli.hf` (what `catalog.disk.hub_cli` falls back to).
+  `python3 -m huggingface_hub.cli.hf` (what `arbiter.engine.disk.hub_cli` falls back to).
 - hub_token: with ARBITER_HF_TOKEN set, `HF_TOKEN` survives sshd's AcceptEnv filter.
   The check sends a random probe value under that name, never the token, and compares
   what `printenv HF_TOKEN` prints: the token is in no argv, output or log.
@@ -41,7 +41,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from arbiter.engine import host_paths, ssh
-from arbiter.errors import ArbiterError, HostKeyRejected, NotFound, SshAuthFailed, SshError
+from arbiter.errors import ArbiterError, HostKeyRejected, SshAuthFailed, SshError
 from arbiter.models import Host
 from catalog.models import CatalogModel
 
@@ -109,14 +109,8 @@ class HostFacts:
 
 
 def _facts(host_name: str, model_key: str | None) -> HostFacts:
-    host = Host.objects.filter(name=host_name, in_inventory=True).first()
-    if host is None:
-        raise NotFound(f"no host named {host_name!r} in the inventory", field="host")
-    model = None
-    if model_key:
-        model = CatalogModel.objects.filter(key=model_key).first()
-        if model is None:
-            raise NotFound(f"no catalog model with key {model_key!r}", field="model")
+    host = Host.objects.by_name(host_name)
+    model = CatalogModel.objects.by_key(model_key) if model_key else None
     cache = host_paths.hub_cache_dir(host)
     folder = ""
     if model is not None:

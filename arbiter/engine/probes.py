@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from arbiter.engine.events import publish_fragment
+from arbiter import events
 from arbiter.engine.served_auth import auth_headers, service_api_keys
 from arbiter.models import Service
 
@@ -90,15 +90,6 @@ def record_result(service_id: int, result: ProbeResult) -> None:
         last_latency_ms=result.latency_ms,
         loaded_model=result.loaded_model,
     )
-
-
-@sync_to_async
-def render_services_panel() -> str:
-    from dashboard.panels.cluster import clients_panel, services_panel  # dashboards only listen
-
-    # The broker's per-client counts ride along: they change with every request, too
-    # often for a push each.
-    return services_panel(oob=True) + clients_panel(oob=True)
 
 
 def first_model_id(response: httpx.Response) -> str:
@@ -175,7 +166,7 @@ class Prober:
         """Probe every enabled service in the inventory concurrently; results by name."""
         targets = await load_targets()
         results = await asyncio.gather(*(self._probe_and_record(t, h) for t, h in targets))
-        await publish_fragment(await render_services_panel())
+        await events.services_changed.asend(sender=None)
         return {target.name: result for (target, _), result in zip(targets, results, strict=True)}
 
     async def run_forever(self) -> None:

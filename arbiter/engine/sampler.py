@@ -10,7 +10,6 @@ its memory and `Host.driver_error` in the tool's own words, and no GPU readings.
 import asyncio
 import logging
 import shlex
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,9 +18,8 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from arbiter import audit
+from arbiter import events
 from arbiter.engine import ssh
-from arbiter.engine.events import publish_fragment
 from arbiter.engine.gpu import (
     MEMINFO_ARGV,
     NVIDIA_SMI_ARGV,
@@ -34,7 +32,6 @@ from arbiter.engine.gpu import (
     parse_meminfo,
     parse_nvidia_smi_csv,
 )
-from arbiter.engine.swaps import store as swap_store
 from arbiter.errors import SshError
 from arbiter.models import GpuSample, Host
 
@@ -53,7 +50,6 @@ BATCH_ARGV = [
 ]
 HISTORY = timedelta(minutes=15)
 HOST_LIST_REFRESH_SECONDS = 10.0
-RETENTION_EVERY_SECONDS = 3600.0
 MAX_RECONNECT_BACKOFF = 30.0
 
 
@@ -140,31 +136,24 @@ def record_sample(
 
 
 @sync_to_async
-def record_and_render(
+def record_and_announce(
     host_id: int, readings: list[GpuReading], meminfo: MemInfo | None, driver_error: str = ""
-) -> str:
-    """One tick's writes and the host's new card, in one trip to a database thread (the
-    card shows the rows just written without reading them back)."""
+) -> None:
+    """One tick's writes and their announcement, in one trip to a database thread (the
+    dashboard renders the host's card there, from the rows just written)."""
     rows = record_sample(host_id, readings, meminfo, driver_error)
-    return host_card(host_id, latest=rows)
+    events.host_sampled.send(sender=None, host_id=host_id, latest=rows)
 
 
 @sync_to_async
 def record_miss(host_id: int, error: str | None) -> None:
-    """Count a missed tick; `error` None keeps the last real error (a tick in backoff)."""
+    """Count a missed tick (and announce it: the card ages towards stale and offline);
+    `error` None keeps the last real error (a tick in backoff)."""
     fields = {"missed_samples": F("missed_samples") + 1}
     if error is not None:
         fields.update(last_attempt_at=timezone.now(), last_error=error)
     Host.objects.filter(pk=host_id).update(**fields)
-
-
-def host_card(host_id: int, latest: list[GpuSample] | None = None) -> str:
-    from dashboard.panels import cluster as fragments  # the engine renders; dashboards only listen
-
-    return fragments.host_card(host_id, latest)
-
-
-render_host_card = sync_to_async(host_card)
+    events.host_sampled.send(sender=None, host_id=host_id, latest=None)
 
 
 @sync_to_async
@@ -172,12 +161,6 @@ def prune_history() -> int:
     """The GPU sample history (every refresh: it is minutes long)."""
     deleted, _ = GpuSample.objects.filter(taken_at__lt=timezone.now() - HISTORY).delete()
     return deleted
-
-
-@sync_to_async
-def prune_retained() -> int:
-    """The tables kept for days (hourly): the audit trail and the logs of old swaps."""
-    return audit.prune() + swap_store.prune_logs()
 
 
 @sync_to_async
@@ -199,7 +182,7 @@ class Sampler:
         self._tasks: dict[int, tuple[ssh.SshTarget, str, asyncio.Task]] = {}
 
     async def sample_once(self, host_id: int, sampling: str, target: ssh.SshTarget) -> bool:
-        """Take one sample and publish the host's card; True when the host answered."""
+        """Take one sample and announce it; True when the host answered."""
         try:
             driver_error = ""
             if sampling == Host.SAMPLING_NVML:
@@ -215,9 +198,8 @@ class Sampler:
         except (SshError, GpuOutputError) as exc:
             log.warning("sample of %s failed: %s", target.name, exc)
             await record_miss(host_id, str(exc))
-            await publish_fragment(await render_host_card(host_id))
             return False
-        await publish_fragment(await record_and_render(host_id, readings, meminfo, driver_error))
+        await record_and_announce(host_id, readings, meminfo, driver_error)
         return True
 
     async def _host_loop(
@@ -225,7 +207,7 @@ class Sampler:
     ) -> None:
         """Tick every interval; after failures, reconnect attempts back off exponentially.
 
-        Ticks without an attempt still count a miss and publish the card, so the
+        Ticks without an attempt still count (and announce) a miss, so the
         dashboard moves from stale to offline on time instead of freezing.
         """
         loop = asyncio.get_running_loop()
@@ -242,7 +224,6 @@ class Sampler:
                     next_attempt_at = loop.time() + backoff
             else:
                 await record_miss(host_id, None)
-                await publish_fragment(await render_host_card(host_id))
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
     async def _sync_tasks(self) -> None:
@@ -262,14 +243,10 @@ class Sampler:
             self._tasks[host_id] = (target, sampling, task)
 
     async def run_forever(self) -> None:
-        next_retention = 0.0
         try:
             while True:
                 await self._sync_tasks()
                 await prune_history()
-                if time.monotonic() >= next_retention:
-                    await prune_retained()
-                    next_retention = time.monotonic() + RETENTION_EVERY_SECONDS
                 await asyncio.sleep(HOST_LIST_REFRESH_SECONDS)
         finally:
             for _target, _sampling, task in self._tasks.values():

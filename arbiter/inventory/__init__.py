@@ -4,13 +4,12 @@
 `InventoryError` listing every problem); `apply_inventory` writes them to the database.
 """
 
-from .apply import ApplyResult, apply_inventory
+from .apply import apply_inventory
 from .config import HostConfig, Inventory, ServiceConfig
 from .loader import load_inventory
 from .problems import InventoryError
 
 __all__ = [
-    "ApplyResult",
     "HostConfig",
     "Inventory",
     "InventoryError",

@@ -261,7 +261,7 @@ class SimulatedHost:
             "which": self._which,
             "command": self._command,
             "sleep": self._sleep,
-            # The catalog's disk commands (catalog.disk): confined to the simulated fs.
+            # The catalog's disk commands (arbiter.engine.disk): confined to the simulated fs.
             "realpath": lambda argv, io: files_cmds.realpath(argv, io, self.fs),
             "rm": lambda argv, io: files_cmds.rm(argv, io, self.fs),
             "hf": lambda argv, io: hub.hf(argv, io, self.fs, self.timing),

@@ -11,42 +11,30 @@ gets 412, never a resurrection). The token is returned once, by the grant; only 
 sha256 is stored, and neither is ever logged.
 
 Modules: `values` (limits, cleaners, token hashing), `state` (what the API answers),
-`operations` (acquire, extend, release, force release, the swap gate and the gate of
-every other GPU change).
+`gate` (the lock's state, the swap gate and the gate of every other GPU change: what the
+engine and the broker ask), `operations` (acquire, extend, release, force release), `api`
+and `schemas` (the lock endpoints).
 """
 
 from __future__ import annotations
 
-from coordination.locks.operations import (
-    acquire,
-    assert_may_change_gpu,
-    assert_may_swap,
-    current_lock,
-    extend,
-    force_release,
-    release,
-)
+from coordination.locks.gate import assert_may_change_gpu, assert_may_swap, current_lock
+from coordination.locks.operations import acquire, extend, force_release, release
 from coordination.locks.state import LockGrant, LockState
 from coordination.locks.values import (
     GLOBAL,
-    HOLDER_MAX,
     PURPOSE_MAX,
-    REASON_MAX,
     TOKEN_HEADER,
     clean_holder,
-    clean_lock_delay,
     clean_text,
     clean_ttl,
     hash_token,
     iso,
-    max_ttl,
 )
 
 __all__ = [
     "GLOBAL",
-    "HOLDER_MAX",
     "PURPOSE_MAX",
-    "REASON_MAX",
     "TOKEN_HEADER",
     "LockGrant",
     "LockState",
@@ -54,7 +42,6 @@ __all__ = [
     "assert_may_change_gpu",
     "assert_may_swap",
     "clean_holder",
-    "clean_lock_delay",
     "clean_text",
     "clean_ttl",
     "current_lock",
@@ -62,6 +49,5 @@ __all__ = [
     "force_release",
     "hash_token",
     "iso",
-    "max_ttl",
     "release",
 ]

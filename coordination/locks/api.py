@@ -105,17 +105,27 @@ def release_lock(
                 after={"holder": None, "reason": reason},
             )
         return Status(204, None)
+    force_release(request, reason=reason, lock_delay_seconds=lock_delay_seconds)
+    return Status(204, None)
+
+
+def force_release(request: HttpRequest, *, reason: str, lock_delay_seconds: int) -> None:
+    """An admin person takes the lock from its holder, audited (the lock's own LockAudit
+    and the trail's row). The one way in for the API route and the banner's form
+    (dashboard/actions.py). Forbidden for a key or a lower role, Conflict when not held,
+    InvalidInput naming `reason` or `lock_delay_seconds`."""
+    principal = audit.principal_of(request)
     # Taking a lock from someone is a person's act: an admin's session, never an API key.
-    if isinstance(request.auth, ApiKey) or not may(request.auth, ADMIN):
+    if isinstance(principal, ApiKey) or not may(principal, ADMIN):
         raise Forbidden(
             "force release needs a logged-in person with the admin role; "
-            + route_policy.describe(request.auth),
+            + route_policy.describe(principal),
             needed=route_policy.PERSON_ADMIN,
         )
     with transaction.atomic():
         # LockAudit stays the banner's own record; the trail gets its row too.
         record = locks.force_release(
-            request.auth, reason=reason, lock_delay_seconds=lock_delay_seconds
+            principal, reason=reason, lock_delay_seconds=lock_delay_seconds
         )
         audit.record(
             request,
@@ -130,4 +140,3 @@ def release_lock(
                 "lock_delay_seconds": lock_delay_seconds,
             },
         )
-    return Status(204, None)

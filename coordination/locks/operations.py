@@ -9,9 +9,9 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
-from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
+from arbiter import events
 from arbiter.errors import (
     Conflict,
     Forbidden,
@@ -20,6 +20,7 @@ from arbiter.errors import (
 )
 from arbiter.roles import ADMIN, may
 from coordination import webhooks
+from coordination.locks.gate import row_for_update
 from coordination.locks.state import (
     ForceReleasedPayload,
     LockGrant,
@@ -66,26 +67,12 @@ def _held_with(scope: str, token_hash: str, now: datetime) -> QuerySet[SwapLock]
     return SwapLock.objects.filter(scope=scope, token_hash=token_hash, expires_at__gt=now)
 
 
-def _row_for_update(scope: str) -> SwapLock | None:
-    # FOR UPDATE on PostgreSQL: the row as last committed, locked until our commit.
-    # A no-op on SQLite, where the IMMEDIATE transaction already excludes writers.
-    return SwapLock.objects.select_for_update().filter(scope=scope).first()
-
-
-def _push_to_dashboards(*, forced: bool = False) -> None:
-    """Once the current transaction commits, push the lock banner to the dashboards."""
-    # Imported here: the dashboard imports this module. The push never fails the caller.
-    from dashboard.panels.coordination import lock_changed, lock_force_released
-
-    transaction.on_commit(lock_force_released if forced else lock_changed, robust=True)
+def _announce(*, forced: bool = False) -> None:
+    """Once the current transaction commits, tell whoever listens (the dashboards)."""
+    events.send_on_commit(events.lock_changed, forced=forced)
 
 
 # --- Operations -----------------------------------------------------------------------
-
-
-def current_lock(scope: str = GLOBAL) -> LockState:
-    """The lock's state now. Never the token or its hash. Writes nothing."""
-    return lock_state(SwapLock.objects.filter(scope=scope).first(), scope, timezone.now())
 
 
 def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GLOBAL) -> LockGrant:
@@ -114,7 +101,7 @@ def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GL
             "release_reason": "",
         }
         if not _free(scope, now).update(**grant):
-            row = _row_for_update(scope)
+            row = row_for_update(scope)
             assert row is not None
             if row.is_held(now) or (row.blocked_until and row.blocked_until > now):
                 raise locked_error(row, now)
@@ -123,7 +110,7 @@ def acquire(holder: str, ttl_seconds: int, purpose: str = "", *, scope: str = GL
             if not _free(scope, now).update(**grant):
                 raise Conflict("the swap lock changed while acquiring it; try again")
         generation = SwapLock.objects.filter(scope=scope).values_list("generation", flat=True)[0]
-        _push_to_dashboards()
+        _announce()
     logger.info("swap lock %s granted to %r (generation %d)", scope, holder, generation)
     return LockGrant(token, scope, holder, purpose, generation, now, expires_at)
 
@@ -139,9 +126,9 @@ def extend(token: str, ttl_seconds: int, *, scope: str = GLOBAL) -> LockState:
         now = timezone.now()
         expires_at = now + timedelta(seconds=ttl_seconds)
         if _held_with(scope, hash_token(token or ""), now).update(expires_at=expires_at):
-            _push_to_dashboards()
+            _announce()
             return lock_state(SwapLock.objects.get(scope=scope), scope, now)
-        row = _row_for_update(scope)
+        row = row_for_update(scope)
         if row is not None and row.is_held(now):
             raise locked_error(row, now)
     raise PreconditionFailed(
@@ -181,7 +168,7 @@ def release(token: str | None, *, scope: str = GLOBAL, reason: str = "") -> None
             "the lock was left as it is",
             field=TOKEN_HEADER,
         )
-    _push_to_dashboards()
+    _announce()
     logger.info("swap lock %s released by its holder", scope)
 
 
@@ -202,7 +189,7 @@ def force_release(
     actor_name = actor.get_username()
     with transaction.atomic():
         now = timezone.now()
-        row = _row_for_update(scope)
+        row = row_for_update(scope)
         if row is None or not row.is_held(now):
             raise Conflict("the swap lock is not held: there is nothing to force-release")
         old_generation = row.generation
@@ -245,7 +232,7 @@ def force_release(
             "at": iso(now) or "",
         }
         webhooks.emit_event(FORCE_RELEASED_EVENT, dict(payload))
-        _push_to_dashboards(forced=True)
+        _announce(forced=True)
     logger.warning(
         "swap lock %s force-released by %s from %r (generation %d -> %d)",
         scope,
@@ -255,37 +242,3 @@ def force_release(
         old_generation + 1,
     )
     return audit
-
-
-def assert_may_swap(token: str | None, *, scope: str = GLOBAL) -> int | None:
-    """The gate a swap passes, called INSIDE the transaction that creates the swap.
-
-    Lock free (or expired): returns None. Held and `token` is the holder's: returns the
-    generation, which the swap records. Held otherwise: raises Locked (423).
-    """
-    if not transaction.get_connection().in_atomic_block:
-        raise TransactionManagementError(
-            "assert_may_swap() must run inside the transaction that creates the swap"
-        )
-    now = timezone.now()
-    row = _row_for_update(scope)
-    if row is None or not row.is_held(now):
-        return None
-    if token and secrets.compare_digest(hash_token(token), row.token_hash):
-        return row.generation
-    raise locked_error(row, now)
-
-
-def assert_may_change_gpu(token: str | None, *, scope: str = GLOBAL) -> int | None:
-    """The gate of every other change to what runs on a GPU, with the swap's answers.
-
-    Cancelling a swap, disabling or enabling a service, editing or deleting a catalog
-    model that is loaded or being swapped, downloading to or deleting from a host's
-    disk, and the broker's evictions and idle unloads: while someone holds the lock,
-    only a caller presenting the holder's token may do them (anyone else: Locked, 423,
-    with the holder, expires_at and Retry-After). Lock free: None; the holder: the
-    generation. Run it inside the transaction that makes the change when there is one
-    (the check and the change then commit together); otherwise it opens its own.
-    """
-    with transaction.atomic():
-        return assert_may_swap(token, scope=scope)

@@ -13,14 +13,11 @@ Modules: `cron` (expressions), `jobs` (registering), `runs` (next runs),
 """
 
 from coordination.schedules.cron import validate_cron
-from coordination.schedules.jobs import clean_job, register_job, validate_timezone
-from coordination.schedules.runs import iter_runs, next_runs, runs_between
-from coordination.schedules.schedule_warnings import ScheduleWarning, schedule_warnings
+from coordination.schedules.jobs import register_job, validate_timezone
+from coordination.schedules.runs import next_runs, runs_between
+from coordination.schedules.schedule_warnings import schedule_warnings
 
 __all__ = [
-    "ScheduleWarning",
-    "clean_job",
-    "iter_runs",
     "next_runs",
     "register_job",
     "runs_between",

@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Router, Status
 
-from arbiter import audit
+from arbiter import audit, events
 from arbiter.errors import NotFound
 from coordination.models import ScheduledJob
 from coordination.schedules import next_runs, register_job
@@ -18,12 +18,8 @@ from coordination.schedules.schemas import ScheduledJobIn, ScheduledJobOut
 router = Router(tags=["coordination"])
 
 
-def _push_to_dashboards() -> None:
-    from dashboard.panels.coordination import (
-        schedules_changed,  # the dashboard imports coordination
-    )
-
-    transaction.on_commit(schedules_changed, robust=True)
+def _announce() -> None:
+    events.send_on_commit(events.schedules_changed)
 
 
 def get_job(job_id: str) -> ScheduledJob:
@@ -88,7 +84,7 @@ def register_scheduled_job(request: HttpRequest, payload: ScheduledJobIn):
             before=_audited(before) if before is not None else None,
             after=_audited(job),
         )
-    _push_to_dashboards()
+    _announce()
     return Status(201 if created else 200, job_out(get_job(job.job_id), timezone.now()))
 
 
@@ -100,5 +96,5 @@ def delete_scheduled_job(request: HttpRequest, job_id: str):
             raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
         audit.record(request, "schedule.delete", "schedule", job_id, before=_audited(job))
         job.delete()
-    _push_to_dashboards()
+    _announce()
     return Status(204, None)

@@ -27,16 +27,13 @@ and every redelivery sends the same bytes.
 """
 
 from coordination.webhooks.delivery import (
-    MAX_ATTEMPTS,
     RETRY_DELAYS,
     TEST_EVENT_TYPE,
-    AttemptResult,
     SendTestResult,
     attempt_delivery,
     claim_delivery,
     due_delivery_ids,
     redeliver,
-    retry_after_delay,
     send_test,
 )
 from coordination.webhooks.endpoints import (
@@ -46,15 +43,19 @@ from coordination.webhooks.endpoints import (
     rotate_secret,
     update_endpoint,
 )
-from coordination.webhooks.outbox import emit_event, new_event_id, prune_finished, wake_workers
+from coordination.webhooks.outbox import (
+    emit_event,
+    new_event_id,
+    prune_finished,
+    set_waker,
+    wake_workers,
+)
 from coordination.webhooks.signing import event_body, signature_headers, signing_secrets
 
 __all__ = [
     "EVENT_TYPES",
-    "MAX_ATTEMPTS",
     "RETRY_DELAYS",
     "TEST_EVENT_TYPE",
-    "AttemptResult",
     "SendTestResult",
     "attempt_delivery",
     "claim_delivery",
@@ -66,11 +67,11 @@ __all__ = [
     "event_body",
     "new_event_id",
     "redeliver",
-    "retry_after_delay",
     "rotate_secret",
     "send_test",
     "signature_headers",
     "signing_secrets",
     "update_endpoint",
+    "set_waker",
     "wake_workers",
 ]

@@ -23,10 +23,9 @@ from django.db.models import Prefetch
 from django.http import HttpRequest
 from ninja import Router, Status
 
-from arbiter import audit
+from arbiter import audit, events
 from arbiter.errors import ArbiterError, InvalidInput, NotFound
 from arbiter.roles import ADMIN, may
-from coordination import tasks as _tasks  # noqa: F401 - see below
 from coordination import webhooks
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
 from coordination.webhooks.schemas import (
@@ -42,9 +41,6 @@ from coordination.webhooks.schemas import (
 )
 
 router = Router(tags=["coordination"])
-# Importing `coordination.tasks` above registers the huey tasks whenever the API is
-# loaded (system checks load it at start-up), so an embedded consumer knows the outbox
-# drain before the first event; `run_huey` finds them by autodiscovery anyway.
 
 
 class Forbidden(ArbiterError):
@@ -53,14 +49,14 @@ class Forbidden(ArbiterError):
 
 
 def _require_identity(request: HttpRequest) -> None:
-    if request.auth == "anonymous":
+    if audit.principal_of(request) in (None, "anonymous"):
         raise Forbidden("webhooks are not readable anonymously: log in or use an API key")
 
 
 def _require_manager(request: HttpRequest) -> None:
     # arbiter.route_policy already asks the admin role of every webhook write; this
     # keeps the view safe if it is ever mounted without that policy.
-    if not may(request.auth, ADMIN):
+    if not may(audit.principal_of(request), ADMIN):
         raise Forbidden("changing webhooks needs the admin role")
 
 
@@ -122,6 +118,16 @@ def list_webhooks(request: HttpRequest):
     "/webhooks", response={201: WebhookCreatedOut}, summary="Add an endpoint (secret shown once)"
 )
 def create_webhook(request: HttpRequest, payload: WebhookIn):
+    endpoint, secret = add_endpoint(request, payload)
+    return Status(201, {**_endpoint_out(endpoint), "secret": secret})
+
+
+# The operations below are the one way in for the API routes and for the dashboard's
+# webhook forms and buttons (dashboard/actions.py): same checks, same audit rows.
+
+
+def add_endpoint(request: HttpRequest, payload: WebhookIn) -> tuple[WebhookEndpoint, str]:
+    """A new endpoint and its audit row; returns it with its secret (shown once)."""
     _require_manager(request)
     with transaction.atomic():  # the endpoint and its audit row (never the secret) together
         endpoint, secret = webhooks.create_endpoint(
@@ -137,7 +143,7 @@ def create_webhook(request: HttpRequest, payload: WebhookIn):
             endpoint.pk,
             after={"url": endpoint.url, "events": endpoint.events},
         )
-    return Status(201, {**_endpoint_out(endpoint), "secret": secret})
+    return endpoint, secret
 
 
 @router.patch(
@@ -146,6 +152,13 @@ def create_webhook(request: HttpRequest, payload: WebhookIn):
     summary="Change an endpoint's url, description, events or enabled",
 )
 def update_webhook(request: HttpRequest, webhook_id: int, payload: WebhookPatchIn):
+    return _endpoint_out(change_endpoint(request, webhook_id, payload))
+
+
+def change_endpoint(
+    request: HttpRequest, webhook_id: int, payload: WebhookPatchIn
+) -> WebhookEndpoint:
+    """Change the fields sent; audited (and pushed) only when something changed."""
     _require_manager(request)
     changes = payload.model_dump(exclude_unset=True)
     with transaction.atomic():
@@ -155,10 +168,8 @@ def update_webhook(request: HttpRequest, webhook_id: int, payload: WebhookPatchI
             audit.record(
                 request, "webhook.update", "webhook", endpoint.pk, before=before, after=after
             )
-            from dashboard.panels.coordination import webhooks_changed  # the dashboard imports us
-
-            transaction.on_commit(webhooks_changed, robust=True)
-    return _endpoint_out(endpoint)
+            events.send_on_commit(events.webhooks_changed)
+    return endpoint
 
 
 @router.post(
@@ -167,6 +178,11 @@ def update_webhook(request: HttpRequest, webhook_id: int, payload: WebhookPatchI
     summary="Send one signed test event to this endpoint now and say what happened",
 )
 def test_webhook(request: HttpRequest, webhook_id: int):
+    return send_test_event(request, webhook_id)
+
+
+def send_test_event(request: HttpRequest, webhook_id: int) -> webhooks.SendTestResult:
+    """One signed test event sent now (logged as a delivery), and its audit row."""
     _require_manager(request)
     # Outside any transaction: the HTTP request may take up to the delivery deadline.
     result = webhooks.send_test(_endpoint(webhook_id))
@@ -183,6 +199,12 @@ def test_webhook(request: HttpRequest, webhook_id: int):
 
 @router.delete("/webhooks/{webhook_id}", response={204: None}, summary="Remove an endpoint")
 def delete_webhook(request: HttpRequest, webhook_id: int):
+    remove_endpoint(request, webhook_id)
+    return Status(204, None)
+
+
+def remove_endpoint(request: HttpRequest, webhook_id: int) -> None:
+    """Delete an endpoint (its deliveries go with it), audited."""
     _require_manager(request)
     with transaction.atomic():
         endpoint = _endpoint(webhook_id)
@@ -194,7 +216,6 @@ def delete_webhook(request: HttpRequest, webhook_id: int):
             before={"url": endpoint.url, "events": endpoint.events},
         )
         endpoint.delete()
-    return Status(204, None)
 
 
 @router.post(
@@ -250,6 +271,20 @@ def list_deliveries(request: HttpRequest, webhook_id: int, limit: int = 50):
     summary="Send a delivery's event again, with the same webhook-id",
 )
 def redeliver(request: HttpRequest, delivery_id: int):
+    delivery = redeliver_delivery(request, delivery_id)
+    return Status(
+        202,
+        {
+            "id": delivery.pk,
+            "event_id": delivery.event.event_id,
+            "status": delivery.status,
+            "next_attempt_at": delivery.next_attempt_at,
+        },
+    )
+
+
+def redeliver_delivery(request: HttpRequest, delivery_id: int) -> WebhookDelivery:
+    """Send a delivery's event again (same webhook-id), audited."""
     _require_identity(request)
     with transaction.atomic():
         delivery = webhooks.redeliver(delivery_id)
@@ -260,12 +295,4 @@ def redeliver(request: HttpRequest, delivery_id: int):
             delivery.pk,
             after={"endpoint": delivery.endpoint_id, "event_id": delivery.event.event_id},
         )
-    return Status(
-        202,
-        {
-            "id": delivery.pk,
-            "event_id": delivery.event.event_id,
-            "status": delivery.status,
-            "next_attempt_at": delivery.next_attempt_at,
-        },
-    )
+    return delivery

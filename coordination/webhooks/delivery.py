@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from arbiter import events
 from arbiter.errors import Conflict, NotFound
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from coordination.webhooks.addresses import AddressRefused, PinnedTransport
@@ -193,10 +194,7 @@ def _record(
                 WebhookEndpoint.objects.filter(pk=delivery.endpoint_id).update(
                     enabled=False, disabled_reason=disable_reason
                 )
-            # Imported here: the dashboard imports coordination. The push never fails this.
-            from dashboard.panels.coordination import webhooks_changed
-
-            transaction.on_commit(webhooks_changed, robust=True)
+            events.send_on_commit(events.webhooks_changed)
     except IntegrityError:
         # The endpoint (and with it the delivery) was deleted during the attempt.
         logger.info("webhook delivery %s vanished during its attempt", delivery.pk)
@@ -341,9 +339,7 @@ def send_test(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Send
                 response_excerpt=response.excerpt[:EXCERPT_CHARS],
             )
             delivery_id = delivery.pk
-            from dashboard.panels.coordination import webhooks_changed  # see _record
-
-            transaction.on_commit(webhooks_changed, robust=True)
+            events.send_on_commit(events.webhooks_changed)
     except IntegrityError:
         logger.info("webhook endpoint %s vanished during its test send", endpoint.pk)
     logger.info(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,14 +66,22 @@ def emit_event(event_type: str, payload: dict[str, Any]) -> WebhookEvent:
     return event
 
 
-def wake_workers(delay: float = 0) -> None:
-    """Ask huey to look for due deliveries now (or after `delay` seconds)."""
-    from coordination.tasks import deliver_pending  # the tasks module imports this one
+# How to ask the workers for a delivery round: set by `coordination.tasks` (the huey
+# tasks, which build on this package; the coordination app imports them when it is
+# ready). The outbox only writes rows; running deliveries is the tasks' business.
+_waker: Callable[[float], None] | None = None
 
-    if delay > 0:
-        deliver_pending.schedule(delay=delay)
-    else:
-        deliver_pending()
+
+def set_waker(waker: Callable[[float], None]) -> None:
+    global _waker
+    _waker = waker
+
+
+def wake_workers(delay: float = 0) -> None:
+    """Ask huey to look for due deliveries now (or after `delay` seconds). Before the
+    app is ready nobody can deliver; the minutely drain catches up."""
+    if _waker is not None:
+        _waker(delay)
 
 
 def prune_finished(now: datetime | None = None) -> int:

@@ -2,9 +2,19 @@
 
 from django.template.loader import render_to_string
 
-from arbiter.api.snapshot import gpu_status, host_status, service_status
+from arbiter.api.snapshot import GpuStatus, gpu_status, host_status, service_status
+from arbiter.broker.accounting import client_usage
+from arbiter.broker.quotas import key_quotas
 from arbiter.models import GpuSample, Host, Service
-from dashboard.panels.history import gpu_history, history_with_tick
+from dashboard.panels.history import (
+    LONG_POINTS,
+    LONG_WINDOW,
+    empty_history,
+    gpu_history,
+    history_with_tick,
+    long_history,
+    memory_pct,
+)
 
 
 def host_view(host: Host, latest: list[GpuSample] | None = None) -> dict:
@@ -17,10 +27,46 @@ def host_view(host: Host, latest: list[GpuSample] | None = None) -> dict:
         status = dict(host_status(host, [gpu_status(row) for row in latest]))
         history = history_with_tick(host.pk, latest)
     status["gpus"] = [
-        {**gpu, "history": history.get(gpu["index"], {"utilization_pct": [], "memory_pct": []})}
+        {
+            **gpu,
+            "memory_pct": gpu_memory_pct(gpu),
+            "history": history.get(gpu["index"]) or empty_history(),
+        }
         for gpu in status["gpus"]
     ]
     return status
+
+
+def gpu_memory_pct(gpu: GpuStatus) -> float | None:
+    """The memory in use, in percent, as the plots draw it (next to their lines)."""
+    return memory_pct(gpu["memory_used_mib"], gpu["memory_total_mib"])
+
+
+def host_history_view(host: Host) -> dict:
+    """A host's status with each GPU's longer, averaged history (its history page); a GPU
+    that has samples in the window but none now (a driver fault) still has its plot."""
+    status = dict(host_status(host))
+    history = long_history(host.pk)
+    current = {gpu["index"]: {**gpu, "memory_pct": gpu_memory_pct(gpu)} for gpu in status["gpus"]}
+    status["gpus"] = [
+        {**current.get(index, {"index": index}), "history": history[index]}
+        for index in sorted(history)
+    ]
+    return status
+
+
+def host_history_panel(host: Host) -> str:
+    """The history page's plots: included by the page, returned by its poll."""
+    return render_to_string(
+        "dashboard/partials/host_history_panel.html",
+        {
+            "host": host_history_view(host),
+            "span_s": LONG_WINDOW.total_seconds(),
+            "span_minutes": LONG_WINDOW.total_seconds() / 60,
+            "point_s": LONG_WINDOW.total_seconds() / LONG_POINTS,
+            "size": "wide",
+        },
+    )
 
 
 def services_context() -> dict:
@@ -36,9 +82,6 @@ def services_context() -> dict:
 def clients_context() -> dict:
     """Broker traffic per client (every process with REDIS_URL), and every key's quota
     usage (shared)."""
-    from arbiter.broker.accounting import client_usage
-    from arbiter.broker.quotas import key_quotas
-
     return {"clients": client_usage(), "key_quotas": key_quotas()}
 
 

@@ -8,12 +8,10 @@ Pushes go to every dashboard, so a pushed fragment is the same for every viewer.
 personal part - the force-release form, admins only - is therefore never pushed: a pushed
 banner carries a slot that fetches it with the viewer's own session (`force_release_slot`).
 
-Coordination code calls the `*_changed` hooks from `transaction.on_commit`; they never
-raise into their caller. `pushing` explains how a push from a worker thread reaches
-the sockets.
+Pushing them when the lock, a schedule or a delivery changes is `dashboard/live.py`'s job.
 
-Modules: `lock_banner`, `schedule_panel`, `webhook_panel` (each panel's view and
-fragment), `labels` (times), `pushing` (the `*_changed` hooks).
+Modules: `lock_banner`, `schedules`, `webhooks` (each panel's view and fragment),
+`labels` (times).
 """
 
 from __future__ import annotations
@@ -24,25 +22,14 @@ from arbiter.roles import ADMIN, may
 from dashboard.panels.lock_banner import force_release_slot, lock_banner, lock_banner_view
 from dashboard.panels.schedules import schedule_context, schedule_panel
 from dashboard.panels.webhooks import webhook_context, webhook_panel
-from dashboard.pushing import (
-    lock_changed,
-    lock_force_released,
-    remember_socket_loop,
-    schedules_changed,
-    webhooks_changed,
-)
 
 __all__ = [
     "coordination_panels",
     "force_release_slot",
     "lock_banner",
-    "lock_changed",
-    "lock_force_released",
     "page_context",
     "schedule_panel",
-    "schedules_changed",
     "webhook_panel",
-    "webhooks_changed",
 ]
 
 
@@ -59,5 +46,4 @@ def page_context(user: Any) -> dict[str, Any]:
 
 def coordination_panels(*, oob: bool = False) -> str:
     """All three, for the socket's full state on (re)connect (never personal)."""
-    remember_socket_loop()
     return lock_banner(oob=oob) + schedule_panel(oob=oob) + webhook_panel(oob=oob)

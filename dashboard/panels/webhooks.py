@@ -9,6 +9,7 @@ from django.db.models import Prefetch
 from django.template.loader import render_to_string
 
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint
+from coordination.webhooks import TEST_EVENT_TYPE
 from dashboard.panels.labels import utc_label
 
 MAX_ENDPOINTS = 50
@@ -41,6 +42,13 @@ class DeliveryView(TypedDict):
     can_redeliver: bool
 
 
+class TestResultView(TypedDict):
+    """What the endpoint's last test send got (admins' Send test; from its logged delivery)."""
+
+    ok: bool
+    text: str  # e.g. "✓ HTTP 200 in 14 ms · thanks" or "✗ no answer in 0 ms · not sent: …"
+
+
 class EndpointView(TypedDict):
     id: int
     url: str
@@ -50,6 +58,7 @@ class EndpointView(TypedDict):
     disabled_reason: str
     deliveries: list[DeliveryView]
     delivery_count: int
+    last_test: TestResultView | None
 
 
 def _attempt_view(attempt: DeliveryAttempt) -> AttemptView:
@@ -83,6 +92,28 @@ def _delivery_view(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> Deli
     )
 
 
+def _last_test(endpoint: WebhookEndpoint) -> TestResultView | None:
+    """The last test send's answer, read from the attempt it logged (so every re-render,
+    pushed or polled, shows it until the next test)."""
+    attempt = (
+        DeliveryAttempt.objects.filter(
+            delivery__endpoint=endpoint, delivery__event__event_type=TEST_EVENT_TYPE
+        )
+        .order_by("-at", "-pk")
+        .first()
+    )
+    if attempt is None:
+        return None
+    code = attempt.status_code
+    ok = code is not None and 200 <= code < 300
+    text = ("✓ " if ok else "✗ ") + (f"HTTP {code}" if code is not None else "no answer")
+    text += f" in {round(attempt.latency_ms or 0.0)} ms"
+    for part in (attempt.error, attempt.response_excerpt):
+        if part:
+            text += f" · {part}"
+    return TestResultView(ok=ok, text=text)
+
+
 def webhook_context() -> dict[str, Any]:
     endpoints = list(WebhookEndpoint.objects.all()[:MAX_ENDPOINTS])
     views = []
@@ -106,6 +137,7 @@ def webhook_context() -> dict[str, Any]:
                 disabled_reason=endpoint.disabled_reason,
                 deliveries=shown,
                 delivery_count=WebhookDelivery.objects.filter(endpoint=endpoint).count(),
+                last_test=_last_test(endpoint),
             )
         )
     return {

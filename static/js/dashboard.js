@@ -82,31 +82,12 @@
   document.addEventListener("htmx:load", tick);
 })();
 
-// Panel actions (force release, redeliver): elements with data-refresh call the API with
-// hx-swap="none"; on success their panel is fetched again at once (a push may follow, or
-// not reach this page), on failure the API's error message goes into the nearest
-// output.action-error.
+// Re-renders (pushes, polls) must not close an open form or drop what was typed into it:
+// <details data-keep-open id=...> re-open, <form data-keep-values="key"> get their values back
+// (text and ticked boxes). Keys carry the lock generation or the endpoint id, so a new grant
+// starts from a closed, empty form. A form's post that succeeded forgets its values; the
+// posts themselves are plain htmx (dashboard/actions.py answers with the fragment to swap).
 (function () {
-  document.addEventListener("htmx:afterRequest", function (event) {
-    const elt = event.detail.elt;
-    if (!(elt instanceof Element) || !elt.matches("[data-refresh]")) return;
-    const output = elt.querySelector("output.action-error") ||
-      (elt.parentElement && elt.parentElement.querySelector("output.action-error"));
-    if (event.detail.successful) {
-      if (output) output.textContent = "";
-      if (elt.dataset.keepValues) keptValues.delete(elt.dataset.keepValues);
-      htmx.ajax("GET", elt.dataset.refreshUrl, {target: elt.dataset.refresh, swap: "outerHTML"});
-      return;
-    }
-    const xhr = event.detail.xhr;
-    let message = xhr && xhr.status ? "failed: HTTP " + xhr.status : "failed: no response";
-    try { message = JSON.parse(xhr.responseText).error.message || message; } catch (e) { /* keep it */ }
-    if (output) output.textContent = message;
-  });
-
-  // Re-renders (pushes, polls) must not close an open form or drop what was typed into it:
-  // <details data-keep-open id=...> re-open, <form data-keep-values="key"> get their values
-  // back. Keys carry the lock generation, so a new grant starts from a closed, empty form.
   const openDetails = new Set();
   const keptValues = new Map();
   document.addEventListener("toggle", function (event) {
@@ -114,12 +95,34 @@
     if (!(details instanceof HTMLDetailsElement) || !details.hasAttribute("data-keep-open")) return;
     if (details.open) openDetails.add(details.id); else openDetails.delete(details.id);
   }, true);
-  document.addEventListener("input", function (event) {
+  function snapshot(form) {
+    const values = {};
+    Array.from(form.elements).forEach(function (field) {
+      if (!field.name) return;
+      if (field.type === "checkbox") values[field.name + "=" + field.value] = field.checked;
+      else values[field.name] = field.value;
+    });
+    return values;
+  }
+  function restore(form, values) {
+    Array.from(form.elements).forEach(function (field) {
+      if (!field.name) return;
+      const key = field.type === "checkbox" ? field.name + "=" + field.value : field.name;
+      if (!(key in values)) return;
+      if (field.type === "checkbox") field.checked = values[key]; else field.value = values[key];
+    });
+  }
+  function remember(event) {
     const form = event.target.form;
-    if (!form || !form.dataset.keepValues || !event.target.name) return;
-    const values = keptValues.get(form.dataset.keepValues) || {};
-    values[event.target.name] = event.target.value;
-    keptValues.set(form.dataset.keepValues, values);
+    if (form && form.dataset.keepValues) keptValues.set(form.dataset.keepValues, snapshot(form));
+  }
+  document.addEventListener("input", remember);
+  document.addEventListener("change", remember);
+  document.addEventListener("htmx:afterRequest", function (event) {
+    const form = event.detail.elt;
+    if (form instanceof HTMLFormElement && form.dataset.keepValues && event.detail.successful) {
+      keptValues.delete(form.dataset.keepValues);
+    }
   });
   document.addEventListener("htmx:load", function (event) {
     openDetails.forEach(function (id) {
@@ -128,45 +131,7 @@
     });
     event.target.querySelectorAll("form[data-keep-values]").forEach(function (form) {
       const values = keptValues.get(form.dataset.keepValues);
-      if (!values) return;
-      Object.keys(values).forEach(function (name) {
-        if (form.elements[name]) form.elements[name].value = values[name];
-      });
+      if (values) restore(form, values);
     });
-  });
-})();
-
-// Service Disable / Enable buttons: PATCH /api/services/{name} takes JSON (htmx's
-// json-enc is not vendored). On success the panel is fetched again at once (the API also
-// pushes it to every dashboard); a failure's message goes into #services-error.
-(function () {
-  function csrfToken() {
-    try { return JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]; }
-    catch (e) { return ""; }
-  }
-  document.addEventListener("click", async function (event) {
-    const button = event.target.closest("button[data-edit-url]");
-    if (!button) return;
-    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
-    const output = document.getElementById("services-error");
-    button.disabled = true;
-    let message = "";
-    try {
-      const response = await fetch(button.dataset.editUrl, {
-        method: "PATCH",
-        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-        body: button.dataset.edit,
-      });
-      if (!response.ok) {
-        message = "failed: HTTP " + response.status;
-        try { message = (await response.json()).error.message || message; } catch (e) { /* keep it */ }
-      }
-    } catch (e) {
-      message = "failed: no response";
-    }
-    if (output) output.textContent = message;
-    button.disabled = false;
-    const panel = document.getElementById("services-panel");
-    if (!message && panel) htmx.ajax("GET", panel.getAttribute("hx-get"), { target: "#services-panel", swap: "outerHTML" });
   });
 })();

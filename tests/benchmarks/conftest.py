@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # one set of browser launch args
-from tests.live_arbiter import MANAGE, free_port
+from tests.helpers import free_port
+from tests.live_arbiter import MANAGE
 
 BENCH_HOSTS = 32
 SAMPLE_INTERVAL = 2.0

@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from tests.benchmarks.conftest import ChildProcess, start_child
-from tests.live_arbiter import free_port
+from tests.helpers import free_port
 
 CHAT_MODEL = "bench-model"
 STREAM_MODEL = "bench-stream"

@@ -75,7 +75,8 @@ from tests.benchmarks.wrk import (
     run_scenario,
     wrk_version,
 )
-from tests.live_arbiter import MANAGE, free_port
+from tests.helpers import free_port
+from tests.live_arbiter import MANAGE
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
 

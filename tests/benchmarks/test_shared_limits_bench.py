@@ -1,10 +1,10 @@
 """What sharing the per-model limit through Redis costs a request (`shared_limits`).
 
-Two lean broker processes (daphne serving `arbiter.broker.asgi:application`) on the
-same SQLite database and canned backend, one with REDIS_URL and one without; the served
-Arbiter from `test_broker_bench` runs the prober for both. wrk sends small chat
-completions at concurrency 1 and 64, the two processes interleaved in rounds as in
-`test_broker_bench`. Run it:
+Two broker processes (daphne serving `arbiter.asgi:application`, whose broker paths
+take the lean handler) on the same SQLite database and canned backend, one with
+REDIS_URL and one without; the served Arbiter from `test_broker_bench` runs the
+prober for both. wrk sends small chat completions at concurrency 1 and 64, the two
+processes interleaved in rounds as in `test_broker_bench`. Run it:
 
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python -m pytest -m benchmark \\
         tests/benchmarks/test_shared_limits_bench.py -s
@@ -31,7 +31,7 @@ from tests.benchmarks.test_broker_bench import (  # noqa: F401 (fixtures used by
     wait_until_served,
 )
 from tests.benchmarks.wrk import Target, medians, run_rounds
-from tests.live_arbiter import free_port
+from tests.helpers import free_port
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 SECONDS = 5
@@ -49,7 +49,7 @@ def lean(arbiter: ServedArbiter, name: str, redis_url: str) -> Iterator[Target]:
     port = free_port()
     argv = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
     env = {**arbiter.env, "REDIS_URL": redis_url}
-    child = start_child([*argv, "arbiter.broker.asgi:application"], env)
+    child = start_child([*argv, "arbiter.asgi:application"], env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_served(child, url, arbiter.authorization)

@@ -83,7 +83,8 @@ from tests.benchmarks.soak_report import (
     summarize,
     take_sample,
 )
-from tests.live_arbiter import MANAGE, free_port, inherited_env
+from tests.helpers import free_port
+from tests.live_arbiter import MANAGE, inherited_env
 
 SAMPLE_INTERVAL = 2.0  # ARBITER_SAMPLE_INTERVAL: the production default
 # A leak of this much per minute after warm-up is a failure even on a busy machine.

@@ -26,6 +26,7 @@ round trip, polling slack, state writes and log handling.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -37,10 +38,9 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection
 
-from arbiter.engine.events import swap_group
+from arbiter import events
 from arbiter.engine.ssh import get_pool
 from arbiter.engine.swaps import dispatch as swap_dispatch
 from arbiter.engine.swaps.dispatch import SwapDispatcher
@@ -109,27 +109,28 @@ def cluster(tmp_path, settings):
 async def run_one(model: str) -> int:
     """Create a swap and wait until it completes; its id."""
     swap = await sync_to_async(create_swap)(model, HOST, False, "benchmark")
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(swap_group(swap.pk), channel)
+    ended = asyncio.Event()
+
+    def listen(sender, *, swap_id: int, **kwargs) -> None:
+        if swap_id == swap.pk and kwargs.get("ended"):
+            ended.set()
+
+    events.swap_progressed.connect(listen, weak=False)
     deadline = time.monotonic() + SWAP_TIMEOUT
     try:
         while time.monotonic() < deadline:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), 1.0)
-                if message["type"] == "swap.state" and message["final"]:
-                    assert message["state"] == Swap.COMPLETE, message
-                    return swap.pk
-            except TimeoutError:  # an event missed: the row is the truth
-                row = await sync_to_async(
-                    lambda: Swap.objects.values("state", "error").get(pk=swap.pk)
-                )()
-                if row["state"] in Swap.FINAL_STATES:
-                    assert row["state"] == Swap.COMPLETE, row
-                    return swap.pk
+            # The announcement wakes us at once; the row is the truth (an event missed).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), 1.0)
+            row = await sync_to_async(
+                lambda: Swap.objects.values("state", "error").get(pk=swap.pk)
+            )()
+            if row["state"] in Swap.FINAL_STATES:
+                assert row["state"] == Swap.COMPLETE, row
+                return swap.pk
         raise AssertionError(f"swap {swap.pk} did not end within {SWAP_TIMEOUT} s")
     finally:
-        await layer.group_discard(swap_group(swap.pk), channel)
+        events.swap_progressed.disconnect(listen)
 
 
 def measure(swap_id: int) -> dict:

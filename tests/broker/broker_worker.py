@@ -30,14 +30,6 @@ def setup() -> None:
     django.setup()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def chat(client, model: str, key: str) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     response = await client.post(
@@ -50,8 +42,9 @@ async def chat(client, model: str, key: str) -> dict:
 
 
 async def idle_unload() -> dict:
-    from arbiter.broker.residency import IdleUnloader
+    from arbiter.broker.idle import IdleUnloader
     from arbiter.broker.state import get_state
+    from tests.helpers import Clock
 
     state = get_state()
     clock = Clock()

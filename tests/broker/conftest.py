@@ -29,7 +29,6 @@ from pathlib import Path
 import httpx
 import pytest
 from django.db import connection
-from django.test import AsyncClient
 from django.utils import timezone
 
 from arbiter.broker.accounting import accounting
@@ -39,7 +38,8 @@ from arbiter.broker.shared_limits import sync_client
 from arbiter.broker.state import reset_state
 from arbiter.models import ApiKey, Host, Service
 from catalog.models import CatalogModel
-from tests.live_arbiter import BASE_DIR, free_port
+from tests.helpers import KeyAsyncClient, free_port
+from tests.live_arbiter import BASE_DIR
 
 BACKEND_START_TIMEOUT = 15.0
 
@@ -233,18 +233,6 @@ def raw_key(transactional_db) -> str:
     return raw
 
 
-class KeyAsyncClient(AsyncClient):
-    """An AsyncClient that sends the API key (and any default headers) on every request."""
-
-    def __init__(self, raw_key: str, **headers: str) -> None:
-        super().__init__()
-        self.default = {"Authorization": f"Bearer {raw_key}", **headers}
-
-    def generic(self, method, path, data="", content_type="application/octet-stream", **kw):
-        kw["headers"] = {**self.default, **(kw.get("headers") or {})}
-        return super().generic(method, path, data, content_type, **kw)
-
-
 @pytest.fixture
 async def aclient(raw_key, broker_settings) -> AsyncIterator[KeyAsyncClient]:
     accounting.reset()
@@ -275,9 +263,7 @@ class Server:
     process: subprocess.Popen
 
 
-PROJECT_APP = "arbiter.asgi:application"
-# The same project with the broker's paths on the lean handler (arbiter/broker/asgi.py).
-LEAN_APP = "arbiter.broker.asgi:application"
+PROJECT_APP = "arbiter.asgi:application"  # its broker paths take the lean handler
 
 
 @pytest.fixture

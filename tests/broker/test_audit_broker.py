@@ -9,7 +9,8 @@ from asgiref.sync import sync_to_async
 
 from arbiter.models import AuditEvent
 from tests.broker.test_on_demand_load import cluster, crowd_sim_b, post_chat  # noqa: F401
-from tests.broker.test_residency import Clock, sleepy, sweep  # noqa: F401
+from tests.broker.test_residency import sleepy, sweep  # noqa: F401
+from tests.helpers import Clock
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -52,7 +53,7 @@ async def test_a_load_and_its_eviction_are_the_engines_on_behalf_of_the_key(
 
 
 async def test_an_idle_unload_is_the_engines_on_behalf_of_nobody(aclient, sleepy):  # noqa: F811
-    from arbiter.broker.residency import IdleUnloader
+    from arbiter.broker.idle import IdleUnloader
     from tests.broker.test_residency import TTL
 
     clock = Clock()

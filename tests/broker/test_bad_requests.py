@@ -7,7 +7,8 @@ import pytest
 from django.utils import timezone
 
 from arbiter.models import ApiKey
-from tests.broker.conftest import KeyAsyncClient, chat, register
+from tests.broker.conftest import chat, register
+from tests.helpers import KeyAsyncClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

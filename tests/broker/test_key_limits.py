@@ -10,7 +10,8 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from arbiter.models import ApiKey
-from tests.broker.conftest import KeyAsyncClient, catalog_model, chat, register
+from tests.broker.conftest import catalog_model, chat, register
+from tests.helpers import KeyAsyncClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,7 +21,7 @@ from arbiter.models import Host, Service, Swap
 from arbiter.simulator import vllm_args
 from catalog.models import CatalogModel
 from coordination.locks import acquire
-from tests.broker.conftest import LEAN_APP, PROJECT_APP, chat, container_argv
+from tests.broker.conftest import chat, container_argv
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -166,9 +166,6 @@ async def test_a_load_that_does_not_fit_evicts_first_then_swaps(dispatcher, acli
     assert unloadable.unloads == 1
 
 
-@pytest.mark.parametrize(
-    "broker_server", [PROJECT_APP, LEAN_APP], ids=["project", "lean"], indirect=True
-)
 async def test_the_shared_load_outlives_the_request_that_started_it(
     dispatcher, broker_server, raw_key
 ):

@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from arbiter.broker import quotas
 from arbiter.models import ApiKey, KeyUsage
-from tests.broker.conftest import KeyAsyncClient, catalog_model, chat, register
+from tests.broker.conftest import catalog_model, chat, register
+from tests.helpers import KeyAsyncClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,12 +16,13 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from arbiter.broker import metrics
+from arbiter.broker.idle import IdleUnloader
 from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
-from arbiter.broker.residency import IdleUnloader
 from arbiter.broker.state import get_state
 from arbiter.broker.table import CatalogEntry, RouteTable, ServiceRoute
 from coordination.locks import acquire
 from tests.broker.conftest import catalog_model, chat, register
+from tests.helpers import Clock
 
 TTL = 600
 
@@ -145,14 +146,6 @@ def sleepy(start_backend, transactional_db):
     )
     catalog_model("chat-a", "chat-a", idle_unload_seconds=TTL)
     return backend
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def sweep(unloader: IdleUnloader) -> list[str]:

@@ -12,13 +12,9 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from arbiter.broker.proxy import Relay, new_transport, open_upstream
-from tests.broker.conftest import LEAN_APP, PROJECT_APP, chat, register
+from tests.broker.conftest import chat, register
 
 pytestmark = pytest.mark.django_db(transaction=True)
-# Each test runs against the project's ASGI app and the one with the lean broker path.
-both_apps = pytest.mark.parametrize(
-    "broker_server", [PROJECT_APP, LEAN_APP], ids=["project", "lean"], indirect=True
-)
 
 TOKEN_DELAY = 0.05
 CHUNKS = 100
@@ -52,7 +48,6 @@ def gaps(arrivals: list[float]) -> list[float]:
     return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
 
 
-@both_apps
 def test_each_chunk_reaches_the_client_as_it_is_emitted(broker_server, slow_backend, raw_key):
     body = chat("stream-model", stream=True, max_tokens=CHUNKS)
     auth = {"Authorization": f"Bearer {raw_key}"}
@@ -88,7 +83,6 @@ def test_each_chunk_reaches_the_client_as_it_is_emitted(broker_server, slow_back
     assert min(worst) <= GAP_TOLERANCE, f"worst gap deviation per attempt: {worst}"
 
 
-@both_apps
 def test_a_client_hang_up_cancels_the_upstream_request(broker_server, slow_backend, raw_key):
     body = chat("stream-model", stream=True, max_tokens=400)  # 20 s if left running
     auth = {"Authorization": f"Bearer {raw_key}"}
@@ -114,7 +108,6 @@ def test_a_client_hang_up_cancels_the_upstream_request(broker_server, slow_backe
     assert 'arbiter_broker_in_flight_requests{model="stream-model"} 0.0' in metrics
 
 
-@both_apps
 def test_a_down_backend_is_refused_in_under_50_ms_over_http(broker_server, slow_backend, raw_key):
     from arbiter.models import Service
 

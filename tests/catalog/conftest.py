@@ -10,6 +10,8 @@ from django.test import AsyncClient
 from arbiter.engine.ssh import get_pool
 from arbiter.inventory import apply_inventory, load_inventory
 from catalog.models import CatalogModel
+from tests.helpers import KeyAsyncClient
+from tests.sim_fixtures import target_for
 
 
 @pytest.fixture
@@ -19,19 +21,10 @@ def sim_hosts(sim_cluster, db):
     return sim_cluster
 
 
-class KeyAsyncClient(AsyncClient):
-    """AsyncClient sending `Authorization: Bearer <key>` on every request.
-
-    (AsyncClient's own `headers=` default does not reach the ASGI scope in Django 5.2.)
-    """
-
-    def __init__(self, api_key: str) -> None:
-        super().__init__()
-        self.api_key = api_key
-
-    def generic(self, method, path, *args, headers=None, **kwargs):
-        headers = {"Authorization": f"Bearer {self.api_key}", **(headers or {})}
-        return super().generic(method, path, *args, headers=headers, **kwargs)
+@pytest.fixture
+def sim_host_rows(sim_inventory, db) -> None:
+    """`sim_hosts`'s rows with no host started: for what is refused before any SSH."""
+    apply_inventory(load_inventory(sim_inventory))
 
 
 @pytest.fixture
@@ -39,6 +32,23 @@ async def aclient(api_key) -> AsyncIterator[AsyncClient]:
     """An async client with an API key; closes this loop's SSH connections afterwards."""
     yield KeyAsyncClient(api_key)
     await get_pool().close()
+
+
+@pytest.fixture
+async def sim_a(sim_cluster):
+    """sim-a's simulated host and its SSH target; this loop's SSH connections closed after."""
+    yield sim_cluster.hosts["sim-a"], target_for(sim_cluster, "sim-a")
+    await get_pool().close()
+
+
+def post(client, body):
+    """POST a catalog model (JSON)."""
+    return client.post("/api/models", body, content_type="application/json")
+
+
+def put(client, key, body):
+    """PUT a catalog model (JSON)."""
+    return client.put(f"/api/models/{key}", body, content_type="application/json")
 
 
 def hub_model(key: str = "qwen", **fields) -> CatalogModel:

@@ -152,14 +152,14 @@ async def test_it_ends_the_stream_with_an_error_for_a_missing_repo(sim_hosts, ac
     assert "Repository Not Found" in events[-1][1]["message"]
 
 
-async def test_it_refuses_to_download_a_local_model(sim_hosts, aclient):
+async def test_it_refuses_to_download_a_local_model(sim_host_rows, aclient):
     await acreate_local("ft", "/models/team/run-1")
     response = await aclient.post("/api/models/ft/download?host=sim-a")
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "key"
 
 
-async def test_it_answers_404_for_an_unknown_host(sim_hosts, aclient):
+async def test_it_answers_404_for_an_unknown_host(sim_host_rows, aclient):
     await acreate_hub("qwen")
     response = await aclient.post("/api/models/qwen/download?host=nope")
     assert response.status_code == 404
@@ -199,7 +199,7 @@ async def test_it_never_deletes_a_local_model(sim_hosts, aclient):
     assert not any(c.argv[:1] == ["rm"] for c in sim_hosts.commands("sim-a"))
 
 
-async def test_it_refuses_to_delete_files_a_host_is_serving(sim_hosts, aclient):
+async def test_it_refuses_to_delete_files_a_host_is_serving(sim_host_rows, aclient):
     from asgiref.sync import sync_to_async
 
     from arbiter.models import Service
@@ -217,7 +217,7 @@ async def test_it_reports_the_cache_size_while_the_download_is_quiet(
     sim_hosts, aclient, monkeypatch
 ):
     # Real `hf` draws its bars on stderr: between stdout lines the folder size is shown.
-    monkeypatch.setattr("catalog.disk.PROGRESS_POLL_SECONDS", 0.05)
+    monkeypatch.setattr("arbiter.engine.disk.PROGRESS_POLL_SECONDS", 0.05)
     await acreate_hub("qwen")
     events, _ = await _download(aclient, "qwen", "sim-a")
     lines = [data["line"] for name, data in events if name == "progress"]

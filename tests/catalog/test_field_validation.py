@@ -4,14 +4,11 @@ import pytest
 
 from catalog.models import CatalogModel
 from catalog.validation import catalog_field_problems, validate_catalog_fields
+from tests.catalog.conftest import post
 
 pytestmark = pytest.mark.django_db
 
 HUB = {"key": "qwen", "hub_repo": "Qwen/Qwen3-0.6B"}
-
-
-def post(client, body):
-    return client.post("/api/models", body, content_type="application/json")
 
 
 @pytest.mark.parametrize(

@@ -7,28 +7,16 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
-from django.test import Client
 
 from catalog.loader import CatalogError, seed_catalog, seed_catalog_file
 from catalog.models import CatalogModel
 from catalog.store import create_model
 from catalog.validation import validate_catalog_fields
-from tests.catalog.conftest import hub_model
+from tests.catalog.conftest import hub_model, post
 from tests.catalog.test_catalog_page import HUB_FORM
 
 HUB = {"key": "qwen", "hub_repo": "Qwen/Qwen3-0.6B"}
 FOREIGN = "example.com/team/server:1"
-
-
-def post(client, body):
-    return client.post("/api/models", body, content_type="application/json")
-
-
-@pytest.fixture
-def alice_client(alice) -> Client:
-    client = Client()
-    client.force_login(alice)
-    return client
 
 
 # -- the image allow-list ------------------------------------------------------------

@@ -6,11 +6,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from arbiter.engine.ssh import get_pool
+from arbiter.engine.disk import model_disk_status
 from arbiter.errors import InvalidInput
-from catalog.disk import model_disk_status
 from catalog.validation import FIELDS, normalize_local_path, validate_catalog_fields
-from tests.sim_fixtures import target_for
 
 ROOTS = ["/models"]
 
@@ -85,12 +83,6 @@ def test_it_names_the_roots_in_the_message():
 
 
 # -- symlinks are resolved on the host -------------------------------------------------
-
-
-@pytest.fixture
-async def sim_a(sim_cluster):
-    yield sim_cluster.hosts["sim-a"], target_for(sim_cluster, "sim-a")
-    await get_pool().close()
 
 
 async def test_it_refuses_a_symlink_inside_a_root_pointing_outside(sim_a):

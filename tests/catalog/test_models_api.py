@@ -6,17 +6,9 @@ from django.test import Client
 
 from arbiter.models import Host, Swap
 from catalog.models import CatalogModel
-from tests.catalog.conftest import hub_model, local_model
+from tests.catalog.conftest import hub_model, local_model, post, put
 
 pytestmark = pytest.mark.django_db
-
-
-def post(client, body):
-    return client.post("/api/models", body, content_type="application/json")
-
-
-def put(client, key, body):
-    return client.put(f"/api/models/{key}", body, content_type="application/json")
 
 
 def test_it_creates_a_hub_model(key_client):

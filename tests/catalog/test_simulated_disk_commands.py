@@ -2,16 +2,7 @@
 
 import os
 
-import pytest
-
-from arbiter.engine.ssh import get_pool, run
-from tests.sim_fixtures import target_for
-
-
-@pytest.fixture
-async def sim_a(sim_cluster):
-    yield sim_cluster.hosts["sim-a"], target_for(sim_cluster, "sim-a")
-    await get_pool().close()
+from arbiter.engine.ssh import run
 
 
 async def test_it_refuses_to_remove_the_root(sim_a):

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from coordination import client
-from tests.live_arbiter import BASE_DIR, LiveArbiter, free_port
+from tests.helpers import free_port
+from tests.live_arbiter import BASE_DIR, LiveArbiter
 
 SCRIPT = Path(sys.executable).with_name("arbiter-swap")
 MODEL = "qwen3-600m"

@@ -22,8 +22,9 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from arbiter.api.root import api
+from arbiter.broker.idle import IdleUnloader
 from arbiter.broker.limits import ServiceActivity
-from arbiter.broker.residency import IdleUnloader, Residency
+from arbiter.broker.residency import Residency
 from arbiter.engine.ssh import get_pool
 from arbiter.engine.swaps.store import create_swap
 from arbiter.inventory import apply_inventory, load_inventory
@@ -34,7 +35,8 @@ from coordination.models import SwapLock
 from tests.broker.conftest import UnloadableBackend, register
 from tests.broker.test_residency import route as service_route
 from tests.broker.test_residency import table
-from tests.catalog.conftest import KeyAsyncClient, parse_sse
+from tests.catalog.conftest import parse_sse
+from tests.helpers import KeyAsyncClient
 
 HOSTS = ("sim-a", "sim-b", "sim-gb10")
 TTL = 120

@@ -329,12 +329,12 @@ def test_the_webhooks_page_gives_admins_edit_and_test_and_operators_neither(alic
     admin.force_login(alice)
     page = admin.get("/webhooks/").content.decode()
     assert f'id="webhook-{endpoint.pk}-edit"' in page
-    assert f'data-url="/api/webhooks/{endpoint.pk}"' in page
+    assert f'hx-post="/actions/webhooks/{endpoint.pk}/edit"' in page  # dashboard/actions.py
     assert 'value="https://hooks.example.com/a"' in page
     assert 'value="ops"' in page
     assert 'value="swap_failed" checked' in page
     assert 'value="swap_complete" checked' not in page
-    assert f'data-test-url="/api/webhooks/{endpoint.pk}/test"' in page
+    assert f'hx-post="/actions/webhooks/{endpoint.pk}/test"' in page
 
     grant(bob, "operator")
     operator = Client()

@@ -11,7 +11,6 @@ from django.utils import timezone
 
 from arbiter.broker import quotas
 from arbiter.models import ApiKey, KeyUsage
-from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -52,13 +51,6 @@ def test_the_command_refuses_bad_quotas(args, words):
     with pytest.raises(CommandError, match=words):
         call_command("create_api_key", "x", *args, stdout=StringIO(), stderr=StringIO())
     assert not ApiKey.objects.exists()
-
-
-@pytest.fixture
-def admin_person(bob) -> Client:
-    client = Client()
-    client.force_login(grant(bob, "admin"))
-    return client
 
 
 def use(key: ApiKey, requests: int, tokens: int, now: datetime | None = None) -> None:

@@ -46,13 +46,6 @@ def test_the_command_refuses_bad_flags(args, words):
     assert not ApiKey.objects.exists()
 
 
-@pytest.fixture
-def admin_person(bob) -> Client:
-    client = Client()
-    client.force_login(grant(bob, "admin"))
-    return client
-
-
 def test_post_keys_takes_the_same_fields(admin_person):
     response = admin_person.post(
         "/api/keys",

@@ -6,8 +6,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from arbiter.asgi import application
-from arbiter.engine.events import publish_fragment
 from arbiter.models import Host
+from dashboard.live import publish_fragment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")

@@ -14,6 +14,7 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
+from arbiter import events
 from arbiter.asgi import application
 from catalog.models import CatalogModel
 from coordination import locks
@@ -25,7 +26,7 @@ from coordination.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from dashboard import pushing
+from dashboard import live
 from dashboard.consumers import full_state
 from dashboard.panels import coordination
 from dashboard.panels.labels import format_countdown
@@ -36,6 +37,7 @@ from dashboard.panels.webhooks import DELIVERIES_PER_ENDPOINT
 FRAGMENTS = ["/fragments/lock", "/fragments/lock/force-release", "/fragments/schedule"]
 FRAGMENTS += ["/fragments/webhooks"]
 XSS = '<script>alert("x")</script>'
+FORCE_RELEASE = 'hx-post="/actions/lock/force-release"'
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 
 
@@ -148,11 +150,10 @@ class TestLockBanner:
             staff = logged_in(alice).get(path).content.decode()
             viewer = logged_in(bob).get(path).content.decode()
             form = section(staff, "lock-force-release")
-            assert 'hx-delete="/api/swap/lock"' in form, path
-            assert 'name="force" value="true"' in form
+            assert FORCE_RELEASE in form, path  # dashboard/actions.py force_release
             assert 'name="reason"' in form and 'name="lock_delay_seconds"' in form
             assert "hx-confirm=" in form and "<details" in form  # open, fill, confirm
-            assert "hx-delete" not in viewer and 'name="reason"' not in viewer, path
+            assert FORCE_RELEASE not in viewer and 'name="reason"' not in viewer, path
 
     def test_a_pushed_banner_carries_no_form_only_a_slot_each_viewer_fetches(self, alice):
         locks.acquire("nightly-eval", 600)
@@ -160,7 +161,7 @@ class TestLockBanner:
         assert 'hx-swap-oob="true"' in opening_tag(pushed, "lock-banner")
         slot = section(pushed, "lock-force-release")
         assert 'hx-get="/fragments/lock/force-release"' in slot and 'hx-trigger="load"' in slot
-        assert "hx-delete" not in pushed
+        assert FORCE_RELEASE not in pushed
 
     def test_no_form_when_the_lock_is_free(self, alice):
         html = logged_in(alice).get("/fragments/lock/force-release").content.decode()
@@ -174,7 +175,7 @@ class TestLockBanner:
         html = coordination.lock_banner(can_force_release=True, personal=True)
         banner = opening_tag(html, "lock-banner")
         assert 'data-state="free"' in banner and " hidden" not in banner
-        assert "lock-held" not in html and "hx-delete" not in html
+        assert "lock-held" not in html and FORCE_RELEASE not in html
         notice = section(html, "lock-banner")
         assert "Force-released by <strong" in notice and ">alice</strong>" in notice
         assert "nightly-eval" in notice and "stuck job" in notice
@@ -304,7 +305,7 @@ class TestWebhookPanel:
         assert '<td class="delivery-code">500</td>' in row
         assert "<code>oops</code>" in row  # the last attempt's response excerpt
         assert "ConnectError: refused" in row and "busy" in row  # the attempt log
-        assert f'hx-post="/api/webhooks/deliveries/{failed.pk}/redeliver"' in row
+        assert f'hx-post="/actions/webhooks/deliveries/{failed.pk}/redeliver"' in row
         assert 'data-status="delivered"' in section(html, f"delivery-{ok.pk}")
         assert "<code>thanks</code>" in html
 
@@ -384,7 +385,7 @@ class TestPageAndPolls:
         html = full_state()
         for element_id in ("lock-banner", "schedule-panel", "webhook-panel"):
             assert 'hx-swap-oob="true"' in opening_tag(html, element_id)
-        assert "hx-delete" not in html  # the socket is shared: no staff-only form in it
+        assert FORCE_RELEASE not in html  # the socket is shared: no staff-only form in it
 
 
 # -- pushes ---------------------------------------------------------------------------
@@ -454,7 +455,7 @@ async def test_a_webhook_attempt_logged_in_a_worker_thread_is_pushed():
         def worker() -> None:
             try:
                 delivery(hook, WebhookDelivery.DELIVERED, [(200, "thanks", "")])
-                coordination.webhooks_changed()
+                events.webhooks_changed.send(sender=None)
             finally:
                 connections.close_all()
 
@@ -470,8 +471,8 @@ async def test_a_webhook_attempt_logged_in_a_worker_thread_is_pushed():
 
 def test_without_a_connected_socket_nothing_is_rendered_or_pushed(monkeypatch):
     # The in-memory layer's case (with Redis every push goes out, socket or not).
-    monkeypatch.setattr(pushing, "_layer_is_shared", lambda: False)
-    monkeypatch.setattr(pushing, "_socket_loop", None)
+    monkeypatch.setattr(live, "_layer_is_shared", lambda: False)
+    monkeypatch.setattr(live, "_socket_loop", None)
     rendered: list[bool] = []
-    pushing._push(lambda oob: rendered.append(oob) or "")
+    live.publish(lambda oob: rendered.append(oob) or "")
     assert rendered == []

@@ -11,10 +11,10 @@ from django.template.loader import render_to_string
 from django.test import Client
 
 from arbiter.asgi import application
-from arbiter.engine.events import publish_fragment
 from arbiter.models import ApiKey, Host, Service
 from catalog.models import CatalogModel
 from coordination.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from dashboard.live import publish_fragment
 from dashboard.panels import coordination
 from dashboard.roles import for_level
 

@@ -10,11 +10,11 @@ from channels.layers import get_channel_layer
 from django.test import Client
 from django.utils import timezone
 
-from arbiter.engine.events import DASHBOARD_GROUP
 from arbiter.engine.swaps.journal import SwapJournal
 from arbiter.models import Host, Swap, SwapLogLine, SwapTransition
 from dashboard.consumers import full_state
-from dashboard.panels.swaps import PUSH_INTERVAL, swap_changed, swap_log, swap_panel
+from dashboard.live import DASHBOARD_GROUP, PUSH_INTERVAL, on_swap_progressed
+from dashboard.panels.swaps import swap_log, swap_panel
 
 PHASES = ["pending", "preflight", "stopping", "launching", "waiting_healthy", "complete"]
 
@@ -96,7 +96,7 @@ class TestRendering:
         # A running swap's elapsed time ticks in the browser from the server's figure.
         elapsed = re.search(r'class="swap-elapsed"[^>]* data-running data-elapsed="([\d.]+)"', html)
         assert elapsed and 9.5 < float(elapsed.group(1)) < 20
-        assert f'hx-post="/api/swap/{swap.pk}/cancel"' in html
+        assert f'hx-post="/actions/swaps/{swap.pk}/cancel"' in html
         # The three sources of lines are told apart.
         assert 'class="log-line log-arbiter"' in html
         assert 'class="log-line log-stdout"' in html
@@ -265,8 +265,8 @@ async def test_a_chatty_log_is_throttled_and_the_last_state_still_arrives():
     swap = await sync_to_async(make_swap)("spark-1", "qwen3-600m", PHASES[:5])
     layer, channel = await _listen()
     started = asyncio.get_running_loop().time()
-    for seq in range(1, 81):  # 80 lines in about 1 s
-        swap_changed({"type": "swap.line", "swap_id": swap.pk, "seq": seq})
+    for _line in range(80):  # 80 lines in about 1 s
+        on_swap_progressed(None, swap_id=swap.pk, ended=False)
         await asyncio.sleep(0.0125)
 
     @sync_to_async
@@ -275,7 +275,7 @@ async def test_a_chatty_log_is_throttled_and_the_last_state_still_arrives():
         SwapTransition.objects.create(swap=swap, state="complete")
 
     await complete()
-    swap_changed({"type": "swap.state", "swap_id": swap.pk, "state": "complete", "final": True})
+    on_swap_progressed(None, swap_id=swap.pk, ended=True)
     pushed = await _drain(layer, channel)
     took = asyncio.get_running_loop().time() - started
     # At most one push per interval (plus the first one, sent at once).

@@ -3,7 +3,8 @@
 In a real browser against `manage.py serve` and its simulated cluster (tests/live_arbiter.py):
 the demo catalog's `bge-small` is on no host's disk at the start, and the simulator's
 `hf download` prints its progress bar as whole lines 0.15 s apart (arbiter/simulator/hub.py),
-so the page's log shows them arrive one by one through the download's Server-Sent Events.
+so the page's log shows them arrive while it runs: the buttons are htmx POSTs and the log
+polls the server until it answers 286 (dashboard/catalog.py); no hand-written client.
 """
 
 import re
@@ -21,12 +22,13 @@ HOSTS = ("sim-a", "sim-b", "sim-gb10")
 DISK_MS = 20000  # a disk check is a few SSH commands; generous for a busy 2-core VM
 DOWNLOAD_MS = 30000  # the simulated download itself takes ~0.6 s
 
-# What the card's log and the host's row look like each time the log changes.
+# What the card's log and the host's row look like each time the card changes (htmx swaps
+# the log element itself on each poll, so it is looked up again every time).
 WATCH_LOG = """([model, host]) => {
   window.__log = [];
   const card = document.getElementById("model-" + model);
-  const log = card.querySelector(".disk-progress");
   new MutationObserver(() => {
+    const log = card.querySelector(".disk-progress");
     const row = document.querySelector(`#disk-${model} tr[data-host="${host}"]`);
     const button = row && row.querySelector("button.disk-download");
     window.__log.push({
@@ -34,7 +36,7 @@ WATCH_LOG = """([model, host]) => {
       row: row ? row.className : null,
       disabled: button ? button.disabled : null,
     });
-  }).observe(log, { childList: true, characterData: true, subtree: true });
+  }).observe(card, { childList: true, characterData: true, subtree: true });
 }"""
 
 

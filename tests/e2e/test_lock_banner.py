@@ -220,14 +220,21 @@ def test_a_staff_user_force_releases_a_lock_from_its_banner(
     expect(row.locator(".delivery-code")).to_have_text("200")
     expect(row.locator(".delivery-type")).to_have_text("lock.force_released")
     row.locator(".delivery-excerpt summary").click()  # the attempt log stays open
-    # The receiver answers slowly now: the panel the button re-fetches shows the redelivery
-    # pending, and only a push from the sender thread can bring its outcome (the socket is
-    # up, so nothing polls). Only webhook-panel fetches count: the every-minute job's
-    # next-run countdown may end meanwhile and rightly re-fetch the schedule panel.
+    # The receiver answers slowly now: the panel the redeliver action answers with shows
+    # the redelivery pending, and only a push from the sender thread can bring its outcome
+    # (the socket is up, so nothing polls). Only requests for the webhook panel count: the
+    # every-minute job's next-run countdown may end meanwhile and rightly re-fetch the
+    # schedule panel.
     receiver.answer_after[0] = 1.5
+    delivery_id = row.get_attribute("id").removeprefix("delivery-")
     panel_fetches: list[str] = []
     page.on(
-        "request", lambda r: panel_fetches.append(r.url) if "/fragments/webhooks" in r.url else None
+        "request",
+        lambda r: (
+            panel_fetches.append(r.url)
+            if "/fragments/webhooks" in r.url or "/actions/webhooks" in r.url
+            else None
+        ),
     )
     row.locator("button.redeliver").click()
     again = receiver.next(timeout=DELIVERY_DEADLINE_S)
@@ -236,7 +243,9 @@ def test_a_staff_user_force_releases_a_lock_from_its_banner(
     expect(row.locator(".attempt-log li")).to_have_count(2, timeout=DELIVERY_DEADLINE_S * 1000)
     expect(row).to_have_attribute("data-status", "delivered")
     expect(row.locator(".attempt-log")).to_be_visible()
-    assert panel_fetches == [live_arbiter.url + "/fragments/webhooks"]
+    assert panel_fetches == [
+        f"{live_arbiter.url}/actions/webhooks/deliveries/{delivery_id}/redeliver"
+    ]
     page.screenshot(path=str(artifacts / "coordination-panels.png"), full_page=True)
 
 

@@ -165,7 +165,8 @@ def test_an_admin_edits_a_webhook_and_sends_it_a_test_event(
         card.get_by_role("button", name="Send test").click()
         result = page.locator(f"#webhook-{webhook_id}-test-result")
         expect(result).to_have_text(re.compile(r"^✓ HTTP 200 in \d+ ms · e2e receiver says hi$"))
-        # The test is logged as a delivery; the pushed panel keeps the answer shown.
+        # The test is logged as a delivery; every re-render of the panel keeps the answer
+        # shown (it is read from that delivery).
         expect(card.locator("code.delivery-type", has_text="webhook.test")).to_have_count(1)
         expect(result).to_have_attribute("data-ok", "true")
         picture(page, "#webhooks-page", artifacts / "admin-webhook-edited-and-tested.png")

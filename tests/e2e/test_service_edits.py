@@ -13,7 +13,9 @@ from tests.e2e.pictures import picture
 pytestmark = pytest.mark.e2e
 
 SERVICE = "sim-b-tts"
-PUSH_MS = 5000  # the API pushes the panel at once; polls would take up to 5 s more
+# The action answers with the panel and pushes it to every dashboard at once; polls would
+# take up to 5 s more.
+PUSH_MS = 5000
 
 
 def endpoint(page, url: str) -> dict:

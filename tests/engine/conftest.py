@@ -1,14 +1,13 @@
 """Engine fixtures: a simulated cluster on the test's own loop, an SSH pool, the hosts.
 
-- `sim` is a `SimulatedCluster` running on the test's event loop (no control API), for
-  tests of the SSH seam itself; `target_for(sim, name)` (tests.sim_fixtures) builds the
+- `sim` (tests.sim_fixtures) is a `SimulatedCluster` running on the test's event loop
+  (no control API), for tests of the SSH seam itself; `target_for(sim, name)` builds the
   target exactly as Arbiter does from its inventory file.
 - `pool` is a fresh `SshPool`, closed at the end.
 - `hosts` loads `sim_cluster`'s inventory into the database: {name: (host id, target)}.
 """
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -16,17 +15,6 @@ from asgiref.sync import sync_to_async
 from arbiter.engine.ssh import SshPool, SshTarget, get_pool
 from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Host
-from arbiter.simulator.cluster import SimulatedCluster
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[SimulatedCluster]:
-    cluster = SimulatedCluster(tmp_path / "sim", startup_delay=0.4, control=False)
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop(kill_containers=True)
 
 
 @pytest.fixture

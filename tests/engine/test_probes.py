@@ -22,17 +22,12 @@ import pytest
 
 from arbiter.engine.probes import Prober, probe_services_once
 from arbiter.models import Host, Service
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "sim-probe-model"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

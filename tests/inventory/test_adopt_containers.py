@@ -6,14 +6,14 @@ Bad input is a 422 naming `adopt_containers` (or a problem with its key path), a
 nothing is written.
 """
 
-import json
 from dataclasses import replace
 
 import pytest
 
-from arbiter.inventory import InventoryError, apply_inventory, load_inventory
+from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import Service
 from catalog.models import CatalogModel
+from tests.inventory.conftest import patch, problems_of
 from tests.inventory.test_apply_inventory import CHAT, CLUSTER, TTS
 
 FILE = """\
@@ -43,13 +43,6 @@ services:
 
 
 @pytest.fixture
-def key_client(admin_key_client):
-    """Inventory edits are an admin's (arbiter.route_policy); an operator key gets 403
-    (tests/core/test_route_matrix.py)."""
-    return admin_key_client
-
-
-@pytest.fixture
 def write(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -58,12 +51,6 @@ def write(tmp_path, monkeypatch):
         return "cluster.yaml"
 
     return write_file
-
-
-def problems_of(path: str) -> list[str]:
-    with pytest.raises(InventoryError) as caught:
-        load_inventory(path)
-    return caught.value.problems
 
 
 def test_the_file_adopts_the_same_name_on_two_hosts(write, db):
@@ -119,10 +106,6 @@ def test_the_file_names_each_bad_adoption_by_its_key_path(write, first, tts, pro
 
 
 # -- PATCH /api/services/{name} ---------------------------------------------------------
-def patch(client, path: str, body: object):
-    return client.patch(path, data=json.dumps(body), content_type="application/json")
-
-
 @pytest.fixture
 def cluster(db):
     # spark-1 has chat (vLLM) and, here, tts too: two services on one host.

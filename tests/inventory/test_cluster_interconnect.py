@@ -147,13 +147,6 @@ ON_LINK = replace(SPARK_1, cluster_address="10.0.0.1", cluster_interface="enp1s0
 
 
 @pytest.fixture
-def key_client(admin_key_client):
-    """Inventory edits are an admin's (arbiter.route_policy); an operator key gets 403
-    (tests/core/test_route_matrix.py)."""
-    return admin_key_client
-
-
-@pytest.fixture
 def cluster(db):
     apply_inventory(replace(CLUSTER, hosts=[ON_LINK, SPARK_2]))
 

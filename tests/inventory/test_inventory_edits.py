@@ -9,21 +9,11 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.test import AsyncClient
 
-from arbiter.engine.events import DASHBOARD_GROUP
 from arbiter.inventory import apply_inventory
 from arbiter.models import Host, Service
+from dashboard.live import DASHBOARD_GROUP
+from tests.inventory.conftest import patch
 from tests.inventory.test_apply_inventory import CHAT, CLUSTER, SPARK_1, TTS
-
-
-def patch(client, path: str, body: object):
-    return client.patch(path, data=json.dumps(body), content_type="application/json")
-
-
-@pytest.fixture
-def key_client(admin_key_client):
-    """Inventory edits are an admin's (arbiter.route_policy); an operator key gets 403
-    (tests/core/test_route_matrix.py)."""
-    return admin_key_client
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 
 from arbiter.errors import ArbiterError
 from arbiter.inventory import HostConfig, InventoryError, ServiceConfig, load_inventory
+from tests.inventory.conftest import problems_of
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "cluster.example.yaml"
 
@@ -48,12 +49,6 @@ def write(tmp_path, monkeypatch):
         return name
 
     return write_file
-
-
-def problems_of(path: str) -> list[str]:
-    with pytest.raises(InventoryError) as caught:
-        load_inventory(path)
-    return caught.value.problems
 
 
 INVALID = [

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.live_arbiter import free_port, healthy
+from tests.helpers import free_port
+from tests.live_arbiter import healthy
 from tests.ship.sources import ROOT
 from tests.ship.test_cross_process import served_env
 

@@ -35,7 +35,8 @@ from django.utils import timezone
 
 from arbiter.engine.swaps.journal import SwapJournal
 from arbiter.models import Host, Swap
-from tests.live_arbiter import free_port, healthy, inherited_env
+from tests.helpers import free_port
+from tests.live_arbiter import healthy, inherited_env
 from tests.ship.sources import ROOT
 from tests.ship.ws_client import WebSocket
 

@@ -25,7 +25,8 @@ import pytest
 from django.db import connection
 
 from arbiter.models import ApiKey
-from tests.live_arbiter import free_port, healthy, inherited_env
+from tests.helpers import free_port
+from tests.live_arbiter import healthy, inherited_env
 from tests.ship.sources import ROOT
 from tests.ship.test_cross_process import INVENTORY, database_url
 

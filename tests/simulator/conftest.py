@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import asyncssh
 import pytest
 
 from arbiter.simulator.cluster import SimulatedCluster
-from tests.sim_fixtures import *  # noqa: F403 (sim_cluster, sim_cluster_config)
+from tests.sim_fixtures import *  # noqa: F403 (sim, sim_cluster, sim_cluster_config)
+from tests.sim_fixtures import SIM_LOOP_STARTUP_DELAY
 from tests.simulator.client import connect
 
-STARTUP_DELAY = 0.4
+STARTUP_DELAY = SIM_LOOP_STARTUP_DELAY  # what `sim` starts its hosts with
 
 Connector = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
-
-
-@pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[SimulatedCluster]:
-    """The default three hosts on the test's own event loop; containers killed at the end."""
-    cluster = SimulatedCluster(tmp_path / "sim", startup_delay=STARTUP_DELAY, control=False)
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop(kill_containers=True)
 
 
 @pytest.fixture

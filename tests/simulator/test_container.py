@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,16 +26,11 @@ import httpx
 import pytest
 
 from arbiter.simulator.container import CRASH_EXIT_CODE
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "sim-model"
 TOKEN_DELAY = 0.03
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

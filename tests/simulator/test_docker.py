@@ -17,16 +17,11 @@ import pytest
 from arbiter.simulator import dockerd
 from arbiter.simulator.cluster import SimulatedCluster
 from arbiter.simulator.gpus import IDLE_MIB
+from tests.helpers import free_port
 from tests.simulator.client import connect, run, wait_until
 
 IMAGE = "vllm/vllm-openai:v0.11.0"
 RTX_TOTAL = 49140
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def vllm_run(

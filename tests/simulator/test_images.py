@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from arbiter.simulator import docker_images
 from arbiter.simulator.docker_images import ImageSpec
+from tests.helpers import free_port
 from tests.simulator.client import run, wait_until
 
 NVIDIA = "nvcr.io/nvidia/vllm:25.09-py3"
 OPENAI = "vllm/vllm-openai:v0.11.0"
 ENTRYPOINT_SCRIPT = "/opt/nvidia/nvidia_entrypoint.sh"
 VLLM_USAGE = "usage: vllm [-h] [-v] {chat,complete,serve,bench,collect-env,run-batch} ..."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def docker_run(name: str, image: str, *after_image: str, port: int = 0) -> list[str]:

@@ -21,6 +21,7 @@ from django.core.management import CommandError, call_command
 from arbiter.simulator.cluster import ClusterThread, SimulatedCluster
 from arbiter.simulator.gpus import IDLE_MIB
 from arbiter.simulator.scenarios import SPARK_CONTAINER, SPARK_IMAGE, SPARK_MODEL
+from tests.helpers import free_port
 from tests.simulator.client import run, wait_until
 from tests.simulator.conftest import STARTUP_DELAY
 from tests.simulator.test_docker import health, wait_healthy
@@ -29,12 +30,6 @@ IMAGE = "vllm/vllm-openai:v0.11.0"
 MODEL = "org/two-node-model"
 SERVED = "pair-model"
 NAME = "vllm-pair"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_run(

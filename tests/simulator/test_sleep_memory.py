@@ -20,7 +20,8 @@ import pytest
 from arbiter.simulator.dockerd import container_argv
 from arbiter.simulator.gpus import GB10, RTX_6000_ADA, GpuBoard, HostMemory
 from arbiter.simulator.sleep_state import held, read_sleep
-from tests.live_arbiter import BASE_DIR, free_port
+from tests.helpers import free_port
+from tests.live_arbiter import BASE_DIR
 
 VRAM = 40_000  # what the container claims; half of it is taken as its weights
 TOTAL_KB = 128 * 1024 * 1024

@@ -7,6 +7,7 @@ The dispatcher runs on the test's own event loop, exactly as the engine runs it 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -18,6 +19,7 @@ from arbiter.inventory import apply_inventory, load_inventory
 from arbiter.models import ApiKey, Host, Swap, SwapLogLine, SwapTransition
 from catalog.models import CatalogModel
 from tests.catalog.conftest import free_served_name
+from tests.helpers import KeyAsyncClient
 
 HEALTH_TIMEOUT = 20.0
 MEMORY_TIMEOUT = 10.0
@@ -48,7 +50,19 @@ def make_model(key: str = "qwen3-small", **fields) -> CatalogModel:
 @pytest.fixture
 def cluster(sim_cluster, swap_settings, transactional_db):
     """The simulated cluster's hosts and services in the database, and two models."""
-    apply_inventory(load_inventory(sim_cluster.config_path))
+    load_rows(sim_cluster.config_path)
+    return sim_cluster
+
+
+@pytest.fixture
+def cluster_rows(sim_inventory, swap_settings, transactional_db) -> None:
+    """`cluster`'s rows with no host started: for what is refused before any SSH."""
+    load_rows(sim_inventory)
+
+
+def load_rows(config_path: Path) -> None:
+    """The cluster file's hosts and services in the database, and two models."""
+    apply_inventory(load_inventory(config_path))
     make_model()
     make_model(
         "smollm2",
@@ -57,26 +71,12 @@ def cluster(sim_cluster, swap_settings, transactional_db):
         gpu_memory_utilization=0.4,
         extra_engine_flags=["--enable-prefix-caching"],
     )
-    return sim_cluster
 
 
 @pytest.fixture
 def raw_key(transactional_db) -> str:
     _key, raw = ApiKey.objects.create_key(name="swap tests")
     return raw
-
-
-class KeyAsyncClient(AsyncClient):
-    """An AsyncClient that sends the API key on every request (the constructor's
-    `headers` do not reach ASGI requests' `request.headers`)."""
-
-    def __init__(self, raw_key: str) -> None:
-        super().__init__()
-        self.auth_header = {"Authorization": f"Bearer {raw_key}"}
-
-    def generic(self, method, path, data="", content_type="application/octet-stream", **kw):
-        kw["headers"] = {**self.auth_header, **(kw.get("headers") or {})}
-        return super().generic(method, path, data, content_type, **kw)
 
 
 @pytest.fixture

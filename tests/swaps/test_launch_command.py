@@ -151,7 +151,7 @@ async def test_an_image_of_another_architecture_fails_preflight(cluster, aclient
     ],
 )
 async def test_bad_commands_are_422_naming_the_field_and_write_nothing(
-    cluster, aclient, settings, body, needle
+    cluster_rows, aclient, settings, body, needle
 ):
     settings.ARBITER_ALLOWED_IMAGES = [*settings.ARBITER_ALLOWED_IMAGES, "example.com/unknown/*"]
     response = await aclient.post(

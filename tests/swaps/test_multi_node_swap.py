@@ -20,7 +20,6 @@ from arbiter.broker.background import close_thread_connections
 from arbiter.engine.probes import Prober
 from arbiter.engine.swaps import store
 from arbiter.engine.swaps.machine import run_swap
-from arbiter.engine.swaps.multi_node import swap_host_names
 from arbiter.models import Service, Swap, SwapHost, SwapLogLine
 from dashboard.panels.cluster import host_card, services_panel
 from tests.swaps.conftest import (
@@ -275,5 +274,5 @@ async def test_the_broker_loads_the_pair_on_demand_and_answers_through_the_head(
     assert json.loads(response.content)["model"] == SERVED
     swap = await sync_to_async(lambda: Swap.objects.select_related("host").latest("created_at"))()
     assert swap.state == "complete" and swap.host.name == HEAD
-    assert await sync_to_async(swap_host_names)(swap) == [HEAD, WORKER]
+    assert await sync_to_async(swap.host_names)() == [HEAD, WORKER]
     assert running(pair, HEAD) and running(pair, WORKER)

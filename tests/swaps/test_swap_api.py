@@ -34,21 +34,21 @@ async def test_it_creates_a_pending_swap_with_its_urls(cluster, aclient):
     assert swap.requested_by == "key:swap tests"
 
 
-async def test_it_names_the_model_when_it_is_not_in_the_catalog(cluster, aclient):
+async def test_it_names_the_model_when_it_is_not_in_the_catalog(cluster_rows, aclient):
     response = await start_swap(aclient, "no-such-model")
     assert response.status_code == 404
     assert response.json()["error"]["field"] == "model"
     assert await sync_to_async(Swap.objects.count)() == 0
 
 
-async def test_it_names_the_host_when_it_is_not_in_the_inventory(cluster, aclient):
+async def test_it_names_the_host_when_it_is_not_in_the_inventory(cluster_rows, aclient):
     response = await start_swap(aclient, "qwen3-small", host="sim-zz")
     assert response.status_code == 404
     assert response.json()["error"]["field"] == "host"
 
 
 async def test_it_needs_a_host_when_the_model_has_no_default_and_there_are_several(
-    cluster, aclient
+    cluster_rows, aclient
 ):
     response = await start_swap(aclient, "qwen3-small", host=None)
     assert response.status_code == 422
@@ -78,21 +78,21 @@ async def test_it_uses_the_model_s_default_host(cluster, aclient):
         ({"model": "qwen3-small", "hots": "sim-b"}, "hots"),
     ],
 )
-async def test_it_rejects_a_bad_body_naming_the_field(cluster, aclient, body, field):
+async def test_it_rejects_a_bad_body_naming_the_field(cluster_rows, aclient, body, field):
     response = await aclient.post("/api/swap", body, content_type="application/json")
     assert response.status_code == 422, response.content
     assert response.json()["error"]["field"] == field
     assert await sync_to_async(Swap.objects.count)() == 0
 
 
-async def test_it_refuses_requests_without_credentials(cluster):
+async def test_it_refuses_requests_without_credentials(cluster_rows):
     response = await AsyncClient().post(
         "/api/swap", {"model": "qwen3-small"}, content_type="application/json"
     )
     assert response.status_code == 401
 
 
-async def test_it_turns_the_database_s_one_active_swap_rule_into_409(cluster, monkeypatch):
+async def test_it_turns_the_database_s_one_active_swap_rule_into_409(cluster_rows, monkeypatch):
     """Two requests racing past the check: the unique constraint decides, and says who."""
     first = await sync_to_async(swap_store.create_swap)("qwen3-small", "sim-b", False, "a")
     monkeypatch.setattr(swap_store, "active_swap_on", _none_then_real())
@@ -126,7 +126,7 @@ async def test_it_lists_recent_swaps_newest_first(cluster, aclient):
     assert (await aclient.get("/api/swaps?limit=0")).status_code == 422
 
 
-async def test_it_answers_404_for_unknown_swaps(cluster, aclient):
+async def test_it_answers_404_for_unknown_swaps(cluster_rows, aclient):
     for path in ("/api/swap/999", "/api/swap/999/log"):
         response = await aclient.get(path)
         assert response.status_code == 404
@@ -201,7 +201,7 @@ async def test_validate_checks_an_unreachable_host(cluster, aclient):
     assert checks["launch_command"]["ok"] is True  # the command is still shown
 
 
-async def test_validate_names_unknown_models_and_hosts(cluster, aclient):
+async def test_validate_names_unknown_models_and_hosts(cluster_rows, aclient):
     missing = await aclient.post("/api/swap/nope/validate", {}, "application/json")
     assert missing.status_code == 404
     assert missing.json()["error"]["field"] == "model"

@@ -7,7 +7,6 @@ import pytest
 from django.utils import timezone
 
 from arbiter.engine.served_auth import model_api_key
-from arbiter.engine.swaps import store
 from arbiter.models import Host, Swap
 from dashboard.panels.swaps import swap_panel
 
@@ -34,8 +33,8 @@ def host() -> Host:
 
 def test_the_first_swap_has_no_estimate(host):
     swap = make_swap(host, Swap.LAUNCHING, phase="pull", phase_started_at=timezone.now())
-    assert store.eta_seconds(swap) is None
-    progress = store.phase_progress(swap)
+    assert swap.eta_seconds() is None
+    progress = swap.launch_progress()
     assert progress.phase == "pull" and progress.phase_label == "pulling the image"
 
 
@@ -51,16 +50,16 @@ def test_it_is_the_median_of_the_phase_and_the_later_ones_minus_the_time_spent(h
         host, Swap.LAUNCHING, phase="pull", phase_started_at=now - timedelta(seconds=100)
     )
     # median pull 600 − 100 spent + median weights 50 + median load 120
-    assert store.eta_seconds(pulling, now) == 670.0
+    assert pulling.eta_seconds(now) == 670.0
     pulling.state, pulling.phase = Swap.WAITING_HEALTHY, "load"
     pulling.phase_started_at = now - timedelta(seconds=500)
-    assert store.eta_seconds(pulling, now) == 0.0  # past the median: never negative
+    assert pulling.eta_seconds(now) == 0.0  # past the median: never negative
 
 
 def test_a_finished_swap_has_no_eta(host):
     make_swap(host, Swap.COMPLETE, {"load": 60})
     done = make_swap(host, Swap.COMPLETE, {"load": 50})
-    assert store.eta_seconds(done) is None
+    assert done.eta_seconds() is None
 
 
 def test_the_api_carries_phase_elapsed_time_and_eta(host, key_client):

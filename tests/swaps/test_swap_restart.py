@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_arbiter import MANAGE, _clean_env, _kill_leftover_containers, free_port, healthy
+from tests.helpers import free_port
+from tests.live_arbiter import MANAGE, _clean_env, _kill_leftover_containers, healthy
 
 MODEL_SHELL = (
     "from catalog.models import CatalogModel; "

@@ -122,7 +122,7 @@ async def test_a_finished_swap_streams_its_stored_log_then_the_final_state(
     ]
 
 
-async def test_it_answers_404_for_an_unknown_swap(cluster, aclient):
+async def test_it_answers_404_for_an_unknown_swap(cluster_rows, aclient):
     response = await aclient.get("/api/swap/999/stream")
     assert response.status_code == 404
     assert response.json()["error"]["field"] == "swap_id"

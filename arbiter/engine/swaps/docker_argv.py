@@ -35,7 +35,7 @@ HF_TOKEN_ENV = "HF_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 # in its development mode; a catalog model asks for sleep mode with this engine flag.
 SLEEP_MODE_FLAG = "--enable-sleep-mode"
 SLEEP_MODE_ENV = "--env=VLLM_SERVER_DEV_MODE=1"
-# The host's hub cache holds `models--org--name` folders directly (catalog.disk), which
+# The host's hub cache holds `models--org--name` folders directly (arbiter.engine.disk), which
 # is the layout of HF_HUB_CACHE; inside the container that is $HF_HOME/hub.
 CONTAINER_HUB_CACHE = "/root/.cache/huggingface/hub"
 STOP_TIMEOUT_SECONDS = 30

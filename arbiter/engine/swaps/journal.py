@@ -1,4 +1,4 @@
-"""A swap's log: Arbiter's narration and the container's output, stored and published.
+"""A swap's log: Arbiter's narration and the container's output, stored and announced.
 
 Lines are numbered per swap (`seq`). The container's lines are also counted per node and
 stream, because a re-attach (after an Arbiter restart) reads the container's whole log
@@ -24,18 +24,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from datetime import datetime
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from arbiter import events
 from arbiter.engine import ssh
-from arbiter.engine.events import (
-    SwapLineMessage,
-    SwapStateMessage,
-    publish_fragment,
-    publish_swap_event,
-)
 from arbiter.engine.swaps import store
 from arbiter.engine.swaps.docker_argv import build_logs_argv
 from arbiter.errors import SshError
@@ -62,40 +56,18 @@ def split_lines(text: str) -> list[str]:
     return lines
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat()
-
-
-def state_message(record: store.TransitionRecord) -> SwapStateMessage:
-    return SwapStateMessage(
-        type="swap.state",
-        swap_id=record.swap_id,
-        state=record.state,
-        at=_iso(record.at),
-        detail=record.detail,
-        error=record.error,
-        final=record.final,
-    )
-
-
 def announce_cancelled_while_pending(record: store.TransitionRecord) -> None:
-    """Publish the end of a swap the API cancelled before the engine took it up.
+    """Announce the end of a swap the API cancelled before the engine took it up.
 
-    No engine task runs such a swap, so nobody else tells its stream's followers or the
-    dashboards' swap panels; without this they would show it pending until their next
-    push or reload. Called from a synchronous view, after the transition committed.
+    No engine task runs such a swap, so nobody else announces it; without this the
+    dashboards would show it pending until their next push or reload. Called from a
+    synchronous view, after the transition committed.
     """
-    from dashboard.panels.swaps import swap_panel  # the engine renders; dashboards listen
-
-    try:
-        async_to_sync(publish_swap_event)(record.swap_id, state_message(record))
-        async_to_sync(publish_fragment)(swap_panel(oob=True))
-    except Exception:  # the cancel is done; a failed push must not undo the answer
-        log.warning("swap %s: publishing its cancel failed", record.swap_id, exc_info=True)
+    events.swap_progressed.send(sender=None, swap_id=record.swap_id, ended=True)
 
 
 class SwapJournal:
-    """Writes one swap's log lines and publishes its events."""
+    """Writes one swap's log lines and announces its progress (`arbiter.events`)."""
 
     def __init__(self, swap_id: int) -> None:
         self.swap_id = swap_id
@@ -124,7 +96,7 @@ class SwapJournal:
         await self.add([("arbiter", text)])
 
     async def add(self, lines: list[tuple[str, str]], node: str = "", count: bool = True) -> None:
-        """Store (stream, text) lines in order, then publish them; `node` is the host
+        """Store (stream, text) lines in order, then announce them; `node` is the host
         whose container printed them in a multi-node swap."""
         if not lines:
             return
@@ -147,17 +119,8 @@ class SwapJournal:
             raise
         if count:
             self._count(lines, node)
-        for row in rows:
-            await self.publish(
-                SwapLineMessage(
-                    type="swap.line",
-                    swap_id=self.swap_id,
-                    seq=row.seq,
-                    at=_iso(row.at),
-                    stream=row.stream,
-                    text=row.text,
-                )
-            )
+        if rows:
+            self.announce(ended=False)
 
     async def add_output(self, lines: list[tuple[str, str]], node: str = "") -> None:
         """Store a container's lines up to the cap; past it, keep only the last few
@@ -203,17 +166,16 @@ class SwapJournal:
             if stream in ("stdout", "stderr"):
                 self.counts[(node, stream)] = self.counts.get((node, stream), 0) + 1
 
-    async def publish(self, message: SwapLineMessage | SwapStateMessage) -> None:
+    def announce(self, *, ended: bool) -> None:
+        """Tell whoever listens that this swap moved (on the engine's loop; receivers
+        only schedule their work)."""
         try:
-            await publish_swap_event(self.swap_id, message)
-            from dashboard.panels.swaps import swap_changed  # the engine renders; dashboards listen
+            events.swap_progressed.send(sender=None, swap_id=self.swap_id, ended=ended)
+        except Exception:  # a listener's failure must never stop a swap
+            log.warning("swap %s: announcing its progress failed", self.swap_id, exc_info=True)
 
-            swap_changed(message)  # pushes the dashboard's swap panel, throttled per swap
-        except Exception:  # a full channel layer must never stop a swap
-            log.warning("swap %s: publishing an event failed", self.swap_id, exc_info=True)
-
-    async def publish_state(self, record: store.TransitionRecord) -> None:
-        await self.publish(state_message(record))
+    def announce_state(self, record: store.TransitionRecord) -> None:
+        self.announce(ended=record.final)
 
     async def follow(
         self,

@@ -1,12 +1,12 @@
 """The launch phases before `docker run`: the image pull and the weights download.
 
-A swap's launch is three phases, each with its own budget (`swap_store.LAUNCH_PHASES`):
+A swap's launch is three phases, each with its own budget (`Swap.LAUNCH_PHASES`):
 
 - **pull** — only when the image is not on the host (`docker image inspect` says "No
   such image"): `docker pull IMAGE`, its progress lines in the swap log, bounded by
   `ARBITER_SWAP_PULL_TIMEOUT`.
 - **weights** — only for a hub model whose folder is not in the host's hub cache:
-  `hf download` (the catalog's own download, `catalog.disk.download_hub_model`),
+  `hf download` (the catalog's own download, `arbiter.engine.disk.download_hub_model`),
   bounded by `ARBITER_SWAP_DOWNLOAD_TIMEOUT`. Local models skip it.
 - **load** — `docker run` until the served model answers (the swap runner's health
   wait, `ARBITER_SWAP_HEALTH_TIMEOUT`, counted from the container start).
@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from arbiter.engine import ssh
+from arbiter.engine.disk import download_hub_model, hub_cache_folder, model_disk_status
 from arbiter.engine.served_auth import model_api_key
 from arbiter.engine.swaps.docker_argv import display
 from arbiter.errors import ArbiterError, CommandFailed, CommandTimeout
-from catalog.disk import download_hub_model, hub_cache_folder, model_disk_status
 from catalog.models import CatalogModel
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 INSPECT_TIMEOUT = 30.0
 # A long layer download prints nothing without a TTY: say how far the pull is this often.
 SUMMARY_SECONDS = 15.0
-# `hf download` is watched through the cache folder's size every 2 s (catalog.disk);
+# `hf download` is watched through the cache folder's size every 2 s (arbiter.engine.disk);
 # the swap log keeps one such line per this many seconds.
 DOWNLOAD_NOTE_SECONDS = 15.0
 NO_SUCH_IMAGE = "No such image"

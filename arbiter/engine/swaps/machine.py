@@ -114,9 +114,7 @@ class SwapRunner:
         if snap.state not in Swap.ACTIVE_STATES or snap.state == Swap.PENDING:
             return snap.state if snap.state in Swap.FINAL_STATES else ""
         if not self.resume:  # the dispatcher's claim moved it to preflight: say so
-            await self.journal.publish_state(
-                store.TransitionRecord(self.swap_id, snap.state, timezone.now(), "", "")
-            )
+            self.journal.announce(ended=False)
         steps = asyncio.create_task(self._steps(snap), name=f"swap-{self.swap_id}")
         watcher = asyncio.create_task(self._watch(), name=f"swap-{self.swap_id}-watch")
         try:
@@ -198,7 +196,7 @@ class SwapRunner:
             raise SwapLost(f"could not move to {state}: the swap is no longer active")
         self.state = state
         await self.say(f"→ {state}" + (f": {detail}" if detail else ""))
-        await self.journal.publish_state(record)
+        self.journal.announce_state(record)
 
     async def finish(self, state: str, *, detail: str = "", error: str = "") -> str:
         # The last line goes in before the final state, so a log reader that stops at
@@ -210,7 +208,7 @@ class SwapRunner:
         if record is None:
             raise SwapLost(f"could not move to {state}: the swap is no longer active")
         self.state = state
-        await self.journal.publish_state(record)
+        self.journal.announce_state(record)
         return state
 
     async def fail(self, reason: str) -> str:
@@ -324,11 +322,11 @@ class SwapRunner:
                 continue
             await self.prepare_launch(node)
             if not started:
-                await sync_to_async(store.begin_phase)(self.swap_id, store.LOAD)
+                await sync_to_async(store.begin_phase)(self.swap_id, Swap.LOAD)
                 started = True
             await self.run_container(node)
         if not started:
-            await sync_to_async(store.begin_phase)(self.swap_id, store.LOAD)
+            await sync_to_async(store.begin_phase)(self.swap_id, Swap.LOAD)
 
     async def run_container(self, node: LaunchPlan) -> None:
         """`docker run -d` on one host."""
@@ -362,7 +360,7 @@ class SwapRunner:
         try:
             if not await launch_phases.image_present(plan.target, source.image):
                 await self.run_phase(
-                    store.PULL,
+                    Swap.PULL,
                     f"{source.image} is not on {plan.host_name}: pulling it "
                     f"(timeout {self.pull_timeout:g} s)",
                     lambda: launch_phases.pull_image(
@@ -374,7 +372,7 @@ class SwapRunner:
                 plan.target, source.hub_repo, cache
             ):
                 await self.run_phase(
-                    store.WEIGHTS,
+                    Swap.WEIGHTS,
                     f"{source.hub_repo} is not in the hub cache of {plan.host_name}",
                     lambda: launch_phases.download_weights(
                         plan.target, source, cache, self.download_timeout, add
@@ -394,7 +392,7 @@ class SwapRunner:
         plan = self.require_plan()
         # The health budget counts from the container start (the load phase), not from
         # the launch, so a long pull or download does not eat it.
-        loading_since = await sync_to_async(store.phase_started_at)(self.swap_id, store.LOAD)
+        loading_since = await sync_to_async(store.phase_started_at)(self.swap_id, Swap.LOAD)
         started = loading_since or launching_at or timezone.now()
         source = await sync_to_async(launch_phases.load_model_source)(plan.model_key)
         self.api_key = source.api_key if source else ""
@@ -439,7 +437,7 @@ class SwapRunner:
         finally:
             await self.stop_followers(followers)
         await self.sync_logs()
-        seconds = await sync_to_async(store.end_phase)(self.swap_id, store.LOAD, last=True)
+        seconds = await sync_to_async(store.end_phase)(self.swap_id, Swap.LOAD, last=True)
         await self.say(f"phase load took {seconds:.1f} s")
 
     async def until_next_health_check(self, loading_for: timedelta) -> None:

@@ -128,12 +128,6 @@ def node_roles(model: CatalogModel, hosts: list[Host], api_port: int) -> list[No
     ]
 
 
-def swap_host_names(swap: Swap) -> list[str]:
-    """The hosts a swap works on, the head first (its head alone before SwapHost rows)."""
-    names = list(swap.swap_hosts.order_by("node_rank").values_list("host__name", flat=True))
-    return names or [swap.host.name]
-
-
 @dataclass(frozen=True)
 class RunningPair:
     """The multi-node model a host last served as part of a pair, while it still runs."""

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db.models import Max
 
 from arbiter.engine import host_checks, host_paths, ssh
+from arbiter.engine.disk import model_disk_status, model_host_path
 from arbiter.engine.host_memory import MemoryRequest, memory_request, sleep_refusal
 from arbiter.engine.swaps import multi_node
 from arbiter.engine.swaps import slot as slots
@@ -35,9 +36,8 @@ from arbiter.engine.swaps.docker_argv import (
     service_port,
 )
 from arbiter.engine.swaps.image_check import image_fit
-from arbiter.errors import ArbiterError, InvalidInput, NotFound, SshError
+from arbiter.errors import ArbiterError, InvalidInput, SshError
 from arbiter.models import GpuSample, Host, Service
-from catalog.disk import model_disk_status, model_host_path
 from catalog.models import CatalogModel
 
 log = logging.getLogger(__name__)
@@ -144,27 +144,15 @@ class Preflight:
 
 
 # -- reading the database --------------------------------------------------------------
-def vllm_service(host: Host) -> Service | None:
-    """The service a swap replaces on a host: its (first) enabled vLLM service."""
-    return (
-        Service.objects.filter(host=host, kind=Service.KIND_VLLM, in_inventory=True, disabled=False)
-        .order_by("name")
-        .first()
-    )
-
-
 def resolve_host(model: CatalogModel, host_name: str | None) -> Host:
     """The named host, else the model's default host, else the only host there is."""
     if host_name:
-        host = Host.objects.filter(name=host_name, in_inventory=True).first()
-        if host is None:
-            raise NotFound(f"no host named {host_name!r} in the inventory", field="host")
-        return host
+        return Host.objects.by_name(host_name)
     if model.default_host_id is not None:
-        host = Host.objects.filter(pk=model.default_host_id, in_inventory=True).first()
+        host = Host.objects.in_inventory().filter(pk=model.default_host_id).first()
         if host is not None:
             return host
-    hosts = list(Host.objects.filter(in_inventory=True)[:2])
+    hosts = list(Host.objects.in_inventory()[:2])
     if len(hosts) == 1:
         return hosts[0]
     raise InvalidInput(
@@ -184,21 +172,13 @@ def swap_hosts(model: CatalogModel, host_name: str | None) -> list[Host]:
         return [resolve_host(model, host_name)]
     hosts = multi_node.pair_host_rows(model)
     if host_name and host_name not in {h.name for h in hosts}:
-        if not Host.objects.filter(name=host_name, in_inventory=True).exists():
-            raise NotFound(f"no host named {host_name!r} in the inventory", field="host")
+        Host.objects.by_name(host_name)  # 404 for a host the inventory does not have
         raise InvalidInput(
             f"host: {model.key} runs across {', '.join(h.name for h in hosts)} "
             f"(tensor_parallel_hosts); name one of them, or no host",
             field="host",
         )
     return hosts
-
-
-def get_catalog_model(key: str) -> CatalogModel:
-    model = CatalogModel.objects.filter(key=key).first()
-    if model is None:
-        raise NotFound(f"no catalog model with key {key!r}", field="model")
-    return model
 
 
 def host_gpu_count(host_id: int) -> int | None:
@@ -236,7 +216,7 @@ def _node_role(model: CatalogModel, host: Host) -> tuple[multi_node.NodeRole | N
     """This host's role in a multi-node model, or why there is none."""
     try:
         hosts = multi_node.pair_host_rows(model)
-        head_service = vllm_service(hosts[0])
+        head_service = Service.objects.vllm_on(hosts[0])
         if head_service is None:
             return None, f"head host {hosts[0].name} has no enabled vLLM service to serve models"
         roles = multi_node.node_roles(model, hosts, service_port(head_service.base_url))
@@ -258,7 +238,7 @@ def load_plan(model_key: str, host_name: str, swap_id: int | None = None) -> Lau
     if model is None:
         return None
     host = Host.objects.get(name=host_name)
-    service = vllm_service(host)
+    service = Service.objects.vllm_on(host)
     gpu_count = host_gpu_count(host.pk)
     memory = memory_request(model, host, service)
     argv: list[str] = []

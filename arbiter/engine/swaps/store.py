@@ -14,18 +14,16 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q
-from django.dispatch import Signal
 from django.utils import timezone
 
+from arbiter import events
 from arbiter.engine.swaps.multi_node import pair_conflict
-from arbiter.engine.swaps.preflight import get_catalog_model, swap_hosts, vllm_service
+from arbiter.engine.swaps.preflight import swap_hosts
 from arbiter.engine.swaps.wakeup import announce_swap_created
-from arbiter.errors import Conflict, InvalidInput, NotFound
+from arbiter.errors import Conflict, InvalidInput
 from arbiter.models import Host, Service, Swap, SwapHost, SwapLogLine, SwapTransition
-
-# Sent inside the transaction that records a swap's final state, with `swap_id`,
-# `state` and `dry_run`: receivers (the webhook outbox) write in that same transaction.
-swap_finished = Signal()
+from catalog.models import CatalogModel
+from coordination.locks.gate import assert_may_swap, current_lock
 
 RUNNING_STATES = tuple(s for s in Swap.ACTIVE_STATES if s != Swap.PENDING)
 
@@ -72,14 +70,12 @@ def create_swap(
     through one active `SwapHost` row per host, which the database keeps unique: no
     two swaps touch one host at once, whichever host each names.
     """
-    from coordination.locks import assert_may_swap
-
     with transaction.atomic():
         lock_generation = None if dry_run else assert_may_swap(lock_token)
-        model = get_catalog_model(model_key)
+        model = CatalogModel.objects.by_key(model_key)
         hosts = swap_hosts(model, host_name)
         head = hosts[0]
-        service = vllm_service(head)
+        service = Service.objects.vllm_on(head)
         if service is None:
             raise InvalidInput(
                 f"host: {head.name} has no enabled vLLM service to serve models", field="host"
@@ -119,8 +115,6 @@ def fencing_problem(swap_id: int) -> str:
     The lock generation is a fencing number: a swap accepted while the lock was free
     (or under an earlier grant) must not run once someone else holds the lock.
     """
-    from coordination.locks import current_lock
-
     swap = Swap.objects.only("lock_generation", "dry_run").get(pk=swap_id)
     lock = current_lock()
     if swap.dry_run or not lock.held or lock.generation == swap.lock_generation:
@@ -180,7 +174,7 @@ def record_transition(
             # The hosts are free for the next swap the moment this one has ended.
             SwapHost.objects.filter(swap_id=swap_id, active=True).update(active=False)
             dry_run = Swap.objects.filter(pk=swap_id).values_list("dry_run", flat=True).get()
-            swap_finished.send(Swap, swap_id=swap_id, state=state, dry_run=dry_run)
+            events.swap_finished.send(Swap, swap_id=swap_id, state=state, dry_run=dry_run)
     return TransitionRecord(swap_id, state, now, detail, error)
 
 
@@ -307,10 +301,8 @@ def request_cancel(swap_id: int) -> TransitionRecord | None:
     Returns the transition when the swap was pending and is now cancelled (nothing else
     will announce it), None when the engine was asked to stop it.
     """
-    swap = Swap.objects.filter(pk=swap_id).first()
-    if swap is None:
-        raise NotFound(f"no swap with id {swap_id}", field="swap_id")
-    if swap.state in Swap.FINAL_STATES:
+    swap = Swap.objects.by_id(swap_id)
+    if swap.is_final:
         raise Conflict(f"swap {swap_id} is already {swap.state}", field="swap_id", state=swap.state)
     record = record_transition(
         swap_id,
@@ -325,17 +317,8 @@ def request_cancel(swap_id: int) -> TransitionRecord | None:
 
 
 # -- launch phases and the ETA ---------------------------------------------------------
-# The launch of a swap runs up to three phases, each with its own budget: the image pull
-# (only when the image is not on the host), the weights (only for a hub model not yet in
-# the host's hub cache), and the load (container start until the served model answers).
-PULL = "pull"
-WEIGHTS = "weights"
-LOAD = "load"
-LAUNCH_PHASES = (PULL, WEIGHTS, LOAD)
-PHASE_LABELS = {PULL: "pulling the image", WEIGHTS: "downloading the weights", LOAD: "loading"}
-# The ETA takes the median over this many of the latest complete swaps of the same
-# model on the same host; older ones describe an image or a host that may have changed.
-ETA_HISTORY = 5
+# The phases and how far a swap is through them are the swap's own (`Swap.LAUNCH_PHASES`,
+# `Swap.launch_progress`); here the engine enters and leaves them.
 
 
 def begin_phase(swap_id: int, phase: str) -> datetime:
@@ -371,82 +354,6 @@ def phase_started_at(swap_id: int, phase: str) -> datetime | None:
     if row is None or row["phase"] != phase:
         return None
     return row["phase_started_at"]
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def eta_seconds(swap: Swap, now: datetime | None = None) -> float | None:
-    """Seconds the launch will still take, from earlier swaps of this model on this host.
-
-    The current phase's median duration minus the time spent in it (never below zero),
-    plus the median of each later phase. A phase that an earlier swap skipped (its
-    image was there already) gives no sample; None when any phase needed has none:
-    "no estimate yet". Later phases are taken to run (a load always does; a pull
-    happens before the weights, so when the weights are needed is not yet known and
-    the estimate counts them only if earlier swaps of this model downloaded them).
-    """
-    if swap.phase not in LAUNCH_PHASES or swap.state not in Swap.ACTIVE_STATES:
-        return None
-    history = list(
-        Swap.objects.filter(
-            model_key=swap.model_key, host_id=swap.host_id, state=Swap.COMPLETE, dry_run=False
-        )
-        .exclude(pk=swap.pk)
-        .order_by("-finished_at", "-pk")
-        .values_list("phase_durations", flat=True)[:ETA_HISTORY]
-    )
-    samples: dict[str, list[float]] = {phase: [] for phase in LAUNCH_PHASES}
-    for durations in history:
-        for phase, seconds in (durations or {}).items():
-            if phase in samples and isinstance(seconds, int | float):
-                samples[phase].append(float(seconds))
-    current = LAUNCH_PHASES.index(swap.phase)
-    if not samples[swap.phase] or not samples[LOAD]:
-        return None
-    now = now or timezone.now()
-    elapsed = (now - swap.phase_started_at).total_seconds() if swap.phase_started_at else 0.0
-    remaining = max(0.0, _median(samples[swap.phase]) - elapsed)
-    for phase in LAUNCH_PHASES[current + 1 :]:
-        if samples[phase]:
-            remaining += _median(samples[phase])
-    return round(remaining, 1)
-
-
-@dataclass(frozen=True)
-class PhaseProgress:
-    """Where a swap's launch is: its phase, for how long, and the time left."""
-
-    phase: str | None
-    phase_label: str
-    phase_elapsed_seconds: float | None
-    eta_seconds: float | None
-    phase_durations: dict[str, float]
-
-
-def phase_progress(swap: Swap, now: datetime | None = None) -> PhaseProgress:
-    """The one place the API and the dashboard read a swap's launch progress from."""
-    now = now or timezone.now()
-    phase = swap.phase or None
-    elapsed = None
-    if phase and swap.phase_started_at is not None:
-        end = now if swap.state in Swap.ACTIVE_STATES else (swap.finished_at or now)
-        elapsed = round(max(0.0, (end - swap.phase_started_at).total_seconds()), 3)
-    durations = {
-        k: float(v) for k, v in (swap.phase_durations or {}).items() if isinstance(v, int | float)
-    }
-    return PhaseProgress(
-        phase=phase,
-        phase_label=PHASE_LABELS.get(phase or "", ""),
-        phase_elapsed_seconds=elapsed,
-        eta_seconds=eta_seconds(swap, now),
-        phase_durations=durations,
-    )
 
 
 def prune_logs(now: datetime | None = None) -> int:

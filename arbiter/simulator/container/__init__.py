@@ -9,7 +9,6 @@ Modules: `options` (command line, constants), `logs`, `replies` (what the model 
 `server` (HTTP routes), `lifecycle` (start-up, crash, shutdown; `main`).
 """
 
-from arbiter.simulator.container.lifecycle import main
 from arbiter.simulator.container.options import CRASH_EXIT_CODE
 
-__all__ = ["CRASH_EXIT_CODE", "main"]
+__all__ = ["CRASH_EXIT_CODE"]

@@ -1,4 +1,4 @@
-"""The dashboard's "+ Add model" (hub) and "+ Add local model" forms.
+"""The catalog page's "+ Add model" (hub) and "+ Add local model" forms.
 
 Django checks the types; the rules are catalog.validation's, the same as the API's, and
 each problem is shown next to the field it names.

@@ -12,7 +12,7 @@ import contextlib
 import posixpath
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from arbiter.engine import ssh
 from arbiter.engine.host_paths import host_hub_cache
@@ -236,6 +236,29 @@ async def delete_hub_model(target: SshTarget, model: CatalogModel) -> None:
     await ssh.run(target, ["rm", "-rf", "--", path], timeout=DELETE_TIMEOUT)
 
 
+DownloadEvent = tuple[str, dict[str, Any]]
+
+
+async def download_events(
+    target: SshTarget, key: str, repo: str, revision: str, token: str
+) -> AsyncIterator[DownloadEvent]:
+    """A hub download as events, for the API's stream and the catalog page's log:
+    ("start", ...), ("progress", {"line"}) per line, then ("done", the host's new disk
+    status) or ("error", the error's body, the host named). Failures end the events, not
+    the caller. Plain values only: nothing here holds an ORM object across an await."""
+    yield "start", {"host": target.name, "model": key, "repo": repo}
+    try:
+        cache_dir = await host_hub_cache(target)  # this host's own hub cache
+        async for line in download_hub_model(target, repo, revision, cache_dir, token):
+            yield "progress", {"line": line}
+        folder = hub_cache_folder(repo, cache_dir)
+        status = await model_disk_status(target, folder, local=False, roots=[])
+    except ArbiterError as error:
+        yield "error", {"host": target.name, "model": key, **error.as_body()["error"]}
+        return
+    yield "done", {"model": key, **asdict(status)}
+
+
 class DiskEntry(TypedDict):
     """One host's answer for the API and the catalog page (`present` None: not asked)."""
 
@@ -270,7 +293,14 @@ async def _entry(target: SshTarget, host_path: str, local: bool, roots: list[str
             detail="",
             error=f"ssh_error: {error}",
         )
-    return DiskEntry(**asdict(status), error=None)
+    return DiskEntry(
+        host=status.host,
+        path=status.path,
+        present=status.present,
+        size_bytes=status.size_bytes,
+        detail=status.detail,
+        error=None,
+    )
 
 
 async def disk_report(
