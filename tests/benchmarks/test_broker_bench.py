@@ -234,7 +234,9 @@ def check_answers(target: Target) -> None:
         assert len(events) >= STREAM_CHUNKS, f"{target.name}: {len(events)} events"
 
 
-def test_broker_against_peers(targets: tuple[list[Target], str], tmp_path: Path) -> None:
+def test_it_measures_the_broker_against_its_peers(
+    targets: tuple[list[Target], str], tmp_path: Path
+) -> None:
     found, litellm_skipped = targets
     for target in found:
         check_answers(target)

@@ -68,7 +68,7 @@ def redis_limits(arbiter: ServedArbiter) -> Iterator[Target]:  # noqa: F811
     yield from lean(arbiter, "redis", REDIS_URL)
 
 
-def test_what_the_shared_limit_costs(
+def test_it_measures_what_the_shared_limit_costs(
     local_limits: Target, redis_limits: Target, tmp_path: Path
 ) -> None:
     scenarios = [s for s in SCENARIOS if not s.stream]  # concurrency 1 and 64

@@ -57,7 +57,7 @@ def line(name: str, seconds: list[float]) -> str:
     return f"{name:34s} p50 {statistics.median(seconds) * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms"
 
 
-async def test_what_sharing_activity_and_client_counts_costs() -> None:
+async def test_it_measures_what_sharing_activity_and_client_counts_costs() -> None:
     prefix = f"arbiter-bench:{uuid.uuid4().hex}:"
     ours = SharedLimits(REDIS_URL, prefix, owner="bench")
     theirs = SharedLimits(REDIS_URL, prefix, owner="other")

@@ -178,7 +178,7 @@ def summary(values: list[float]) -> dict:
     }
 
 
-async def test_swap_orchestration_overhead(cluster):
+async def test_it_measures_the_swap_orchestration_overhead(cluster):
     dispatcher = SwapDispatcher()  # the production poll interval
     task = asyncio.create_task(dispatcher.run_forever())
     keys = list(MODELS)

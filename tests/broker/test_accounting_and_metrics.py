@@ -30,7 +30,7 @@ async def post_chat(client, model="chat-model", **headers):
     )
 
 
-async def test_requests_are_counted_per_client(aclient, backend):
+async def test_it_counts_requests_per_client(aclient, backend):
     app = f"app-{uuid.uuid4().hex[:6]}"
     for _ in range(2):
         assert (await post_chat(aclient, **{"X-Client-Id": app})).status_code == 200
@@ -48,7 +48,7 @@ async def test_requests_are_counted_per_client(aclient, backend):
     assert f'arbiter_broker_client_requests_total{{client="{app}"}} 3.0' in metrics
 
 
-def test_client_names_are_validated_and_bounded() -> None:
+def test_it_validates_and_bounds_client_names() -> None:
     assert client_name("nightly-report.v2", "k") == "nightly-report.v2"
     assert client_name("bad id with spaces", "k") == "(invalid)"
     assert client_name("x" * 65, "k") == "(invalid)"
@@ -65,7 +65,9 @@ def test_client_names_are_validated_and_bounded() -> None:
     }
 
 
-async def test_metrics_need_a_key_unless_made_public(aclient, backend, settings):
+async def test_it_requires_a_key_for_metrics_unless_they_are_made_public(
+    aclient, backend, settings
+):
     response = await AsyncClient().get("/metrics")
     assert response.status_code == 401
     assert json.loads(response.content)["error"]["type"] == "authentication_error"
@@ -73,7 +75,7 @@ async def test_metrics_need_a_key_unless_made_public(aclient, backend, settings)
     assert (await AsyncClient().get("/metrics")).status_code == 200
 
 
-async def test_metrics_expose_traffic_backends_swaps_and_the_lock(aclient, backend):
+async def test_it_exposes_traffic_backends_swaps_and_the_lock_in_metrics(aclient, backend):
     assert (await post_chat(aclient)).status_code == 200
     await sync_to_async(acquire)("nightly-eval", 600, "eval")
     response = await aclient.get("/metrics")
@@ -100,7 +102,7 @@ async def test_metrics_expose_traffic_backends_swaps_and_the_lock(aclient, backe
     assert 'arbiter_backend_up{host="gpu-1",service="vllm-a"} 0.0' in text
 
 
-async def test_readyz_needs_the_database_and_a_live_engine(transactional_db):
+async def test_it_needs_the_database_and_a_live_engine_for_readyz(transactional_db):
     client = AsyncClient()
     response = await client.get("/readyz")
     assert response.status_code == 200

@@ -29,7 +29,7 @@ def rows(action: str) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action))
 
 
-async def test_a_load_and_its_eviction_are_the_engines_on_behalf_of_the_key(
+async def test_it_records_a_load_and_its_eviction_as_the_engines_on_behalf_of_the_key(
     cluster,  # noqa: F811
     aclient,
     unloadable,
@@ -52,7 +52,7 @@ async def test_a_load_and_its_eviction_are_the_engines_on_behalf_of_the_key(
     assert (evict.before, evict.after) == ({"loaded": True}, {"loaded": False})
 
 
-async def test_an_idle_unload_is_the_engines_on_behalf_of_nobody(aclient, sleepy):  # noqa: F811
+async def test_it_records_an_idle_unload_as_the_engines_on_behalf_of_nobody(aclient, sleepy):  # noqa: F811
     from arbiter.broker.idle import IdleUnloader
     from tests.broker.test_residency import TTL
 

@@ -40,7 +40,7 @@ async def test_it_requires_an_api_key(aclient, backend):
     assert backend.requests() == 0
 
 
-async def test_a_body_over_the_limit_is_a_413(aclient, backend, settings):
+async def test_it_refuses_a_body_over_the_limit_with_413(aclient, backend, settings):
     settings.ARBITER_BROKER_MAX_BODY_BYTES = 1000
     body = chat("chat-model", padding="x" * 2000)
     response = await aclient.post("/v1/chat/completions", body, "application/json")
@@ -53,7 +53,7 @@ async def test_a_body_over_the_limit_is_a_413(aclient, backend, settings):
     assert backend.requests() == 1
 
 
-async def test_a_non_json_body_on_a_json_route_is_refused(aclient, backend):
+async def test_it_refuses_a_non_json_body_on_a_json_route(aclient, backend):
     response = await aclient.post("/v1/chat/completions", "model=chat-model", "text/plain")
     assert response.status_code == 415
     assert error_of(response)["code"] == "unsupported_media_type"
@@ -70,7 +70,7 @@ async def test_a_non_json_body_on_a_json_route_is_refused(aclient, backend):
     assert backend.requests() == 0
 
 
-async def test_transcriptions_take_the_model_from_the_multipart_form(aclient, backend):
+async def test_it_takes_the_transcription_model_from_the_multipart_form(aclient, backend):
     boundary = "XyZ"
     body = (
         f"--{boundary}\r\n"
@@ -89,7 +89,7 @@ async def test_transcriptions_take_the_model_from_the_multipart_form(aclient, ba
     assert response.status_code == 415
 
 
-async def test_wrong_methods_and_unknown_routes(aclient, backend):
+async def test_it_refuses_wrong_methods_with_405_and_unknown_routes_with_404(aclient, backend):
     response = await aclient.get("/v1/chat/completions")
     assert response.status_code == 405
     assert response["Allow"] == "POST"
@@ -98,7 +98,7 @@ async def test_wrong_methods_and_unknown_routes(aclient, backend):
     assert error_of(response)["code"] == "unknown_url"
 
 
-async def test_past_the_per_model_concurrency_limit_it_is_a_429(aclient, backend, settings):
+async def test_it_answers_429_past_the_per_model_concurrency_limit(aclient, backend, settings):
     settings.ARBITER_BROKER_MAX_CONCURRENCY = 2
     body = chat("chat-model", stream=True, max_tokens=20)
     # Two streams in flight (their bodies not read yet: the slots stay taken).
@@ -116,7 +116,7 @@ async def test_past_the_per_model_concurrency_limit_it_is_a_429(aclient, backend
     assert response.status_code == 200
 
 
-async def test_concurrent_requests_under_the_limit_all_pass(aclient, backend, settings):
+async def test_it_passes_all_concurrent_requests_under_the_limit(aclient, backend, settings):
     settings.ARBITER_BROKER_MAX_CONCURRENCY = 8
     body = chat("chat-model", max_tokens=5)
     responses = await asyncio.gather(
@@ -125,7 +125,7 @@ async def test_concurrent_requests_under_the_limit_all_pass(aclient, backend, se
     assert [r.status_code for r in responses] == [200] * 8
 
 
-async def test_key_use_is_recorded_and_a_revoked_key_stops_working(aclient, backend, settings):
+async def test_it_records_key_use_and_refuses_a_revoked_key(aclient, backend, settings):
     settings.ARBITER_BROKER_KEY_CACHE_SECONDS = 0  # no grace: revocation applies at once
     response = await aclient.get("/v1/models")
     assert response.status_code == 200

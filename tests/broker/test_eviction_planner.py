@@ -190,7 +190,7 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_eviction_scenarios(scenario: Scenario) -> None:
+def test_it_plans_every_eviction_scenario_as_the_table_says(scenario: Scenario) -> None:
     plan = plan_eviction(
         scenario.host, scenario.residents, scenario.incoming, lock_held_by_other=scenario.locked
     )
@@ -214,7 +214,7 @@ def test_it_explains_why_a_model_cannot_fit() -> None:
     )
 
 
-def test_room_uses_estimates_measurement_or_both() -> None:
+def test_it_computes_room_from_estimates_measurement_or_both() -> None:
     residents = (Resident("a", 10_000), Resident("b", 5_000))
     assert room(HostMemory("h", 80_000, 2_000), residents) == 63_000
     assert room(HostMemory("h", None, 2_000, measured_free_mib=50_000), residents) == 48_000
@@ -222,12 +222,12 @@ def test_room_uses_estimates_measurement_or_both() -> None:
     assert room(HostMemory("h", None), residents) is None
 
 
-def test_unknown_memory_is_not_checked() -> None:
+def test_it_does_not_check_unknown_memory() -> None:
     plan = plan_eviction(HostMemory("h", None), (), Incoming("vllm", 10**6))
     assert plan.fits and plan.reason == "no budget or measurement: not checked"
 
 
-def test_choose_host_prefers_fewest_evictions_then_most_room() -> None:
+def test_it_chooses_the_host_with_fewest_evictions_then_most_room() -> None:
     plans = [
         EvictionPlan("a", True, evict=("x",), free_after_mib=50_000),
         EvictionPlan("b", True, free_after_mib=10_000),

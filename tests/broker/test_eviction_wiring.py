@@ -37,33 +37,35 @@ def crowded_host(unloadable, transactional_db):
     catalog_model("mid", "mid-model", estimated_vram_mib=30_000)
 
 
-def test_a_model_that_does_not_fit_evicts_the_idle_unloadable_service(crowded_host, unloadable):
+def test_it_evicts_the_idle_unloadable_service_for_a_model_that_does_not_fit(
+    crowded_host, unloadable
+):
     step = plan_load("mid", ActivitySnapshot())
     assert step.action == "go" and step.host == "gpu-1"
     assert [(e.service, e.url) for e in step.evict] == [("tts", f"{unloadable.url}/unload")]
     assert step.plan.free_mib == 18_000 and step.plan.free_after_mib == 78_000
 
 
-def test_a_busy_service_is_not_evicted_and_the_load_waits(crowded_host):
+def test_it_does_not_evict_a_busy_service_and_the_load_waits(crowded_host):
     step = plan_load("mid", ActivitySnapshot(in_flight={"tts": 1}))
     assert step.action == "blocked"
     assert step.plan.waiting_for == ("tts",)
 
 
-def test_an_unloaded_service_holds_nothing_until_used_again(crowded_host):
+def test_it_counts_an_unloaded_service_as_holding_nothing_until_used_again(crowded_host):
     # Unloaded by any broker process: the database says so (`residency`).
     Service.objects.filter(name="tts").update(unloaded_at=timezone.now())
     step = plan_load("mid", ActivitySnapshot())
     assert step.action == "go" and step.evict == ()
 
 
-def test_nothing_is_planned_or_evicted_while_someone_else_holds_the_lock(crowded_host):
+def test_it_plans_and_evicts_nothing_while_someone_else_holds_the_lock(crowded_host):
     acquire("nightly-eval", 600, "eval")
     with pytest.raises(Locked):
         plan_load("mid", ActivitySnapshot())
 
 
-def test_a_unified_memory_host_plans_with_measured_mem_available(transactional_db):
+def test_it_plans_a_unified_memory_host_with_measured_mem_available(transactional_db):
     register("vllm-gb10", "http://127.0.0.1:9", host="gb10", health="unknown")
     register(
         "tts",
@@ -91,7 +93,7 @@ def test_a_unified_memory_host_plans_with_measured_mem_available(transactional_d
     assert step.plan.free_mib == 18_000
 
 
-def test_a_model_too_big_for_every_host_is_a_clear_409(crowded_host):
+def test_it_refuses_a_model_too_big_for_every_host_with_a_clear_409(crowded_host):
     catalog_model("huge", "huge-model", estimated_vram_mib=200_000)
     with pytest.raises(Exception) as caught:
         plan_load("huge", ActivitySnapshot())

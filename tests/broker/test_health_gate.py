@@ -25,7 +25,9 @@ async def post_chat(client, model="chat-model"):
     return await client.post("/v1/chat/completions", chat(model), "application/json")
 
 
-async def test_a_down_backend_gets_a_503_at_once_without_an_upstream_attempt(aclient, backend):
+async def test_it_refuses_a_down_backend_with_503_at_once_without_an_upstream_attempt(
+    aclient, backend
+):
     assert (await post_chat(aclient)).status_code == 200  # warm: key verified, pool open
     since = timezone.now().replace(microsecond=0)
     await Service.objects.filter(name="vllm-a").aupdate(health="down", health_since=since)
@@ -48,7 +50,7 @@ async def test_a_down_backend_gets_a_503_at_once_without_an_upstream_attempt(acl
     assert backend.requests() == before  # no upstream attempt
 
 
-async def test_a_backend_that_refuses_connections_is_a_503_too(aclient, backend):
+async def test_it_answers_503_for_a_backend_that_refuses_connections_too(aclient, backend):
     backend.stop()  # the prober has not noticed yet: still "up" in the database
     response = await post_chat(aclient)
     assert response.status_code == 503
@@ -71,7 +73,7 @@ def swap_on(service_name: str, state: str = Swap.LAUNCHING) -> int:
     return swap.pk
 
 
-async def test_requests_for_a_backend_being_swapped_wait_for_the_swap(aclient, backend):
+async def test_it_makes_requests_for_a_backend_being_swapped_wait_for_the_swap(aclient, backend):
     swap_id = await swap_on("vllm-a")
     waiting = asyncio.ensure_future(post_chat(aclient))
     await asyncio.sleep(0.5)
@@ -84,7 +86,9 @@ async def test_requests_for_a_backend_being_swapped_wait_for_the_swap(aclient, b
     assert backend.requests() == 1
 
 
-async def test_a_swap_that_takes_too_long_gets_a_503_with_retry_after(aclient, backend, settings):
+async def test_it_answers_503_with_retry_after_when_a_swap_takes_too_long(
+    aclient, backend, settings
+):
     settings.ARBITER_BROKER_QUEUE_TIMEOUT = 0.3
     swap_id = await swap_on("vllm-a")
     started = time.perf_counter()
@@ -100,7 +104,7 @@ async def test_a_swap_that_takes_too_long_gets_a_503_with_retry_after(aclient, b
     )
 
 
-async def test_the_wait_queue_is_bounded(aclient, backend, settings):
+async def test_it_bounds_the_wait_queue(aclient, backend, settings):
     settings.ARBITER_BROKER_QUEUE_SIZE = 2
     settings.ARBITER_BROKER_QUEUE_TIMEOUT = 5
     swap_id = await swap_on("vllm-a")

@@ -29,7 +29,9 @@ def make_key(**fields) -> tuple[ApiKey, str]:
     return ApiKey.objects.create_key(name="chat app", role="inference", **fields)
 
 
-async def test_a_key_limited_to_models_gets_403_for_another(aclient, backend, settings):
+async def test_it_refuses_a_key_limited_to_models_with_403_for_another_model(
+    aclient, backend, settings
+):
     settings.ARBITER_BROKER_KEY_CACHE_SECONDS = 60
     _key, raw = await make_key(allowed_models=["chat"])  # the catalog key
     client = KeyAsyncClient(raw)
@@ -47,7 +49,7 @@ async def test_a_key_limited_to_models_gets_403_for_another(aclient, backend, se
     assert ok.status_code != 403
 
 
-async def test_an_expired_key_stops_inside_the_cache(aclient, backend, settings):
+async def test_it_refuses_an_expired_key_even_while_it_is_cached(aclient, backend, settings):
     settings.ARBITER_BROKER_KEY_CACHE_SECONDS = 600
     _key, raw = await make_key(expires_at=timezone.now() + timedelta(seconds=1))
     client = KeyAsyncClient(raw)
@@ -58,7 +60,7 @@ async def test_an_expired_key_stops_inside_the_cache(aclient, backend, settings)
     assert json.loads(response.content)["error"]["code"] == "invalid_api_key"
 
 
-async def test_an_already_expired_key_is_refused(aclient, backend):
+async def test_it_refuses_an_already_expired_key(aclient, backend):
     _key, raw = await make_key(expires_at=timezone.now() - timedelta(minutes=1))
     response = await KeyAsyncClient(raw).get("/v1/models")
     assert response.status_code == 401

@@ -52,7 +52,7 @@ async def test_it_proxies_to_the_backend(handler, backend, raw_key):
     assert json.loads(content)["model"] == "lean-model"
 
 
-async def test_request_signals_run_on_the_request_thread_around_its_database_work(
+async def test_it_runs_request_signals_on_the_request_thread_around_its_database_work(
     handler, backend, raw_key
 ):
     events: list[tuple[str, str]] = []
@@ -101,7 +101,7 @@ async def test_request_signals_run_on_the_request_thread_around_its_database_wor
         ("POST", "/v1/no/such/route", b"{}", 404, "unknown_url"),
     ],
 )
-async def test_errors_are_openai_shaped(handler, raw_key, method, path, body, status, code):
+async def test_it_answers_openai_shaped_errors(handler, raw_key, method, path, body, status, code):
     answer, headers, content = await call(handler, method, path, body, json_headers(raw_key))
 
     assert answer == status
@@ -112,14 +112,14 @@ async def test_errors_are_openai_shaped(handler, raw_key, method, path, body, st
         assert error["code"] == code
 
 
-async def test_a_missing_key_is_refused(handler, raw_key):
+async def test_it_refuses_a_missing_key(handler, raw_key):
     status, _headers, content = await call(handler, "POST", "/v1/chat/completions", b"{}")
 
     assert status == 401
     assert json.loads(content)["error"]["type"]
 
 
-async def test_a_host_outside_allowed_hosts_is_refused_like_on_every_other_path(
+async def test_it_refuses_a_host_outside_allowed_hosts_like_on_every_other_path(
     handler, backend, raw_key
 ):
     headers = {**json_headers(raw_key), "Host": "evil.example"}
@@ -132,7 +132,7 @@ async def test_a_host_outside_allowed_hosts_is_refused_like_on_every_other_path(
     assert backend.requests() == 0
 
 
-def test_a_signal_still_queued_for_an_earlier_request_is_not_queued_again():
+def test_it_does_not_queue_again_a_signal_still_queued_for_an_earlier_request():
     sent: list[str] = []
     signal = signals.Signal()
 
@@ -153,7 +153,7 @@ def test_a_signal_still_queued_for_an_earlier_request_is_not_queued_again():
     assert sent == ["broker-requests_0", "broker-requests_0"]
 
 
-def test_a_failure_on_the_request_thread_is_logged(caplog):
+def test_it_logs_a_failure_on_the_request_thread(caplog):
     def broken() -> None:
         raise RuntimeError("receiver failed")
 

@@ -139,7 +139,7 @@ async def test_it_does_not_reuse_a_connection_idle_past_the_keepalive_expiry(scr
     assert backend.connections == 2
 
 
-async def test_closing_a_response_early_closes_its_connection(scripted):
+async def test_it_closes_the_connection_of_a_response_closed_early(scripted):
     hung_up = asyncio.Event()
 
     async def endless(reader, writer) -> None:
@@ -159,7 +159,7 @@ async def test_closing_a_response_early_closes_its_connection(scripted):
     assert backend.connections == 2
 
 
-async def test_chunks_that_arrive_together_go_out_as_one_piece(scripted):
+async def test_it_relays_chunks_that_arrive_together_as_one_piece(scripted):
     events = [b"data: %d\n\n" % i for i in range(64)]
     stream = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + stream
@@ -171,7 +171,7 @@ async def test_chunks_that_arrive_together_go_out_as_one_piece(scripted):
     assert len(pieces) < 4  # one write from the backend: not 64 pieces to relay
 
 
-async def test_chunks_that_arrive_apart_go_out_apart(scripted):
+async def test_it_relays_chunks_that_arrive_apart_as_separate_pieces(scripted):
     async def slowly(reader, writer) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         for part in (b"3\r\none\r\n", b"3\r\ntwo\r\n", b"0\r\n\r\n"):
@@ -187,7 +187,7 @@ async def test_chunks_that_arrive_apart_go_out_apart(scripted):
     assert pieces == [b"one", b"two"]
 
 
-async def test_whole_chunks_before_a_malformed_one_still_go_out(scripted):
+async def test_it_still_relays_the_whole_chunks_before_a_malformed_one(scripted):
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\nzz\r\n"
     backend = await scripted([answer])
     received = b""
@@ -276,7 +276,7 @@ async def test_it_refuses_a_header_httpx_refuses(scripted):
     assert backend.requests == []
 
 
-async def test_https_and_streamed_uploads_go_through_httpx():
+async def test_it_hands_https_and_streamed_uploads_to_httpx():
     seen: list[str] = []
 
     def fallback(request: httpx.Request) -> httpx.Response:
@@ -293,7 +293,7 @@ async def test_https_and_streamed_uploads_go_through_httpx():
     assert seen == ["https://backend.lan/v1/models", "http://backend.lan/up"]
 
 
-async def test_the_broker_uses_it_for_requests_and_its_own_calls():
+async def test_it_carries_the_brokers_requests_and_its_own_calls():
     state = BrokerState()
     try:
         assert isinstance(state.transport, LeanTransport)

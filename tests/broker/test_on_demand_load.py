@@ -77,7 +77,9 @@ def loads(outcome: str) -> float:
     return REGISTRY.get_sample_value("arbiter_broker_loads_total", {"outcome": outcome}) or 0.0
 
 
-async def test_twenty_concurrent_requests_share_one_swap_and_all_succeed(dispatcher, aclient):
+async def test_it_shares_one_swap_among_twenty_concurrent_requests_and_all_succeed(
+    dispatcher, aclient
+):
     before = await loads("complete")
     responses = await asyncio.gather(*(post_chat(aclient) for _ in range(20)))
 
@@ -92,14 +94,14 @@ async def test_twenty_concurrent_requests_share_one_swap_and_all_succeed(dispatc
     assert len(await swaps()) == 1
 
 
-async def test_the_catalog_key_loads_the_model_too(dispatcher, aclient):
+async def test_it_loads_the_model_by_its_catalog_key_too(dispatcher, aclient):
     response = await post_chat(aclient, model="qwen3-small")
     assert response.status_code == 200, response.content
     assert json.loads(response.content)["model"] == SERVED
     assert await swaps() == [("qwen3-small", "complete", "broker")]
 
 
-async def test_while_another_party_holds_the_lock_it_answers_423_and_starts_nothing(
+async def test_it_answers_423_and_starts_nothing_while_another_party_holds_the_lock(
     dispatcher, aclient
 ):
     await sync_to_async(acquire)("nightly-eval", 600, "benchmark run")
@@ -117,7 +119,7 @@ async def test_while_another_party_holds_the_lock_it_answers_423_and_starts_noth
     assert await swaps() == []
 
 
-async def test_a_load_that_outlasts_the_queue_timeout_is_a_503(cluster, aclient, settings):
+async def test_it_answers_503_to_a_load_that_outlasts_the_queue_timeout(cluster, aclient, settings):
     settings.ARBITER_BROKER_QUEUE_TIMEOUT = 0.5  # and no dispatcher: the swap stays pending
     response = await post_chat(aclient)
     assert response.status_code == 503
@@ -127,7 +129,7 @@ async def test_a_load_that_outlasts_the_queue_timeout_is_a_503(cluster, aclient,
     assert await swaps() == [("qwen3-small", "pending", "broker")]
 
 
-async def test_models_shows_a_model_being_loaded(cluster, aclient, settings):
+async def test_it_shows_a_model_being_loaded_in_the_models_list(cluster, aclient, settings):
     settings.ARBITER_BROKER_QUEUE_TIMEOUT = 0.3
     await post_chat(aclient)  # starts the swap; no dispatcher, so it stays pending
     data = json.loads((await aclient.get("/v1/models")).content)["data"]
@@ -154,7 +156,9 @@ def crowd_sim_b(unload_url: str) -> None:
     CatalogModel.objects.filter(key="qwen3-small").update(estimated_vram_mib=30_000)
 
 
-async def test_a_load_that_does_not_fit_evicts_first_then_swaps(dispatcher, aclient, unloadable):
+async def test_it_evicts_first_then_swaps_for_a_load_that_does_not_fit(
+    dispatcher, aclient, unloadable
+):
     # sim-b: 81559 MiB budget - 2048 margin - 60000 held = 19511 MiB, the model needs 30000.
     await crowd_sim_b(unloadable.url)
     response = await post_chat(aclient)
@@ -166,7 +170,7 @@ async def test_a_load_that_does_not_fit_evicts_first_then_swaps(dispatcher, acli
     assert unloadable.unloads == 1
 
 
-async def test_the_shared_load_outlives_the_request_that_started_it(
+async def test_it_keeps_the_shared_load_going_after_the_request_that_started_it_hangs_up(
     dispatcher, broker_server, raw_key
 ):
     """Over a real server: the first caller hangs up while the model loads; the load (its

@@ -40,7 +40,7 @@ def complete(swap_id: int, ago: float = 0.0) -> None:
         Swap.objects.filter(pk=swap_id).update(finished_at=timezone.now() - timedelta(seconds=ago))
 
 
-def test_a_second_process_follows_the_active_swap_even_on_another_host(cluster):
+def test_it_makes_a_second_process_follow_the_active_swap_even_on_another_host(cluster):
     first, ours = start_swap(MODEL, "sim-b")
     assert ours
     # Another process chose another host for the same model: it follows the first swap.
@@ -48,14 +48,14 @@ def test_a_second_process_follows_the_active_swap_even_on_another_host(cluster):
     assert Swap.objects.filter(model_key=MODEL).count() == 1
 
 
-def test_a_load_that_completed_moments_ago_is_followed_not_repeated(cluster):
+def test_it_follows_a_load_that_completed_moments_ago_instead_of_repeating_it(cluster):
     first, _ = start_swap(MODEL, "sim-b")
     complete(first)  # another process's load, its route table not refreshed yet
     assert start_swap(MODEL, "sim-b") == (first, True)
     assert Swap.objects.filter(model_key=MODEL).count() == 1
 
 
-def test_an_old_load_or_one_swapped_away_since_loads_again(cluster):
+def test_it_loads_again_after_an_old_load_or_one_swapped_away_since(cluster):
     old, _ = start_swap(MODEL, "sim-b")
     complete(old, ago=JUST_LOADED_SECONDS + 5)
     again, ours = start_swap(MODEL, "sim-b")
@@ -68,7 +68,7 @@ def test_an_old_load_or_one_swapped_away_since_loads_again(cluster):
     assert ours and third not in (old, again, other)
 
 
-def test_processes_asking_at_once_for_different_hosts_create_exactly_one_swap(cluster):
+def test_it_creates_exactly_one_swap_for_processes_asking_at_once_for_different_hosts(cluster):
     hosts = ["sim-a", "sim-b", "sim-a", "sim-b"]
     barrier = threading.Barrier(len(hosts))
     results: list[tuple[int, bool]] = []

@@ -53,7 +53,7 @@ def caller(raw_key: str, **extra: str) -> dict[str, str]:
 BODY = json.dumps(chat(MODEL)).encode()
 
 
-async def test_a_backend_cookie_reaches_its_caller_and_no_later_caller(
+async def test_it_passes_a_backend_cookie_to_its_caller_and_no_later_caller(
     backend_at, handler, raw_key
 ):
     backend = await backend_at([sized(b"{}", b"Set-Cookie: sid=alice; Path=/"), sized(b"{}")])
@@ -69,7 +69,7 @@ async def test_a_backend_cookie_reaches_its_caller_and_no_later_caller(
     assert b"cookie" not in request_headers(backend.requests[1])
 
 
-async def test_the_backend_gets_what_the_caller_sent_and_nothing_of_the_brokers(
+async def test_it_sends_the_backend_what_the_caller_sent_and_nothing_of_the_brokers(
     backend_at, handler, raw_key
 ):
     backend = await backend_at([sized(b"{}")])
@@ -93,7 +93,7 @@ async def test_the_backend_gets_what_the_caller_sent_and_nothing_of_the_brokers(
     assert backend.requests[0].endswith(BODY)
 
 
-async def test_a_compressed_answer_is_relayed_as_sent_with_its_length(backend_at, handler, raw_key):
+async def test_it_relays_a_compressed_answer_as_sent_with_its_length(backend_at, handler, raw_key):
     compressed = gzip.compress(b'{"choices": []}')
     backend = await backend_at(
         [sized(compressed, b"Content-Type: application/json", b"Content-Encoding: gzip")]
@@ -114,7 +114,7 @@ async def test_a_compressed_answer_is_relayed_as_sent_with_its_length(backend_at
     assert request_headers(backend.requests[0])[b"accept-encoding"] == b"gzip"
 
 
-async def test_the_brokers_own_answers_carry_their_length(backend_at, handler, raw_key):
+async def test_it_gives_the_brokers_own_answers_their_length(backend_at, handler, raw_key):
     await backend_at([])
 
     status, headers, content = await call(
@@ -129,7 +129,9 @@ async def test_the_brokers_own_answers_carry_their_length(backend_at, handler, r
     assert headers[b"Content-Length"] == str(len(content)).encode()
 
 
-async def test_a_query_string_that_cannot_be_forwarded_is_a_400(backend_at, handler, raw_key):
+async def test_it_refuses_a_query_string_that_cannot_be_forwarded_with_400(
+    backend_at, handler, raw_key
+):
     backend = await backend_at([sized(b"{}")])
 
     status, _, content = await call(
@@ -142,7 +144,7 @@ async def test_a_query_string_that_cannot_be_forwarded_is_a_400(backend_at, hand
     assert backend.requests == []
 
 
-async def test_a_catalog_key_in_a_multipart_form_is_renamed_and_nothing_else_changes(
+async def test_it_renames_a_catalog_key_in_a_multipart_form_and_changes_nothing_else(
     backend_at, handler, raw_key
 ):
     """A transcription naming the catalog key reaches the backend naming the served model;

@@ -64,7 +64,7 @@ async def day_tokens(key: ApiKey, expected_requests: int) -> int:
         await asyncio.sleep(0.05)
 
 
-async def test_past_requests_per_minute_a_key_gets_429_naming_the_limit(aclient, backend):
+async def test_it_answers_429_naming_the_limit_past_a_keys_requests_per_minute(aclient, backend):
     key, raw = await make_key(requests_per_minute=3)
     client = KeyAsyncClient(raw)
     await early_in_a_minute()
@@ -82,7 +82,7 @@ async def test_past_requests_per_minute_a_key_gets_429_naming_the_limit(aclient,
     assert await usage_rows(key, KeyUsage.MINUTE) == [(3, 0)]  # nor counted
 
 
-async def test_a_key_without_limits_does_no_quota_work(aclient, backend, monkeypatch):
+async def test_it_does_no_quota_work_for_a_key_without_limits(aclient, backend, monkeypatch):
     def no_quota_work(*args):
         raise AssertionError("a key without limits reached the quota check")
 
@@ -94,7 +94,7 @@ async def test_a_key_without_limits_does_no_quota_work(aclient, backend, monkeyp
     assert not await sync_to_async(KeyUsage.objects.exists)()
 
 
-async def test_tokens_per_day_counts_the_answers_usage(aclient, backend):
+async def test_it_counts_the_answers_usage_against_tokens_per_day(aclient, backend):
     key, raw = await make_key(tokens_per_day=10)
     client = KeyAsyncClient(raw)
     first = await client.post("/v1/chat/completions", chat("chat-model", max_tokens=4), JSON)
@@ -115,7 +115,7 @@ async def test_tokens_per_day_counts_the_answers_usage(aclient, backend):
     assert backend.requests() == 2
 
 
-async def test_a_stream_without_usage_counts_one_token_per_content_chunk(aclient, backend):
+async def test_it_counts_one_token_per_content_chunk_of_a_stream_without_usage(aclient, backend):
     key, raw = await make_key(tokens_per_day=1000)
     client = KeyAsyncClient(raw)
     body = chat("chat-model", max_tokens=7, stream=True)
@@ -136,7 +136,7 @@ def sse_answer(events: list[bytes]) -> bytes:
     return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
 
 
-async def test_a_streams_final_usage_chunk_is_what_counts(aclient, scripted, transactional_db):
+async def test_it_counts_what_a_streams_final_usage_chunk_says(aclient, scripted, transactional_db):
     delta = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
     final = {"choices": [], "usage": {"prompt_tokens": 30, "total_tokens": 42}}
     events = [json.dumps(delta).encode()] * 3 + [json.dumps(final).encode(), b"[DONE]"]
@@ -153,7 +153,7 @@ async def test_a_streams_final_usage_chunk_is_what_counts(aclient, scripted, tra
     assert b"accept-encoding" not in backend.requests[0].lower()
 
 
-async def test_v1_models_shows_a_key_limited_to_models_only_those(aclient, backend):
+async def test_it_shows_a_key_limited_to_models_only_those_in_v1_models(aclient, backend):
     await sync_to_async(catalog_model)("other", "other-model")
     _key, raw = await make_key(allowed_models=["chat"])  # the catalog key
     limited = json.loads((await KeyAsyncClient(raw).get("/v1/models")).content)
@@ -165,7 +165,7 @@ async def test_v1_models_shows_a_key_limited_to_models_only_those(aclient, backe
     assert {m["id"] for m in everything["data"]} == {"chat-model", "other-model"}
 
 
-async def test_a_bad_body_is_refused_before_the_quota_counts_it(aclient, backend):
+async def test_it_refuses_a_bad_body_before_the_quota_counts_it(aclient, backend):
     key, raw = await make_key(requests_per_minute=2)
     client = KeyAsyncClient(raw)
     await early_in_a_minute()
@@ -175,7 +175,7 @@ async def test_a_bad_body_is_refused_before_the_quota_counts_it(aclient, backend
 
 
 # -- many requests at once ------------------------------------------------------------------
-def test_20_concurrent_requests_against_a_limit_of_7_forward_exactly_7(
+def test_it_forwards_exactly_7_of_20_concurrent_requests_against_a_limit_of_7(
     broker_server, start_backend
 ):
     backend = start_backend("chat-model", token_delay=0.05)
@@ -204,7 +204,7 @@ def test_20_concurrent_requests_against_a_limit_of_7_forward_exactly_7(
     not os.environ.get("DATABASE_URL"),
     reason="needs PostgreSQL: set DATABASE_URL (`make test-postgres` does; CI runs it)",
 )
-def test_the_count_is_exact_across_database_connections():
+def test_it_keeps_the_count_exact_across_database_connections():
     """20 threads, each with its own PostgreSQL connection, take a request against a limit
     of 7 at the same moment, for a minute whose row does not exist yet: exactly 7 win."""
     assert connection.vendor == "postgresql"

@@ -63,12 +63,12 @@ def due_after(seconds: float, service: ServiceRoute, activity=None, ttl=TTL) -> 
     return [s.name for s in unloader.due(table(service, ttl=ttl), activity, 1000.0 + seconds)]
 
 
-def test_a_model_idle_for_its_ttl_is_due_and_not_a_second_earlier():
+def test_it_unloads_a_model_idle_for_its_ttl_and_not_a_second_earlier():
     assert due_after(TTL - 1, route()) == []
     assert due_after(TTL, route()) == ["vllm-a"]
 
 
-def test_idle_counts_from_the_last_finished_request():
+def test_it_counts_idleness_from_the_last_finished_request():
     activity = ServiceActivity()
     activity.last_finished["vllm-a"] = 1000.0 + 300
     assert due_after(TTL, route(), activity) == []
@@ -87,22 +87,22 @@ def test_idle_counts_from_the_last_finished_request():
         ("a swap runs on it", route(swap_id=7), TTL),
     ],
 )
-def test_services_that_are_never_unloaded_for_idleness(why, service, ttl):
+def test_it_never_unloads_the_listed_services_for_idleness(why, service, ttl):
     assert due_after(TTL * 10, service, ttl=ttl) == [], why
 
 
-def test_a_request_in_flight_keeps_it_loaded_however_long_it_runs():
+def test_it_keeps_a_service_with_a_request_in_flight_loaded_however_long_it_runs():
     activity = ServiceActivity()
     activity.started("vllm-a")
     assert due_after(TTL * 10, route(), activity) == []
 
 
-def test_an_unloaded_service_is_not_unloaded_again():
+def test_it_does_not_unload_an_unloaded_service_again():
     # Whichever broker process unloaded it: the routing table carries Service.unloaded_at.
     assert due_after(TTL * 10, route(unloaded_at=timezone.now())) == []
 
 
-def test_vllm_sleep_on_unified_memory_only_for_models_that_opt_in():
+def test_it_puts_vllm_to_sleep_on_unified_memory_only_for_models_that_opt_in():
     """vLLM wake-ups crash on GB10 (vllm-project/vllm#50011): no idle sleep there unasked."""
     unified = route(unified_memory=True)
     assert due_after(TTL * 10, unified) == []
@@ -120,7 +120,7 @@ def test_vllm_sleep_on_unified_memory_only_for_models_that_opt_in():
     ]
 
 
-def test_a_newly_swapped_in_model_gets_its_full_ttl():
+def test_it_gives_a_newly_swapped_in_model_its_full_ttl():
     unloader, activity = IdleUnloader(), ServiceActivity()
     unloader.due(table(route(model="chat-b")), activity, 1000.0)
     # chat-a replaces chat-b at t=2000: its clock starts when it is first seen.
@@ -167,7 +167,7 @@ async def counter(backend, name: str) -> float:
 
 
 @needs_db
-async def test_an_idle_model_is_unloaded_and_the_next_request_reloads_it(aclient, sleepy):
+async def test_it_unloads_an_idle_model_and_the_next_request_reloads_it(aclient, sleepy):
     clock = Clock()
     unloader = IdleUnloader(clock)
     unloads = metrics.UNLOADS.labels("idle")._value.get()
@@ -186,7 +186,9 @@ async def test_an_idle_model_is_unloaded_and_the_next_request_reloads_it(aclient
 
 
 @needs_db
-async def test_concurrent_requests_for_an_unloaded_model_share_one_reload(aclient, sleepy):
+async def test_it_shares_one_reload_among_concurrent_requests_for_an_unloaded_model(
+    aclient, sleepy
+):
     assert await unload_after_ttl() == ["vllm-a"]
 
     async def one():
@@ -199,7 +201,7 @@ async def test_concurrent_requests_for_an_unloaded_model_share_one_reload(aclien
 
 
 @needs_db
-async def test_nothing_is_unloaded_while_someone_else_holds_the_lock(aclient, sleepy):
+async def test_it_unloads_nothing_while_someone_else_holds_the_lock(aclient, sleepy):
     clock = Clock()
     unloader = IdleUnloader(clock)
     await sweep(unloader)
@@ -210,7 +212,9 @@ async def test_nothing_is_unloaded_while_someone_else_holds_the_lock(aclient, sl
 
 
 @needs_db
-async def test_a_request_in_flight_in_another_process_keeps_it_loaded(aclient, sleepy):
+async def test_it_keeps_a_service_with_a_request_in_flight_in_another_process_loaded(
+    aclient, sleepy
+):
     # With REDIS_URL the other processes' figures come from Redis (`shared_limits`, held
     # by tests/ship/test_broker_processes.py); here the seam stands in for them.
     others = ActivitySnapshot(in_flight={"vllm-a": 1})
@@ -239,7 +243,7 @@ async def test_a_request_in_flight_in_another_process_keeps_it_loaded(aclient, s
 
 
 @needs_db
-async def test_a_failed_reload_is_a_503_naming_the_service(aclient, sleepy):
+async def test_it_answers_a_failed_reload_with_503_naming_the_service(aclient, sleepy):
     from arbiter.models import Service
 
     await sync_to_async(Service.objects.filter(name="vllm-a").update)(load_route="/no-such-route")
@@ -255,7 +259,7 @@ async def test_a_failed_reload_is_a_503_naming_the_service(aclient, sleepy):
     assert still is not None and still <= timezone.now()
 
 
-def test_a_request_reaching_the_sleeping_engine_kills_it_as_in_vllm(start_backend):
+def test_it_kills_a_sleeping_engine_that_gets_a_request_as_vllm_does(start_backend):
     """vllm-project/vllm#15483: a completion sent to a sleeping vLLM crashes the engine
     ("CUDA error: an illegal memory access") and the server terminates; vLLM's launcher
     answers the EngineDeadError with an empty 500 (vllm/entrypoints/launcher.py)."""
@@ -271,7 +275,7 @@ def test_a_request_reaching_the_sleeping_engine_kills_it_as_in_vllm(start_backen
     assert backend.process.wait(timeout=10) == 1  # and the server process exits
 
 
-def test_sleep_and_wake_are_not_inference_requests(start_backend):
+def test_it_does_not_count_sleep_and_wake_as_inference_requests(start_backend):
     backend = start_backend("chat-a")
     body = chat("chat-a", max_tokens=1)
     assert httpx.post(f"{backend.url}/sleep").status_code == 200
@@ -290,7 +294,7 @@ def unloaded_at(name: str = "vllm-a"):
 
 
 @needs_db
-async def test_an_unload_is_recorded_for_the_dashboard_and_status_until_the_reload(aclient, sleepy):
+async def test_it_records_an_unload_for_the_dashboard_and_status_until_the_reload(aclient, sleepy):
     assert await unload_after_ttl() == ["vllm-a"]
     assert await sync_to_async(unloaded_at)() is not None
     status = await aclient.get("/api/status")
@@ -303,7 +307,7 @@ async def test_an_unload_is_recorded_for_the_dashboard_and_status_until_the_relo
 
 
 @needs_db
-async def test_a_restarted_broker_reloads_what_an_earlier_process_unloaded(aclient, sleepy):
+async def test_it_reloads_in_a_restarted_broker_what_an_earlier_process_unloaded(aclient, sleepy):
     from arbiter.models import Service
 
     httpx.post(f"{sleepy.url}/sleep")  # unloaded before this process started
@@ -314,7 +318,7 @@ async def test_a_restarted_broker_reloads_what_an_earlier_process_unloaded(aclie
 
 
 @needs_db
-def test_a_completed_swap_on_the_service_clears_the_unloaded_mark(sleepy):
+def test_it_clears_the_unloaded_mark_when_a_swap_on_the_service_completes(sleepy):
     from arbiter.engine.swaps.store import record_transition
     from arbiter.models import Host, Service, Swap
 
@@ -330,7 +334,7 @@ def test_a_completed_swap_on_the_service_clears_the_unloaded_mark(sleepy):
 
 
 @needs_db
-async def test_no_reload_while_someone_else_holds_the_lock(aclient, sleepy):
+async def test_it_does_not_reload_while_someone_else_holds_the_lock(aclient, sleepy):
     assert await unload_after_ttl() == ["vllm-a"]
     await sync_to_async(acquire)("nightly-eval", 600, "eval")
     response = await aclient.post("/v1/chat/completions", chat("chat-a"), "application/json")
@@ -341,7 +345,7 @@ async def test_no_reload_while_someone_else_holds_the_lock(aclient, sleepy):
 
 
 @needs_db
-async def test_a_database_error_while_claiming_unloads_nothing(
+async def test_it_unloads_nothing_on_a_database_error_while_claiming(
     aclient, sleepy, monkeypatch, caplog
 ):
     """Without its claim on the row no other process would know: the unload is skipped

@@ -61,14 +61,14 @@ async def test_it_routes_each_model_to_the_service_that_serves_it(aclient, two_m
     assert first.requests() == 2 and second.requests() == 1
 
 
-async def test_a_catalog_key_names_its_served_model(aclient, two_models):
+async def test_it_routes_a_catalog_key_to_its_served_model(aclient, two_models):
     await sync_to_async(catalog_model)("alpha", "alpha-chat")
     response = await post_json(aclient, "/v1/chat/completions", chat("alpha"))
     assert response.status_code == 200, response.content
     assert response["X-Arbiter-Service"] == "vllm-alpha"
 
 
-async def test_speech_goes_to_the_http_service_that_declares_the_path(aclient, two_models):
+async def test_it_sends_speech_to_the_http_service_that_declares_the_path(aclient, two_models):
     response = await post_json(
         aclient, "/v1/audio/speech", {"model": "tts-voice", "input": "hello world"}
     )
@@ -78,7 +78,7 @@ async def test_speech_goes_to_the_http_service_that_declares_the_path(aclient, t
     assert response["X-Arbiter-Service"] == "tts"
 
 
-async def test_an_unknown_model_is_an_openai_shaped_404(aclient, two_models):
+async def test_it_answers_an_unknown_model_with_an_openai_shaped_404(aclient, two_models):
     first, *_ = two_models
     response = await post_json(aclient, "/v1/chat/completions", chat("gpt-17"))
     assert response.status_code == 404
@@ -93,7 +93,7 @@ async def test_an_unknown_model_is_an_openai_shaped_404(aclient, two_models):
     assert first.requests() == 0
 
 
-async def test_capability_routes_forward_the_rest_of_the_path(aclient, two_models):
+async def test_it_forwards_the_rest_of_the_path_on_capability_routes(aclient, two_models):
     first, *_ = two_models
     response = await post_json(aclient, "/v1/llm/v1/chat/completions", chat("alpha-chat"))
     assert response.status_code == 200, response.content
@@ -107,7 +107,7 @@ async def test_capability_routes_forward_the_rest_of_the_path(aclient, two_model
     assert json.loads(response.content)["error"]["code"] == "capability_not_found"
 
 
-async def test_capability_routes_skip_down_services(aclient, two_models, start_backend):
+async def test_it_skips_down_services_on_capability_routes(aclient, two_models, start_backend):
     spare = start_backend("alpha-chat")
     await sync_to_async(register)("vllm-zeta", spare.url, host="gpu-3", loaded_model="alpha-chat")
     await Service.objects.filter(name="vllm-alpha").aupdate(health="down")
@@ -119,7 +119,7 @@ async def test_capability_routes_skip_down_services(aclient, two_models, start_b
     assert response["X-Arbiter-Service"] == "vllm-zeta"
 
 
-async def test_audio_paths_go_to_the_audio_service_as_they_are(aclient, two_models):
+async def test_it_sends_audio_paths_to_the_audio_service_as_they_are(aclient, two_models):
     _first, _second, tts = two_models
     before = tts.requests()
     response = await aclient.get("/audio/voices?lang=en")
@@ -130,7 +130,7 @@ async def test_audio_paths_go_to_the_audio_service_as_they_are(aclient, two_mode
     assert tts.requests() == before  # GETs are not counted by the simulator; the header is
 
 
-async def test_models_lists_loaded_and_loadable_models(aclient, two_models):
+async def test_it_lists_loaded_and_loadable_models_on_the_models_route(aclient, two_models):
     await sync_to_async(catalog_model)("alpha", "alpha-chat")
     await sync_to_async(catalog_model)("big", "big-model", estimated_vram_mib=70_000)
     response = await aclient.get("/v1/models")
@@ -157,7 +157,7 @@ async def test_models_lists_loaded_and_loadable_models(aclient, two_models):
     }
 
 
-async def test_a_model_served_twice_is_listed_once_with_both_replicas(aclient, two_models):
+async def test_it_lists_a_model_served_twice_once_with_both_replicas(aclient, two_models):
     await sync_to_async(register)(
         "vllm-aardvark", two_models[0].url, host="gpu-3", loaded_model="alpha-chat", health="down"
     )
@@ -173,7 +173,9 @@ async def test_a_model_served_twice_is_listed_once_with_both_replicas(aclient, t
     ]
 
 
-async def test_the_request_and_its_content_type_reach_the_backend_untouched(aclient, two_models):
+async def test_it_passes_the_request_and_its_content_type_to_the_backend_untouched(
+    aclient, two_models
+):
     # The simulator answers 400 naming the field when `messages` is wrong: the body
     # arrived as sent, and the backend's own error status and shape come back.
     response = await post_json(aclient, "/v1/chat/completions", {"model": "alpha-chat"})

@@ -34,14 +34,14 @@ def route(table: RouteTable, model: str, path: str = CHAT):
     return route_model(table, model, path, retry_after=5)
 
 
-def test_a_loaded_model_goes_to_its_service_up_before_unknown() -> None:
+def test_it_sends_a_loaded_model_to_its_service_up_before_unknown() -> None:
     table = RouteTable((service("b", "m", "unknown"), service("a", "m", "down"), service("c", "m")))
     decision = route(table, "m")
     assert isinstance(decision, Forward) and decision.service.name == "c"
     assert decision.limit_key == "m" and decision.served_model == ""
 
 
-def test_all_replicas_down_is_a_503_naming_the_first() -> None:
+def test_it_answers_503_naming_the_first_when_all_replicas_are_down() -> None:
     table = RouteTable((service("b", "m", "down"), service("a", "m", "down")))
     with pytest.raises(BackendUnavailable) as caught:
         route(table, "m")
@@ -50,12 +50,12 @@ def test_all_replicas_down_is_a_503_naming_the_first() -> None:
     assert caught.value.headers == {"Retry-After": "5"}
 
 
-def test_a_service_being_swapped_is_waited_for() -> None:
+def test_it_waits_for_a_service_being_swapped() -> None:
     table = RouteTable((service("a", "m", swap_id=7),))
     assert route(table, "m") == WaitForSwap(7, "a is being swapped")
 
 
-def test_a_catalog_model_loaded_nowhere_is_loaded_and_one_loading_is_waited_for() -> None:
+def test_it_loads_a_catalog_model_loaded_nowhere_and_waits_for_one_loading() -> None:
     table = RouteTable((service("a", "other"),), (ENTRY,))
     assert route(table, "Qwen/Qwen3-0.6B") == Load(ENTRY)
     assert route(table, "qwen") == Load(ENTRY)
@@ -65,14 +65,14 @@ def test_a_catalog_model_loaded_nowhere_is_loaded_and_one_loading_is_waited_for(
     assert isinstance(route(loading, "qwen"), WaitForSwap)
 
 
-def test_a_catalog_key_is_rewritten_to_the_served_name() -> None:
+def test_it_rewrites_a_catalog_key_to_the_served_name() -> None:
     table = RouteTable((service("a", ENTRY.served_name),), (ENTRY,))
     decision = route(table, "qwen")
     assert isinstance(decision, Forward)
     assert decision.served_model == ENTRY.served_name and decision.limit_key == ENTRY.served_name
 
 
-def test_generic_services_take_any_model_on_the_paths_they_declare() -> None:
+def test_it_sends_any_model_to_generic_services_on_the_paths_they_declare() -> None:
     tts = service("tts", kind="http", request_paths=("/v1/audio/speech",))
     table = RouteTable((service("a", "m"), tts))
     decision = route(table, "kokoro", "/v1/audio/speech")
@@ -81,7 +81,7 @@ def test_generic_services_take_any_model_on_the_paths_they_declare() -> None:
         route(table, "kokoro")  # vLLM reports its models: an unknown one is never sent
 
 
-def test_capabilities_pick_the_first_healthy_service() -> None:
+def test_it_picks_the_first_healthy_service_for_a_capability() -> None:
     table = RouteTable(
         (service("a", health="down"), service("b"), service("t", capabilities=("tts",)))
     )
@@ -94,7 +94,7 @@ def test_capabilities_pick_the_first_healthy_service() -> None:
         route_capability(table, ("image",), "/x", 5)
 
 
-def test_a_swap_completed_after_the_last_probe_is_trusted_until_the_next_probe() -> None:
+def test_it_trusts_a_swap_completed_after_the_last_probe_until_the_next_probe() -> None:
     stale = service("a", "old-model", "down")
     done = {stale.id: (T0 + timedelta(seconds=10), "new-model")}
     fresh = _effective(stale, T0, done)

@@ -53,7 +53,7 @@ async def released(limiter: SharedLimits, model: str, expected: int) -> None:
     assert await limiter.in_flight(model) == expected
 
 
-async def test_the_limit_holds_across_processes(processes):
+async def test_it_holds_the_limit_across_processes(processes):
     a, b, c = processes
     slots = [await a.acquire("m", 4), await b.acquire("m", 4), await c.acquire("m", 4)]
     slots.append(await a.acquire("m", 4))
@@ -71,7 +71,7 @@ async def test_the_limit_holds_across_processes(processes):
     assert await c.acquire("m", 4) != LOCAL
 
 
-async def test_concurrent_acquires_from_three_processes_take_exactly_the_limit(processes):
+async def test_it_lets_concurrent_acquires_from_three_processes_take_exactly_the_limit(processes):
     async def attempt(limiter: SharedLimits) -> bool:
         try:
             await limiter.acquire("m", 4)
@@ -84,7 +84,7 @@ async def test_concurrent_acquires_from_three_processes_take_exactly_the_limit(p
     assert await processes[0].in_flight("m") == 4
 
 
-async def test_a_client_leaving_mid_acquire_does_not_leak_its_slot(processes):
+async def test_it_does_not_leak_the_slot_of_a_client_leaving_mid_acquire(processes):
     a, b, _ = processes
     for _ in range(5):
         leaving = asyncio.create_task(a.acquire("m", 4))
@@ -99,7 +99,7 @@ async def test_a_client_leaving_mid_acquire_does_not_leak_its_slot(processes):
         await b.acquire("m", 4)
 
 
-async def test_a_dead_process_slots_come_back_after_their_ttl(processes, settings):
+async def test_it_gives_back_the_slots_of_a_dead_process_after_their_ttl(processes, settings):
     settings.ARBITER_BROKER_SLOT_TTL = 0.3
     crashed, survivor, _ = processes
     await crashed.acquire("m", 2)
@@ -111,7 +111,7 @@ async def test_a_dead_process_slots_come_back_after_their_ttl(processes, setting
     assert await survivor.acquire("m", 2) != LOCAL
 
 
-async def test_without_redis_it_bounds_this_process_alone(caplog):
+async def test_it_bounds_this_process_alone_without_redis(caplog):
     limiter = SharedLimits("redis://127.0.0.1:1/0", "arbiter-test:unreachable:")
     try:
         assert await limiter.acquire("m", 2) == LOCAL
@@ -126,7 +126,7 @@ async def test_without_redis_it_bounds_this_process_alone(caplog):
 
 
 # -- requests in flight per service, last finishes (the eviction planner's figures) ------
-async def test_each_process_sees_the_others_requests_in_flight_per_service(processes):
+async def test_it_shows_each_process_the_others_requests_in_flight_per_service(processes):
     a, b, c = processes
     slot_a = await a.acquire("m", 8, service="tts", client="app")
     await b.acquire("m", 8, service="tts", client="app")
@@ -148,7 +148,7 @@ async def test_each_process_sees_the_others_requests_in_flight_per_service(proce
     assert before - 1 < seen_by_c.last_finished["tts"] < time.time() + 1  # Redis's clock
 
 
-async def test_activity_current_adds_this_process_to_the_others(processes):
+async def test_it_adds_this_process_to_the_others_in_the_current_activity(processes):
     a, b, _ = processes
     activity = ServiceActivity()
     activity.others = a.others_activity
@@ -161,7 +161,9 @@ async def test_activity_current_adds_this_process_to_the_others(processes):
     assert (await activity.current()).in_flight == {"tts": 1}
 
 
-async def test_a_dead_process_requests_in_flight_expire_with_its_slots(processes, settings):
+async def test_it_expires_the_requests_in_flight_of_a_dead_process_with_its_slots(
+    processes, settings
+):
     settings.ARBITER_BROKER_SLOT_TTL = 0.3
     crashed, survivor, _ = processes
     await crashed.acquire("m", 8, service="tts", client="app")  # never released
@@ -179,7 +181,7 @@ def sending(book: Accounting) -> Accounting:
     return book
 
 
-async def test_client_counts_from_three_processes_add_up(processes):
+async def test_it_adds_up_client_counts_from_three_processes(processes):
     books = [sending(Accounting()) for _ in processes]
     for limiter, book in zip(processes, books, strict=True):
         name = book.started("app")
@@ -203,7 +205,7 @@ async def test_client_counts_from_three_processes_add_up(processes):
     assert rows["cron"]["requests"] == 3 and rows["cron"]["in_flight"] == 0
 
 
-async def test_past_the_cap_new_clients_count_as_other_across_processes(processes):
+async def test_it_counts_new_clients_past_the_cap_as_other_across_processes(processes):
     a, b, _ = processes
     first, second = sending(Accounting(max_clients=2)), sending(Accounting(max_clients=2))
     for name in ("c1", "c2"):
@@ -216,7 +218,7 @@ async def test_past_the_cap_new_clients_count_as_other_across_processes(processe
     assert counts[OTHER].requests == 1 and counts[OTHER].errors == 1
 
 
-async def test_counts_are_sent_about_once_a_second(processes, monkeypatch):
+async def test_it_sends_counts_about_once_a_second(processes, monkeypatch):
     a, _, _ = processes
     monkeypatch.setattr("arbiter.broker.shared_limits.FLUSH_SECONDS", 0.05)
     book = Accounting()
@@ -229,7 +231,7 @@ async def test_counts_are_sent_about_once_a_second(processes, monkeypatch):
     assert book.take_pending() == {}
 
 
-async def test_without_redis_activity_and_counts_stay_in_the_process(caplog):
+async def test_it_keeps_activity_and_counts_in_the_process_without_redis(caplog):
     limiter = SharedLimits("redis://127.0.0.1:1/0", "arbiter-test:unreachable:")
     try:
         assert await limiter.others_activity() is None

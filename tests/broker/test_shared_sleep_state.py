@@ -100,9 +100,7 @@ def workers(sleepy):
             worker.stop()
 
 
-def test_after_an_idle_unload_by_one_process_the_others_never_reach_the_sleeping_engine(
-    sleepy, workers
-):
+def test_it_never_reaches_the_sleeping_engine_after_an_idle_unload_by_one_process(sleepy, workers):
     a, b, c = workers
     _key, raw = ApiKey.objects.create_key(name="three processes")
 

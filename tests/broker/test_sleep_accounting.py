@@ -35,7 +35,7 @@ def sleeper(vram: int = 60_000, keeps: int = 40_000, **fields) -> Resident:
 
 
 # -- the planner (plain values) ------------------------------------------------------------
-def test_on_unified_memory_sleeping_a_vllm_frees_only_its_kv_cache():
+def test_it_frees_only_the_kv_cache_of_a_vllm_put_to_sleep_on_unified_memory():
     residents = [Resident("vllm-a", 0, replaced=True), sleeper()]
     # 60 GB free; sleeping vllm-b gives back 20 GB (its KV cache), not 60.
     assert plan_eviction(GB10, residents, Incoming("vllm-a", 80_000)).evict == ("vllm-b",)
@@ -43,20 +43,20 @@ def test_on_unified_memory_sleeping_a_vllm_frees_only_its_kv_cache():
     assert not too_big.fits and too_big.free_after_mib == 80_000
 
 
-def test_on_discrete_gpus_sleeping_a_vllm_frees_its_gpu_memory():
+def test_it_frees_the_gpu_memory_of_a_vllm_put_to_sleep_on_discrete_gpus():
     residents = [Resident("vllm-a", 0, replaced=True), sleeper()]
     plan = plan_eviction(RTX, residents, Incoming("vllm-a", 110_000))
     assert plan.fits and plan.evict == ("vllm-b",) and plan.free_after_mib == 120_000
 
 
-def test_on_discrete_gpus_a_vllm_is_only_put_to_sleep_when_host_ram_takes_its_weights():
+def test_it_puts_a_vllm_on_discrete_gpus_to_sleep_only_when_host_ram_takes_its_weights():
     residents = [Resident("vllm-a", 0, replaced=True), sleeper()]
     short_of_ram = HostMemory("ws", budget_mib=120_000, ram_free_mib=30_000)
     plan = plan_eviction(short_of_ram, residents, Incoming("vllm-a", 110_000))
     assert not plan.fits and plan.evict == ()
 
 
-def test_a_backend_that_unloads_for_real_frees_everything_anywhere():
+def test_it_frees_everything_anywhere_for_a_backend_that_unloads_for_real():
     residents = [Resident("vllm-a", 0, replaced=True), Resident("ollama", 60_000)]
     for host in (GB10, RTX):
         assert plan_eviction(host, residents, Incoming("vllm-a", 110_000)).fits
@@ -84,7 +84,7 @@ def spark_with_sleeper(opted_in: bool = False) -> None:
 
 
 @pytestmark_db
-def test_an_asleep_vllm_still_holds_its_weights_on_unified_memory(transactional_db):
+def test_it_counts_an_asleep_vllm_as_still_holding_its_weights_on_unified_memory(transactional_db):
     spark_with_sleeper()
     Service.objects.filter(name="vllm-b").update(unloaded_at=timezone.now())
     step = plan_load("mid", ActivitySnapshot())
@@ -92,7 +92,7 @@ def test_an_asleep_vllm_still_holds_its_weights_on_unified_memory(transactional_
 
 
 @pytestmark_db
-def test_an_asleep_vllm_holds_no_gpu_memory_on_discrete_gpus(transactional_db):
+def test_it_counts_an_asleep_vllm_as_holding_no_gpu_memory_on_discrete_gpus(transactional_db):
     spark_with_sleeper()
     GpuSample.objects.all().delete()
     GpuSample.objects.create(host=Host.objects.get(name="spark"), index=0, memory_total_mib=120_000)
@@ -116,7 +116,7 @@ def launched_with(utilization: float) -> None:
 
 @pytestmark_db
 @pytest.mark.parametrize("opted_in", [False, True])
-def test_on_unified_memory_a_vllm_is_only_put_to_sleep_when_its_model_opts_in(
+def test_it_puts_a_vllm_on_unified_memory_to_sleep_only_when_its_model_opts_in(
     transactional_db, opted_in
 ):
     spark_with_sleeper(opted_in=opted_in)
@@ -133,7 +133,7 @@ def test_on_unified_memory_a_vllm_is_only_put_to_sleep_when_its_model_opts_in(
 
 
 @pytestmark_db
-def test_the_routing_table_knows_unified_hosts_and_what_each_process_unloaded(transactional_db):
+def test_it_gives_the_routing_table_unified_hosts_and_what_each_process_unloaded(transactional_db):
     spark_with_sleeper(opted_in=True)
     at = timezone.now()
     Service.objects.filter(name="vllm-b").update(unloaded_at=at)
@@ -193,7 +193,7 @@ def ollama():
 
 
 @pytestmark_db
-async def test_ollama_is_unloaded_and_reloaded_with_its_method_and_json_body(
+async def test_it_unloads_and_reloads_ollama_with_its_method_and_json_body(
     aclient, ollama, settings
 ):
     unload = {"model": "llama3.2", "keep_alive": 0}

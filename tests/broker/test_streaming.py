@@ -48,7 +48,9 @@ def gaps(arrivals: list[float]) -> list[float]:
     return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
 
 
-def test_each_chunk_reaches_the_client_as_it_is_emitted(broker_server, slow_backend, raw_key):
+def test_it_delivers_each_chunk_to_the_client_as_it_is_emitted(
+    broker_server, slow_backend, raw_key
+):
     body = chat("stream-model", stream=True, max_tokens=CHUNKS)
     auth = {"Authorization": f"Bearer {raw_key}"}
     # Another process taking the CPU at the wrong moment (2 shared cores) can hold any
@@ -83,7 +85,9 @@ def test_each_chunk_reaches_the_client_as_it_is_emitted(broker_server, slow_back
     assert min(worst) <= GAP_TOLERANCE, f"worst gap deviation per attempt: {worst}"
 
 
-def test_a_client_hang_up_cancels_the_upstream_request(broker_server, slow_backend, raw_key):
+def test_it_cancels_the_upstream_request_when_the_client_hangs_up(
+    broker_server, slow_backend, raw_key
+):
     body = chat("stream-model", stream=True, max_tokens=400)  # 20 s if left running
     auth = {"Authorization": f"Bearer {raw_key}"}
     before = slow_backend.cancelled()
@@ -108,7 +112,7 @@ def test_a_client_hang_up_cancels_the_upstream_request(broker_server, slow_backe
     assert 'arbiter_broker_in_flight_requests{model="stream-model"} 0.0' in metrics
 
 
-def test_a_down_backend_is_refused_in_under_50_ms_over_http(broker_server, slow_backend, raw_key):
+def test_it_refuses_a_down_backend_in_under_50_ms_over_http(broker_server, slow_backend, raw_key):
     from arbiter.models import Service
 
     Service.objects.filter(name="vllm-stream").update(health="down")
@@ -132,7 +136,7 @@ def test_a_down_backend_is_refused_in_under_50_ms_over_http(broker_server, slow_
     assert slow_backend.requests() == 0
 
 
-async def test_a_relay_never_started_still_closes_the_upstream(slow_backend):
+async def test_it_still_closes_the_upstream_of_a_relay_never_started(slow_backend):
     """The client left before Django began the stream: no upstream is left running."""
     closed = threading.Event()
     transport = new_transport()

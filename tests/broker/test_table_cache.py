@@ -27,7 +27,7 @@ def reads(monkeypatch) -> list[float]:
     return happened
 
 
-async def test_a_table_past_half_its_lifetime_is_served_while_it_is_refreshed(reads):
+async def test_it_serves_a_table_past_half_its_lifetime_while_it_is_refreshed(reads):
     cache = RouteTableCache(ttl=1.0)
     first = await cache.get()
     await asyncio.sleep(0.55)
@@ -43,7 +43,7 @@ async def test_a_table_past_half_its_lifetime_is_served_while_it_is_refreshed(re
     assert refreshed is not first and refreshed.read_at > first.read_at
 
 
-async def test_a_table_past_its_lifetime_is_never_served(reads):
+async def test_it_never_serves_a_table_past_its_lifetime(reads):
     cache = RouteTableCache(ttl=0.2)
     first = await cache.get()
     await asyncio.sleep(0.25)
@@ -54,7 +54,7 @@ async def test_a_table_past_its_lifetime_is_never_served(reads):
     assert time.monotonic() - served.read_at < 0.2
 
 
-async def test_a_young_table_is_served_without_a_read(reads):
+async def test_it_serves_a_young_table_without_a_read(reads):
     cache = RouteTableCache(ttl=5.0)
     first = await cache.get()
 
@@ -63,7 +63,7 @@ async def test_a_young_table_is_served_without_a_read(reads):
     assert len(reads) == 1
 
 
-def test_a_parsed_url_is_remembered_and_the_memo_stays_bounded(monkeypatch):
+def test_it_remembers_a_parsed_url_and_keeps_the_memo_bounded(monkeypatch):
     monkeypatch.setattr(proxy, "_PARSED_URLS", {})
     url = "http://127.0.0.1:8000/v1/chat/completions"
     assert proxy.parsed_url(url) is proxy.parsed_url(url) == httpx.URL(url)
@@ -72,7 +72,7 @@ def test_a_parsed_url_is_remembered_and_the_memo_stays_bounded(monkeypatch):
     assert len(proxy._PARSED_URLS) <= proxy.MAX_PARSED_URLS
 
 
-def test_a_url_httpx_refuses_is_refused_and_not_remembered(monkeypatch):
+def test_it_refuses_a_url_httpx_refuses_and_does_not_remember_it(monkeypatch):
     monkeypatch.setattr(proxy, "_PARSED_URLS", {})
     with pytest.raises(httpx.InvalidURL):
         proxy.parsed_url("http://127.0.0.1:8000/v1/models?a=\x01")

@@ -15,7 +15,7 @@ def trail() -> list[AuditEvent]:
     return list(AuditEvent.objects.order_by("pk"))
 
 
-async def test_a_download_and_a_disk_delete_are_one_row_each(sim_hosts, aclient):
+async def test_it_writes_one_row_each_for_a_download_and_a_disk_delete(sim_hosts, aclient):
     await acreate_hub("qwen")
     response = await aclient.post("/api/models/qwen/download?host=sim-a")
     assert response.status_code == 200
@@ -47,7 +47,7 @@ async def test_a_download_and_a_disk_delete_are_one_row_each(sim_hosts, aclient)
         assert row.client_address == "127.0.0.1"
 
 
-async def test_a_refused_delete_leaves_no_row(sim_host_rows, aclient):
+async def test_it_writes_no_row_for_a_refused_delete(sim_host_rows, aclient):
     await acreate_hub("qwen")
     assert (await aclient.delete("/api/models/qwen/disk?host=nope")).status_code == 404
     assert await trail() == []

@@ -160,7 +160,7 @@ async def test_it_renders_the_disk_status_fragment(sim_hosts, alice):
 
 
 @pytest.mark.django_db
-def test_the_disk_fragment_needs_a_login():
+def test_it_needs_a_login_for_the_disk_fragment():
     response = Client().get("/catalog/ft/disk")
     assert response.status_code == 302
 
@@ -187,7 +187,7 @@ def _person(role: str) -> Client:
         "/catalog/qwen/disk/delete",
     ],
 )
-def test_a_viewer_gets_403_from_every_write(path):
+def test_it_answers_403_to_a_viewer_on_every_write(path):
     hub_model("qwen")
     response = _person("viewer").post(path, {**HUB_FORM, "host": "sim-a"})
     assert response.status_code == 403

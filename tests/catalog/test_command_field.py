@@ -23,7 +23,7 @@ NVIDIA = "nvcr.io/nvidia/vllm:25.09-py3"
         ("example.com/team/server:1", "python3 -m vllm.entrypoints.openai.api_server", None),
     ],
 )
-def test_the_form_stores_the_command(alice_client, settings, image, typed, stored):
+def test_it_stores_the_command_from_the_form(alice_client, settings, image, typed, stored):
     settings.ARBITER_ALLOWED_IMAGES = [*settings.ARBITER_ALLOWED_IMAGES, "example.com/team/*"]
     data = {**HUB_FORM, "hub-image": image, "hub-command": typed}
     response = alice_client.post("/catalog/add/hub", data)
@@ -45,7 +45,7 @@ def test_the_form_stores_the_command(alice_client, settings, image, typed, store
         ("--model x", "must not start with &#x27;-&#x27;"),  # HTML-escaped
     ],
 )
-def test_the_form_refuses_a_bad_command_next_to_the_field(alice_client, typed, message):
+def test_it_refuses_a_bad_command_in_the_form_next_to_the_field(alice_client, typed, message):
     response = alice_client.post("/catalog/add/hub", {**HUB_FORM, "hub-command": typed})
     assert response.status_code == 422
     html = response.content.decode()
@@ -54,7 +54,7 @@ def test_the_form_refuses_a_bad_command_next_to_the_field(alice_client, typed, m
     assert not CatalogModel.objects.exists()
 
 
-def test_an_unknown_image_without_a_command_is_refused_naming_the_command(alice_client, settings):
+def test_it_refuses_an_unknown_image_without_a_command_naming_the_command(alice_client, settings):
     settings.ARBITER_ALLOWED_IMAGES = [*settings.ARBITER_ALLOWED_IMAGES, "example.com/team/*"]
     data = {**HUB_FORM, "hub-image": "example.com/team/server:1"}
     response = alice_client.post("/catalog/add/hub", data)
@@ -64,7 +64,7 @@ def test_an_unknown_image_without_a_command_is_refused_naming_the_command(alice_
     assert not CatalogModel.objects.exists()
 
 
-def test_the_model_card_shows_the_command(bob):
+def test_it_shows_the_command_on_the_model_card(bob):
     hub_model("ngc", image=NVIDIA, command=["vllm", "serve"])
     hub_model("openai", command=[])
     client = Client()
@@ -80,13 +80,13 @@ def test_the_model_card_shows_the_command(bob):
     assert "image entrypoint" not in card("ngc")
 
 
-def test_the_api_shows_the_command(key_client):
+def test_it_shows_the_command_in_the_api(key_client):
     hub_model("ngc", image=NVIDIA, command=["vllm", "serve"])
     body = key_client.get("/api/models/ngc").json()
     assert body["command"] == ["vllm", "serve"]
 
 
-def test_the_demo_catalogs_nvidia_model_gets_the_images_default_command(sim_cluster):
+def test_it_gives_the_demo_catalogs_nvidia_model_the_images_default_command(sim_cluster):
     apply_inventory(load_inventory(sim_cluster.config_path))
     seed_catalog_file(sim_cluster.cluster.catalog_path)
     model = CatalogModel.objects.get(key="qwen3-600m-ngc")
@@ -94,7 +94,7 @@ def test_the_demo_catalogs_nvidia_model_gets_the_images_default_command(sim_clus
     assert CatalogModel.objects.get(key="qwen3-600m").command == []  # vllm/vllm-openai
 
 
-def test_the_model_card_says_who_chooses_the_utilisation(bob):
+def test_it_says_on_the_model_card_who_chooses_the_utilisation(bob):
     hub_model("auto", gpu_memory_utilization=None)
     hub_model("fixed", gpu_memory_utilization=0.42)
     client = Client()

@@ -226,7 +226,7 @@ async def test_it_reports_the_cache_size_while_the_download_is_quiet(
 
 
 @override_settings(ARBITER_HF_TOKEN=TOKEN)
-async def test_a_gated_download_fails_when_sshd_drops_the_token(sim_hosts, aclient):
+async def test_it_fails_a_gated_download_when_sshd_drops_the_token(sim_hosts, aclient):
     # Stock sshd_config (AcceptEnv LANG LC_*): HF_TOKEN is sent, and silently dropped.
     await acreate_hub("gated", hub_repo="acme/gated-llm-1B", served_name="gated")
     events, _ = await _download(aclient, "gated", "sim-a")
@@ -236,7 +236,7 @@ async def test_a_gated_download_fails_when_sshd_drops_the_token(sim_hosts, aclie
     assert (hf.env_names, hf.env_dropped) == ([], ["HF_TOKEN"])
 
 
-async def test_a_download_fails_when_neither_hf_nor_its_module_is_there(sim_hosts, aclient):
+async def test_it_fails_a_download_when_neither_hf_nor_its_module_is_there(sim_hosts, aclient):
     sim_hosts.set_sshd("sim-a", hf_on_path=False, hub_module=False)
     await acreate_hub("qwen")
     events, _ = await _download(aclient, "qwen", "sim-a")
@@ -244,7 +244,7 @@ async def test_a_download_fails_when_neither_hf_nor_its_module_is_there(sim_host
     assert "No module named huggingface_hub" in events[-1][1]["message"]
 
 
-async def test_an_inventory_cache_dir_wins_over_the_setting(sim_hosts, aclient, settings):
+async def test_it_prefers_an_inventory_cache_dir_over_the_setting(sim_hosts, aclient, settings):
     from arbiter.models import Host
 
     settings.ARBITER_HF_CACHE_DIR = "/models/shared-cache"

@@ -33,7 +33,7 @@ FOREIGN = "example.com/team/server:1"
         "nvcr.io/nvidia/vllm:25.09-py3",
     ],
 )
-def test_the_default_allow_list_takes_the_vllm_images_the_catalog_ships(key_client, image):
+def test_it_takes_the_vllm_images_the_catalog_ships_with_the_default_allow_list(key_client, image):
     response = post(key_client, {**HUB, "image": image})
     assert response.status_code == 201, response.content
     assert CatalogModel.objects.get(key="qwen").image == image
@@ -51,7 +51,7 @@ def test_the_default_allow_list_takes_the_vllm_images_the_catalog_ships(key_clie
         "localhost:5000/vllm/vllm-openai:latest",
     ],
 )
-def test_any_other_image_is_a_422_naming_the_field_and_the_setting(key_client, image):
+def test_it_refuses_any_other_image_with_a_422_naming_the_field_and_the_setting(key_client, image):
     response = post(key_client, {**HUB, "image": image, "command": ["vllm", "serve"]})
     assert response.status_code == 422, response.content
     error = response.json()["error"]
@@ -61,7 +61,7 @@ def test_any_other_image_is_a_422_naming_the_field_and_the_setting(key_client, i
 
 
 @pytest.mark.django_db
-def test_an_update_to_another_image_is_refused_and_changes_nothing(key_client):
+def test_it_refuses_an_update_to_another_image_and_changes_nothing(key_client):
     hub_model("qwen")
     body = {**HUB, "served_name": "Qwen/Qwen3-0.6B", "image": FOREIGN, "command": []}
     response = key_client.put("/api/models/qwen", body, content_type="application/json")
@@ -71,7 +71,7 @@ def test_an_update_to_another_image_is_refused_and_changes_nothing(key_client):
 
 
 @pytest.mark.django_db
-def test_the_setting_admits_more_images_by_pattern(key_client, settings):
+def test_it_admits_more_images_by_pattern_from_the_setting(key_client, settings):
     settings.ARBITER_ALLOWED_IMAGES = ["example.com/team/*"]
     response = post(key_client, {**HUB, "image": FOREIGN, "command": ["vllm", "serve"]})
     assert response.status_code == 201, response.content
@@ -82,7 +82,7 @@ def test_the_setting_admits_more_images_by_pattern(key_client, settings):
 
 
 @pytest.mark.django_db
-def test_the_dashboard_form_refuses_the_image_next_to_the_field(alice_client):
+def test_it_refuses_the_image_in_the_dashboard_form_next_to_the_field(alice_client):
     response = alice_client.post("/catalog/add/hub", {**HUB_FORM, "hub-image": FOREIGN})
     assert response.status_code == 422
     html = response.content.decode()
@@ -91,7 +91,7 @@ def test_the_dashboard_form_refuses_the_image_next_to_the_field(alice_client):
 
 
 @pytest.mark.django_db
-def test_the_seed_file_refuses_the_image_and_writes_nothing(tmp_path: Path):
+def test_it_refuses_the_image_in_the_seed_file_and_writes_nothing(tmp_path: Path):
     path = tmp_path / "catalog.yaml"
     path.write_text(
         "models:\n"
@@ -111,7 +111,7 @@ def test_the_seed_file_refuses_the_image_and_writes_nothing(tmp_path: Path):
 
 
 @pytest.mark.django_db
-def test_a_create_with_a_taken_served_name_is_a_409_naming_the_field(key_client):
+def test_it_refuses_a_create_with_a_taken_served_name_with_a_409_naming_the_field(key_client):
     hub_model("qwen", served_name="qwen-chat")
     response = post(
         key_client, {"key": "other", "hub_repo": "Qwen/Qwen3-8B", "served_name": "qwen-chat"}
@@ -123,7 +123,7 @@ def test_a_create_with_a_taken_served_name_is_a_409_naming_the_field(key_client)
 
 
 @pytest.mark.django_db
-def test_a_defaulted_served_name_counts_too(key_client):
+def test_it_counts_a_defaulted_served_name_as_taken_too(key_client):
     """Two models of one hub repo: the second must name itself."""
     hub_model("qwen")  # served as Qwen/Qwen3-0.6B
     response = post(key_client, {"key": "qwen-ngc", "hub_repo": "Qwen/Qwen3-0.6B"})
@@ -136,7 +136,7 @@ def test_a_defaulted_served_name_counts_too(key_client):
 
 
 @pytest.mark.django_db
-def test_an_update_to_another_models_served_name_is_refused(key_client):
+def test_it_refuses_an_update_to_another_models_served_name(key_client):
     hub_model("qwen", served_name="qwen-chat")
     hub_model("other", hub_repo="Qwen/Qwen3-8B", served_name="other-chat")
     body = {"hub_repo": "Qwen/Qwen3-8B", "served_name": "qwen-chat"}
@@ -152,7 +152,7 @@ def test_an_update_to_another_models_served_name_is_refused(key_client):
 
 
 @pytest.mark.django_db
-def test_the_dashboard_form_shows_the_taken_served_name(alice_client):
+def test_it_shows_the_taken_served_name_in_the_dashboard_form(alice_client):
     hub_model("first", hub_repo="Qwen/Qwen3-8B", served_name="Qwen/Qwen3-8B")
     response = alice_client.post("/catalog/add/hub", HUB_FORM)  # defaults to the repo
     assert response.status_code == 422
@@ -162,7 +162,7 @@ def test_the_dashboard_form_shows_the_taken_served_name(alice_client):
 
 
 @pytest.mark.django_db
-def test_the_seed_file_refuses_duplicates_within_it_and_against_the_database():
+def test_it_refuses_seed_file_duplicates_within_the_file_and_against_the_database():
     entries = [
         {"key": "a", "hub_repo": "Qwen/Qwen3-0.6B"},
         {"key": "b", "hub_repo": "Qwen/Qwen3-0.6B", "image": "nvcr.io/nvidia/vllm:25.09-py3"},
@@ -184,7 +184,7 @@ def test_the_seed_file_refuses_duplicates_within_it_and_against_the_database():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_creates_at_once_with_one_served_name_leave_one_model():
+def test_it_leaves_one_model_after_two_creates_at_once_with_one_served_name():
     """On SQLite the IMMEDIATE transaction serialises the two writers, so the second's
     check sees the first's row; on PostgreSQL both checks may pass and the unique
     constraint refuses the second insert. Either way: one model, and a 409 naming

@@ -41,12 +41,12 @@ def test_it_creates_a_model_on_two_hosts(key_client):
     assert key_client.get("/api/models/pair").json()["multi_node"] == "ray"
 
 
-def test_multi_node_defaults_to_vllms_native_mode(key_client):
+def test_it_defaults_multi_node_to_vllms_native_mode(key_client):
     assert post(key_client, PAIR).json()["multi_node"] == "native"
     assert CatalogModel.objects.get(key="pair").multi_node == "native"
 
 
-def test_tensor_parallel_size_may_be_any_multiple_of_the_host_count(key_client):
+def test_it_accepts_any_multiple_of_the_host_count_as_tensor_parallel_size(key_client):
     response = post(key_client, {**PAIR, "tensor_parallel_size": 4})
     assert response.status_code == 201, response.content
 
@@ -87,7 +87,7 @@ BAD_PAIRS = [
 
 
 @pytest.mark.parametrize(("changes", "field", "words"), BAD_PAIRS)
-def test_post_refuses_a_bad_pair_naming_the_field(key_client, changes, field, words):
+def test_it_refuses_a_bad_pair_on_post_naming_the_field(key_client, changes, field, words):
     response = post(key_client, {**PAIR, **changes})
     assert response.status_code == 422, response.content
     error = response.json()["error"]
@@ -97,7 +97,9 @@ def test_post_refuses_a_bad_pair_naming_the_field(key_client, changes, field, wo
 
 
 @pytest.mark.parametrize(("changes", "field", "words"), BAD_PAIRS)
-def test_put_refuses_a_bad_pair_and_leaves_the_model_as_it_was(key_client, changes, field, words):
+def test_it_refuses_a_bad_pair_on_put_and_leaves_the_model_as_it_was(
+    key_client, changes, field, words
+):
     model = hub_model("pair")
     before = model_to_dict(model)
     body = {**PAIR, **changes}
@@ -111,7 +113,7 @@ def test_put_refuses_a_bad_pair_and_leaves_the_model_as_it_was(key_client, chang
     assert model_to_dict(model) == before
 
 
-def test_put_turns_a_model_into_a_pair_and_back(key_client):
+def test_it_turns_a_model_into_a_pair_and_back_with_put(key_client):
     hub_model("pair")
     body = {key: value for key, value in PAIR.items() if key != "key"}
     response = put(key_client, "pair", {**body, "hub_repo": "Qwen/Qwen3-0.6B"})
@@ -122,7 +124,7 @@ def test_put_turns_a_model_into_a_pair_and_back(key_client):
     assert CatalogModel.objects.get(key="pair").tensor_parallel_hosts == []
 
 
-def test_the_multi_node_mode_must_be_a_string(key_client):
+def test_it_refuses_a_multi_node_mode_that_is_not_a_string(key_client):
     response = post(key_client, {**PAIR, "multi_node": 1})
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "multi_node"
@@ -130,7 +132,7 @@ def test_the_multi_node_mode_must_be_a_string(key_client):
 
 
 @pytest.mark.parametrize(("changes", "field", "words"), BAD_PAIRS)
-def test_the_seed_file_reports_each_rule_with_its_key_path(changes, field, words):
+def test_it_reports_each_rule_in_the_seed_file_with_its_key_path(changes, field, words):
     with pytest.raises(CatalogError) as caught:
         seed_catalog([{**PAIR, **changes}], source="catalog.yaml")
     (problem,) = caught.value.problems
@@ -139,7 +141,7 @@ def test_the_seed_file_reports_each_rule_with_its_key_path(changes, field, words
     assert not CatalogModel.objects.exists()
 
 
-def test_the_seed_file_creates_a_good_pair():
+def test_it_creates_a_good_pair_from_the_seed_file():
     result = seed_catalog([{**PAIR, "multi_node": "ray"}])
     assert result.created == ["pair"]
     assert CatalogModel.objects.get(key="pair").multi_node == "ray"
@@ -148,7 +150,7 @@ def test_the_seed_file_creates_a_good_pair():
 # -- the dashboard ----------------------------------------------------------------------
 
 
-def test_the_form_adds_a_pair_with_the_head_first(alice_client):
+def test_it_adds_a_pair_from_the_form_with_the_head_first(alice_client):
     form = {
         **HUB_FORM,
         "hub-tensor_parallel_size": "2",
@@ -179,7 +181,7 @@ def test_the_form_adds_a_pair_with_the_head_first(alice_client):
         ({"hub-multi_node": "mpi"}, "multi_node", "Select a valid choice"),
     ],
 )
-def test_the_form_shows_a_bad_pair_next_to_its_field(alice_client, changes, field, message):
+def test_it_shows_a_bad_pair_in_the_form_next_to_its_field(alice_client, changes, field, message):
     form = {
         **HUB_FORM,
         "hub-tensor_parallel_size": "2",
@@ -195,7 +197,7 @@ def test_the_form_shows_a_bad_pair_next_to_its_field(alice_client, changes, fiel
     assert not CatalogModel.objects.exists()
 
 
-def test_the_card_shows_the_hosts_head_first_and_the_mode(bob):
+def test_it_shows_the_hosts_head_first_and_the_mode_on_the_card(bob):
     hub_model("pair", tensor_parallel_size=2, tensor_parallel_hosts=["spark-1", "spark-2"])
     hub_model("solo")
     client = Client()
@@ -278,7 +280,7 @@ def test_it_refuses_other_container_args_saying_why(key_client, arg, words):
     assert not CatalogModel.objects.exists()
 
 
-def test_a_refused_api_key_never_reaches_the_key_the_prober_sends():
+def test_it_keeps_a_refused_api_key_from_ever_reaching_the_key_the_prober_sends():
     # served_auth reads VLLM_API_KEY from --env container args; the catalog refuses such
     # an arg, so no stored model can carry a key there.
     arg = "--env=VLLM_API_KEY=secret"

@@ -135,13 +135,13 @@ def test_it_seeds_from_plain_entries_naming_the_source():
     assert error.value.problems[0].startswith("inline: models[0].hub_repo,local_path: ")
 
 
-def test_the_command_loads_a_file(tmp_path):
+def test_it_loads_a_file_with_the_command(tmp_path):
     out = io.StringIO()
     call_command("load_catalog", str(write(tmp_path, GOOD)), stdout=out)
     assert "2 models created, 0 already in the catalog (kept)" in out.getvalue()
 
 
-def test_the_command_fails_with_every_problem(tmp_path):
+def test_it_fails_the_command_with_every_problem(tmp_path):
     path = write(tmp_path, "models:\n  - {key: a}\n  - {key: b, hub_repo: a/b, port: 0}\n")
     with pytest.raises(CommandError) as error:
         call_command("load_catalog", str(path))
@@ -152,13 +152,13 @@ def test_the_command_fails_with_every_problem(tmp_path):
     ]
 
 
-def test_the_command_needs_a_path(settings):
+def test_it_needs_a_path_for_the_command(settings):
     settings.ARBITER_CATALOG = ""
     with pytest.raises(CommandError, match="pass PATH or set ARBITER_CATALOG"):
         call_command("load_catalog")
 
 
-def test_the_simulators_demo_catalog_seeds_cleanly(sim_cluster):
+def test_it_seeds_the_simulators_demo_catalog_cleanly(sim_cluster):
     apply_inventory(load_inventory(sim_cluster.config_path))
     path = sim_cluster.cluster.catalog_path
     assert path == sim_cluster.config_path.with_name("catalog.yaml")
@@ -168,7 +168,7 @@ def test_the_simulators_demo_catalog_seeds_cleanly(sim_cluster):
     assert CatalogModel.objects.filter(local_path__startswith="/models/").count() == 1
 
 
-def test_the_example_catalog_in_docs_is_valid():
+def test_it_accepts_the_example_catalog_in_docs_as_valid():
     path = Path(__file__).resolve().parents[2] / "docs" / "catalog.example.yaml"
     result = seed_catalog_file(path)
     assert result.created and not result.kept

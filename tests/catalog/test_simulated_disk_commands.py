@@ -38,7 +38,7 @@ async def test_it_needs_recursive_for_a_directory_and_force_for_a_missing_path(s
     assert (await run(target, ["rm", "-rf", "--", "/models/nope"], timeout=5)).exit_status == 0
 
 
-async def test_realpath_reports_a_symlink_loop(sim_a):
+async def test_it_reports_a_symlink_loop_from_realpath(sim_a):
     host, target = sim_a
     os.symlink("/models/b", host.fs.local("/models/a"))
     os.symlink("/models/a", host.fs.local("/models/b"))
@@ -47,7 +47,7 @@ async def test_realpath_reports_a_symlink_loop(sim_a):
     assert "Too many levels of symbolic links" in result.stderr
 
 
-async def test_hf_download_defaults_to_the_users_cache_and_rejects_unknown_options(sim_a):
+async def test_it_defaults_hf_download_to_the_users_cache_and_rejects_unknown_options(sim_a):
     host, target = sim_a
     missing = await run(target, ["hf", "download", "org/tiny-model"], timeout=5, check=False)
     assert (missing.exit_status, missing.stderr) == (127, "sh: 1: hf: not found\n")

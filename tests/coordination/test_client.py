@@ -202,7 +202,7 @@ def test_it_exits_5_on_wait_timeout_cancels_the_swap_and_releases_the_lock(cron)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_streaming_cancels_the_swap_and_releases_the_lock(cron, signum):
+def test_it_cancels_the_swap_and_releases_the_lock_on_a_signal_while_streaming(cron, signum):
     cron.fault("sim-b", slow_start=60)
     run = cron.start(*swap_args("nightly-eval", "sim-b"))
     cron.arbiter.wait_for(lambda: run.stdout, timeout=30)  # the log is streaming
@@ -264,7 +264,7 @@ ENV = {"ARBITER_API_KEY": "arb_env_key"}
 REQUIRED = ["--model", "m", "--holder", "h", "--ttl", "60"]
 
 
-def test_the_console_script_is_installed_and_documents_the_exit_codes():
+def test_it_is_installed_as_a_console_script_that_documents_the_exit_codes():
     assert SCRIPT.exists(), "pip install -e . installs it"
     for command in ([str(SCRIPT)], [sys.executable, "-m", "coordination.client"]):
         done = subprocess.run(
@@ -276,7 +276,7 @@ def test_the_console_script_is_installed_and_documents_the_exit_codes():
         assert "6  Arbiter unreachable" in done.stdout and "7  authentication" in done.stdout
 
 
-def test_the_client_does_not_import_django():
+def test_it_does_not_import_django():
     code = "import sys, coordination.client; print('django' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=BASE_DIR, timeout=30
@@ -346,7 +346,7 @@ def test_it_reads_the_url_and_the_key_file_from_the_environment(tmp_path):
         (["--model", " ", "--holder", "h", "--ttl", "60"], ENV, "must not be blank"),
     ],
 )
-def test_a_usage_error_exits_2(capsys, argv, env, message):
+def test_it_exits_2_on_a_usage_error(capsys, argv, env, message):
     with pytest.raises(SystemExit) as exited:
         client.parse_args(argv, env=env)
 
@@ -459,7 +459,7 @@ def test_it_resumes_a_dropped_stream_from_the_last_line_it_printed(capsys):
     ]
 
 
-def test_a_quiet_stream_times_out_cancels_and_releases(capsys):
+def test_it_times_out_on_a_quiet_stream_cancels_and_releases(capsys):
     seen: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -500,7 +500,7 @@ def test_a_quiet_stream_times_out_cancels_and_releases(capsys):
     ]
 
 
-def test_a_release_that_meets_server_errors_is_sent_again_until_it_lands(capsys, monkeypatch):
+def test_it_sends_a_release_that_meets_server_errors_again_until_it_lands(capsys, monkeypatch):
     """At the HTTP seam: the release answers 500, then 503, then 204. The lock must not
     stay held because one answer was a server error (issue 17)."""
     monkeypatch.setattr("coordination.client.job.RELEASE_DELAYS", (0.0, 0.0, 0.0, 0.0))

@@ -8,7 +8,7 @@ host. The same call with A's token goes through. The broker, which holds no toke
 neither evicts nor unloads an idle model while the lock is held.
 
 `GATED` and `NOT_GPU_CHANGES` together name every write route of the API: a route added
-later without a decision makes `test_every_write_route_is_decided` fail.
+later without a decision makes `test_it_has_a_decision_for_every_write_route` fail.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def write_routes() -> set[tuple[str, str]]:
     return routes
 
 
-def test_every_write_route_is_decided():
+def test_it_has_a_decision_for_every_write_route():
     assert not set(GATED) & set(NOT_GPU_CHANGES)
     assert write_routes() == set(GATED) | set(NOT_GPU_CHANGES)
 
@@ -182,7 +182,9 @@ async def send(client, method: str, url: str, body: dict | None, token: str | No
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_every_gpu_change_by_a_non_holder_is_423_and_changes_nothing(scene, aclient):
+async def test_it_answers_423_to_every_gpu_change_by_a_non_holder_and_changes_nothing(
+    scene, aclient
+):
     cluster = scene["cluster"]
     assert {route for route, *_ in calls(scene)} == set(GATED)  # the list is complete
     garbage = "a-token-nobody-was-given"
@@ -231,7 +233,7 @@ async def test_every_gpu_change_by_a_non_holder_is_423_and_changes_nothing(scene
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_what_changes_no_gpu_stays_open_while_the_lock_is_held(scene, aclient):
+async def test_it_leaves_what_changes_no_gpu_open_while_the_lock_is_held(scene, aclient):
     # A model that runs nowhere may be edited; a service's resident VRAM may be set.
     response = await send(
         aclient, "put", "/api/models/idle", {"hub_repo": "acme/idle-1B", "port": 9100}, None
@@ -249,7 +251,7 @@ async def test_what_changes_no_gpu_stays_open_while_the_lock_is_held(scene, acli
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_model_last_swapped_in_counts_as_on_a_gpu(scene, aclient):
+async def test_it_counts_a_model_last_swapped_in_as_on_a_gpu(scene, aclient):
     # No service reports it, but the latest complete swap on a service brought it there.
     def swapped_in() -> None:
         Service.objects.update(loaded_model="")
@@ -284,7 +286,7 @@ def unloadable():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_broker_unloads_nothing_while_the_lock_is_held(unloadable, settings):
+async def test_it_keeps_the_broker_from_unloading_anything_while_it_is_held(unloadable, settings):
     settings.ARBITER_BROKER_TABLE_TTL = 0  # the unloader's settle wait: 0.25 s
     await sync_to_async(register)("gen-a", unloadable.url, kind="http", unload_route="/unload")
     grant = await sync_to_async(locks.acquire)("party-a", TTL, "eval")

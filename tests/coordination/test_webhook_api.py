@@ -239,7 +239,7 @@ def test_it_lists_deliveries_with_every_attempt(admin_key_client):
     assert bad_limit.json()["error"]["field"] == "limit"
 
 
-def test_redeliver_sends_the_same_event_again_with_the_same_id(
+def test_it_redelivers_the_same_event_with_the_same_id(
     admin_key_client, django_capture_on_commit_callbacks
 ):
     with Receiver() as receiver:
@@ -268,7 +268,7 @@ def test_redeliver_sends_the_same_event_again_with_the_same_id(
     )
 
 
-def test_redeliver_is_refused_for_a_disabled_endpoint(admin_key_client):
+def test_it_refuses_redeliver_for_a_disabled_endpoint(admin_key_client):
     with Receiver(410) as receiver:
         make_endpoint(receiver.url)
         delivery = WebhookDelivery.objects.get(event=emit())

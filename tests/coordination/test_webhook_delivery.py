@@ -178,7 +178,7 @@ def test_it_honours_retry_after_as_an_http_date():
 
 
 @pytest.mark.django_db
-def test_a_410_disables_the_endpoint_and_fails_its_deliveries():
+def test_it_disables_the_endpoint_and_fails_its_deliveries_on_a_410():
     with Receiver(Reply(410, body=b"gone for good")) as receiver:
         endpoint, _secret = make_endpoint(receiver.url)
         first = WebhookDelivery.objects.get(event=emit())
@@ -273,7 +273,7 @@ def test_it_refuses_to_emit_outside_a_transaction():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_workers_never_send_the_same_attempt():
+def test_it_never_lets_two_workers_send_the_same_attempt():
     with Receiver() as receiver:
         endpoint, _ = make_endpoint(receiver.url)
         delivery = outbox_row(endpoint)
@@ -300,7 +300,7 @@ def test_two_workers_never_send_the_same_attempt():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_hanging_receiver_delays_neither_the_caller_nor_other_endpoints(huey_immediate):
+def test_it_lets_a_hanging_receiver_delay_neither_the_caller_nor_other_endpoints(huey_immediate):
     with Receiver(Reply(hang=True)) as hanging, Receiver() as healthy:
         make_endpoint(hanging.url, description="never answers")
         make_endpoint(healthy.url)
@@ -334,7 +334,7 @@ def test_a_hanging_receiver_delays_neither_the_caller_nor_other_endpoints(huey_i
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_event_from_a_rolled_back_transaction_is_never_delivered(huey_immediate):
+def test_it_never_delivers_an_event_from_a_rolled_back_transaction(huey_immediate):
     with Receiver() as receiver:
         make_endpoint(receiver.url)
         with pytest.raises(RuntimeError, match="swap write failed"):
@@ -350,7 +350,7 @@ def test_an_event_from_a_rolled_back_transaction_is_never_delivered(huey_immedia
 
 
 @pytest.mark.django_db(transaction=True)
-def test_huey_delivers_after_commit_and_schedules_the_retry(huey_immediate):
+def test_it_delivers_through_huey_after_commit_and_schedules_the_retry(huey_immediate):
     with Receiver(503, 200) as receiver:
         make_endpoint(receiver.url)
         event = emit()
@@ -375,7 +375,7 @@ def test_huey_delivers_after_commit_and_schedules_the_retry(huey_immediate):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_periodic_drain_delivers_what_a_restart_left_in_the_outbox():
+def test_it_delivers_what_a_restart_left_in_the_outbox_with_the_periodic_drain():
     with Receiver() as receiver:
         endpoint, secret = make_endpoint(receiver.url)
         delivery = outbox_row(endpoint, {"swap_id": 9})  # committed, never woken up

@@ -100,7 +100,7 @@ def test_it_changes_only_the_fields_given(admin_key_client, endpoint):
     assert AuditEvent.objects.filter(action="webhook.update").count() == 1
 
 
-def test_re_enabling_clears_the_disabled_reason(admin_key_client, endpoint):
+def test_it_clears_the_disabled_reason_on_re_enabling(admin_key_client, endpoint):
     reason = "the receiver answered 410 Gone at 2026-01-01 00:00:00 UTC"
     WebhookEndpoint.objects.filter(pk=endpoint.pk).update(enabled=False, disabled_reason=reason)
     response = patch(admin_key_client, f"/api/webhooks/{endpoint.pk}", {"enabled": True})
@@ -160,7 +160,7 @@ def test_it_rejects_bad_fields_naming_them_and_writes_nothing(
         ("http://[::1]:8080/hook", "::1 is a"),
     ],
 )
-def test_an_edit_to_an_internal_url_is_refused(admin_key_client, endpoint, url, words):
+def test_it_refuses_an_edit_to_an_internal_url(admin_key_client, endpoint, url, words):
     # 127.0.0.0/8 is allowed for these tests (conftest): other internal networks are not.
     response = patch(admin_key_client, f"/api/webhooks/{endpoint.pk}", {"url": url})
     assert response.status_code == 422
@@ -170,7 +170,7 @@ def test_an_edit_to_an_internal_url_is_refused(admin_key_client, endpoint, url, 
     assert row(endpoint)["url"] == "https://hooks.example.com/a"
 
 
-def test_an_edit_to_loopback_follows_allow_networks(admin_key_client, endpoint, settings):
+def test_it_lets_an_edit_to_loopback_follow_allow_networks(admin_key_client, endpoint, settings):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = []
     refused = patch(
         admin_key_client, f"/api/webhooks/{endpoint.pk}", {"url": "http://127.0.0.1:9/"}
@@ -185,14 +185,14 @@ def test_an_edit_to_loopback_follows_allow_networks(admin_key_client, endpoint, 
     assert row(endpoint)["url"] == "http://127.0.0.1:9/"
 
 
-def test_an_unknown_endpoint_is_404(admin_key_client):
+def test_it_answers_404_for_an_unknown_endpoint(admin_key_client):
     assert patch(admin_key_client, "/api/webhooks/999", {"description": "x"}).status_code == 404
     response = admin_key_client.post("/api/webhooks/999/test")
     assert response.status_code == 404
     assert response.json()["error"]["field"] == "webhook_id"
 
 
-def test_only_admins_edit_and_test(alice, bob, api_key, endpoint):
+def test_it_lets_only_admins_edit_and_test(alice, bob, api_key, endpoint):
     operator_key = Client(headers={"Authorization": f"Bearer {api_key}"})
     grant(bob, "operator")
     operator = Client()
@@ -225,7 +225,7 @@ def test_only_admins_edit_and_test(alice, bob, api_key, endpoint):
 # -- test send --------------------------------------------------------------------------
 
 
-def test_a_test_send_is_signed_with_the_endpoints_secret(admin_key_client):
+def test_it_signs_a_test_send_with_the_endpoints_secret(admin_key_client):
     with Receiver(Reply(status=202, body=b"thanks, got it")) as receiver:
         endpoint, _ = make_endpoint(receiver.url, secret=GOOD_SECRET, events=["swap_failed"])
         response = admin_key_client.post(f"/api/webhooks/{endpoint.pk}/test")
@@ -262,7 +262,7 @@ def test_a_test_send_is_signed_with_the_endpoints_secret(admin_key_client):
     }
 
 
-def test_a_test_send_reports_a_500_and_is_not_retried(admin_key_client):
+def test_it_reports_a_500_to_a_test_send_and_does_not_retry_it(admin_key_client):
     with Receiver(Reply(status=500, body=b"boom " * 400)) as receiver:
         endpoint, _ = make_endpoint(receiver.url)
         response = admin_key_client.post(f"/api/webhooks/{endpoint.pk}/test")
@@ -279,7 +279,7 @@ def test_a_test_send_reports_a_500_and_is_not_retried(admin_key_client):
     assert endpoint.enabled  # a test never disables the endpoint
 
 
-def test_a_410_to_a_test_does_not_disable_the_endpoint(admin_key_client):
+def test_it_does_not_disable_the_endpoint_on_a_410_to_a_test(admin_key_client):
     with Receiver(410) as receiver:
         endpoint, _ = make_endpoint(receiver.url)
         result = admin_key_client.post(f"/api/webhooks/{endpoint.pk}/test").json()
@@ -287,7 +287,7 @@ def test_a_410_to_a_test_does_not_disable_the_endpoint(admin_key_client):
     assert row(endpoint)["enabled"] is True
 
 
-def test_a_test_to_an_internal_address_is_refused_at_connect(admin_key_client, settings):
+def test_it_refuses_a_test_to_an_internal_address_at_connect(admin_key_client, settings):
     with Receiver() as receiver:
         endpoint, _ = make_endpoint(receiver.url)  # allowed while 127.0.0.0/8 was
         settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = []
@@ -302,7 +302,7 @@ def test_a_test_to_an_internal_address_is_refused_at_connect(admin_key_client, s
     assert attempt.error == result["error"]
 
 
-def test_a_test_to_a_dead_receiver_reports_the_connection_error(admin_key_client):
+def test_it_reports_the_connection_error_of_a_test_to_a_dead_receiver(admin_key_client):
     with Receiver() as receiver:
         url = receiver.url
     endpoint, _ = make_endpoint(url)  # nothing listens there any more
@@ -311,7 +311,7 @@ def test_a_test_to_a_dead_receiver_reports_the_connection_error(admin_key_client
     assert "ConnectError" in result["error"]
 
 
-def test_a_disabled_endpoint_can_be_tested_before_re_enabling(admin_key_client):
+def test_it_can_test_a_disabled_endpoint_before_re_enabling(admin_key_client):
     with Receiver() as receiver:
         endpoint, _ = make_endpoint(receiver.url)
         WebhookEndpoint.objects.filter(pk=endpoint.pk).update(enabled=False)
@@ -324,7 +324,9 @@ def test_a_disabled_endpoint_can_be_tested_before_re_enabling(admin_key_client):
 # -- the dashboard's controls -----------------------------------------------------------
 
 
-def test_the_webhooks_page_gives_admins_edit_and_test_and_operators_neither(alice, bob, endpoint):
+def test_it_gives_admins_edit_and_test_on_the_webhooks_page_and_operators_neither(
+    alice, bob, endpoint
+):
     admin = Client()
     admin.force_login(alice)
     page = admin.get("/webhooks/").content.decode()

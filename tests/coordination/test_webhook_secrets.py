@@ -82,14 +82,14 @@ def test_it_uses_arbiter_webhook_key_and_accepts_a_list_for_key_rotation(setting
     assert Fernet(new_key).decrypt(new_token.encode()).decode() == GIVEN_SECRET
 
 
-def test_a_malformed_key_is_a_configuration_error_that_does_not_echo_it(settings):
+def test_it_reports_a_malformed_key_as_a_configuration_error_without_echoing_it(settings):
     settings.ARBITER_WEBHOOK_KEY = "not-a-fernet-key-but-sensitive"
     with pytest.raises(ImproperlyConfigured) as excinfo:
         secrets_box.encrypt_secret(GIVEN_SECRET)
     assert "not-a-fernet-key" not in str(excinfo.value)
 
 
-def test_an_unreadable_secret_fails_the_attempt_without_sending(settings):
+def test_it_fails_the_attempt_without_sending_when_the_secret_is_unreadable(settings):
     with Receiver() as receiver:
         make_endpoint(receiver.url, secret=GIVEN_SECRET)
         settings.SECRET_KEY = "rotated by an operator"
@@ -100,7 +100,7 @@ def test_an_unreadable_secret_fails_the_attempt_without_sending(settings):
     assert "cannot be decrypted" in delivery.attempt_log.get().error
 
 
-def test_secrets_never_appear_in_logs_responses_or_attempts(admin_key_client, caplog):
+def test_it_never_shows_secrets_in_logs_responses_or_attempts(admin_key_client, caplog):
     caplog.set_level(logging.DEBUG)
     with (
         Receiver(Reply(503, body=b"nope"), 200) as flaky,

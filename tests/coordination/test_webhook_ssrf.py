@@ -133,7 +133,7 @@ def emit(payload=None) -> WebhookEvent:
         return webhooks.emit_event("swap_complete", payload or {"swap_id": 1})
 
 
-def test_the_corpus_is_big_enough():
+def test_it_is_tested_against_a_big_enough_corpus_of_distinct_internal_urls():
     assert len(CORPUS) >= 40
     assert len(set(CORPUS)) == len(CORPUS)
 
@@ -160,7 +160,7 @@ def test_it_refuses_internal_urls_at_registration(admin_key_client, dns, url):
         ("http://[2002:a9fe:a9fe::1]/", "carries 169.254.169.254"),
     ],
 )
-def test_the_refusal_names_the_address_and_the_setting(admin_key_client, dns, url, words):
+def test_it_names_the_address_and_the_setting_in_the_refusal(admin_key_client, dns, url, words):
     message = post(admin_key_client, url).json()["error"]["message"]
     assert words in message
     assert "ARBITER_WEBHOOK_ALLOW_NETWORKS" in message
@@ -169,7 +169,7 @@ def test_the_refusal_names_the_address_and_the_setting(admin_key_client, dns, ur
 @pytest.mark.parametrize(
     "spelling", ["2130706433", "0177.0.0.1", "017700000001", "0x7f.1", "0x7f000001", "127.1"]
 )
-def test_legacy_spellings_are_what_the_c_resolver_connects_to(spelling):
+def test_it_reads_legacy_spellings_as_the_address_the_c_resolver_connects_to(spelling):
     """inet_aton semantics: getaddrinfo turns every one into 127.0.0.1, and so do we."""
     assert {i[4][0] for i in socket.getaddrinfo(spelling, 80, type=socket.SOCK_STREAM)} == {
         "127.0.0.1"
@@ -193,7 +193,7 @@ def test_it_accepts_public_urls(admin_key_client, dns, url):
     assert WebhookEndpoint.objects.get().url == url
 
 
-def test_an_allowed_network_is_accepted_and_delivered_to(admin_key_client, settings):
+def test_it_accepts_and_delivers_to_an_allowed_network(admin_key_client, settings):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["127.0.0.0/8"]
     with Receiver() as receiver:
         response = post(admin_key_client, receiver.url)
@@ -204,7 +204,7 @@ def test_an_allowed_network_is_accepted_and_delivered_to(admin_key_client, setti
     assert len(receiver.requests) == 1
 
 
-def test_allowing_one_network_does_not_allow_another(admin_key_client, settings):
+def test_it_does_not_allow_another_network_when_one_is_allowed(admin_key_client, settings):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["10.0.0.0/8", "fd00::/8"]
     assert post(admin_key_client, "http://10.9.8.7/").status_code == 201
     assert post(admin_key_client, "http://[fd00::5]/").status_code == 201
@@ -227,7 +227,7 @@ def test_it_connects_to_the_address_it_checked(dns, settings):
     assert receiver.requests[0].headers["host"] == f"pinned.example:{port}"
 
 
-def test_dns_rebinding_is_refused_at_delivery(dns):
+def test_it_refuses_dns_rebinding_at_delivery(dns):
     """Public when registered, loopback when delivered: nothing is sent, and the attempt
     is a failed one saying why."""
     with Receiver() as receiver:
@@ -247,7 +247,7 @@ def test_dns_rebinding_is_refused_at_delivery(dns):
     assert endpoint.enabled
 
 
-def test_an_endpoint_stored_before_the_guard_is_refused_at_delivery():
+def test_it_refuses_an_endpoint_stored_before_the_guard_at_delivery():
     with Receiver() as receiver:
         endpoint, _ = webhooks.create_endpoint("https://public.example.invalid/hook")
         WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url=receiver.url)
@@ -267,7 +267,7 @@ def test_an_endpoint_stored_before_the_guard_is_refused_at_delivery():
         "internal",  # a loopback receiver, below
     ],
 )
-def test_a_redirect_to_an_internal_address_is_not_followed(settings, location):
+def test_it_does_not_follow_a_redirect_to_an_internal_address(settings, location):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["127.0.0.1/32"]
     with Receiver() as internal:
         target = internal.url if location == "internal" else location
@@ -323,7 +323,7 @@ class DripServer:
         self.sock.close()
 
 
-def test_each_attempt_has_a_total_deadline(settings):
+def test_it_gives_each_attempt_a_total_deadline(settings):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["127.0.0.0/8"]
     settings.ARBITER_WEBHOOK_DELIVERY_DEADLINE = 1.0
     with DripServer() as drip:
@@ -339,7 +339,7 @@ def test_each_attempt_has_a_total_deadline(settings):
     assert "delivery deadline of 1 s passed" in attempt.error
 
 
-def test_the_stored_response_excerpt_is_capped(settings):
+def test_it_caps_the_stored_response_excerpt(settings):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["127.0.0.0/8"]
     with Receiver(Reply(500, body=b"x" * 1_000_000)) as receiver:
         webhooks.create_endpoint(receiver.url)
@@ -348,7 +348,7 @@ def test_the_stored_response_excerpt_is_capped(settings):
     assert delivery.attempt_log.get().response_excerpt == "x" * 500
 
 
-def test_a_bad_allow_networks_entry_fails_the_system_check(settings):
+def test_it_fails_the_system_check_for_a_bad_allow_networks_entry(settings):
     from arbiter.checks import check_webhook_allow_networks
 
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["10.0.0.0/8", "lan"]

@@ -28,7 +28,7 @@ def test_it_records_when_a_key_was_last_used(key_client, api_key):
     assert ApiKey.objects.verify(api_key).last_used_at is not None
 
 
-def test_the_last_use_is_written_at_most_once_a_minute(key_client, api_key):
+def test_it_writes_the_last_use_at_most_once_a_minute(key_client, api_key):
     """Not one database write per API call (bounded data, issue 17)."""
     from datetime import timedelta
 

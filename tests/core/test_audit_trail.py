@@ -79,7 +79,7 @@ def cluster(db) -> None:
     CatalogModel.objects.create(key="qwen", hub_repo="Qwen/Qwen3-0.6B", served_name="qwen")
 
 
-def test_a_swap_start_and_its_cancel_are_one_row_each(cluster, key_client, trail):
+def test_it_records_a_swap_start_and_its_cancel_as_one_row_each(cluster, key_client, trail):
     started = send(key_client, "POST", "/api/swap", {"model": "qwen", "host": "spark-1"})
     assert started.status_code == 202, started.content
     swap_id = started.json()["id"]
@@ -94,7 +94,7 @@ def test_a_swap_start_and_its_cancel_are_one_row_each(cluster, key_client, trail
     assert (row.before, row.after) == ({"state": "pending"}, {"state": "cancelled"})
 
 
-def test_a_refused_swap_leaves_no_row(cluster, key_client, trail):
+def test_it_records_no_row_for_a_refused_swap(cluster, key_client, trail):
     locks.acquire("someone else", 600)
     trail.new()
     refused = send(key_client, "POST", "/api/swap", {"model": "qwen", "host": "spark-1"})
@@ -103,7 +103,9 @@ def test_a_refused_swap_leaves_no_row(cluster, key_client, trail):
 
 
 # -- the lock --------------------------------------------------------------------------
-def test_lock_acquire_extend_and_release_are_one_row_each_and_never_the_token(key_client, trail):
+def test_it_records_lock_acquire_extend_and_release_as_one_row_each_and_never_the_token(
+    key_client, trail
+):
     granted = send(key_client, "POST", "/api/swap/lock", {"holder": "eval", "ttl_seconds": 60})
     assert granted.status_code == 201, granted.content
     token = granted.json()["token"]
@@ -129,7 +131,7 @@ def test_lock_acquire_extend_and_release_are_one_row_each_and_never_the_token(ke
         assert locks.hash_token(token) not in json.dumps([event.before, event.after])
 
 
-def test_a_release_with_a_wrong_token_leaves_no_row(key_client, trail):
+def test_it_records_no_row_for_a_release_with_a_wrong_token(key_client, trail):
     locks.acquire("eval", 60)
     trail.new()
     wrong = send(key_client, "DELETE", "/api/swap/lock", headers={locks.TOKEN_HEADER: "nope"})
@@ -137,7 +139,7 @@ def test_a_release_with_a_wrong_token_leaves_no_row(key_client, trail):
     assert trail.new() == []
 
 
-def test_a_force_release_is_one_row_by_the_admin_person(alice_client, trail):
+def test_it_records_a_force_release_as_one_row_by_the_admin_person(alice_client, trail):
     locks.acquire("eval", 600, "tonight")
     trail.new()
     response = send(alice_client, "DELETE", "/api/swap/lock?force=true&reason=stuck")
@@ -149,7 +151,7 @@ def test_a_force_release_is_one_row_by_the_admin_person(alice_client, trail):
 
 
 # -- the catalog -----------------------------------------------------------------------
-def test_catalog_create_update_delete_are_one_row_each(key_client, trail):
+def test_it_records_a_catalog_create_update_and_delete_as_one_row_each(key_client, trail):
     body = {"key": "qwen3-8b", "hub_repo": "Qwen/Qwen3-8B", "served_name": "qwen3-8b"}
     assert send(key_client, "POST", "/api/models", body).status_code == 201
     row = trail.one("catalog.create", OPERATOR, ("catalog_model", "qwen3-8b"))
@@ -167,7 +169,7 @@ def test_catalog_create_update_delete_are_one_row_each(key_client, trail):
     assert row.before["hub_repo"] == "Qwen/Qwen3-8B" and row.client_address == ADDRESS
 
 
-def test_the_catalog_form_audits_its_create_like_the_api(operator_bob, trail):
+def test_it_records_a_create_from_the_catalog_form_like_one_from_the_api(operator_bob, trail):
     client = Client()
     client.force_login(operator_bob)
     form = {
@@ -190,7 +192,7 @@ def test_the_catalog_form_audits_its_create_like_the_api(operator_bob, trail):
 
 
 # -- the inventory ---------------------------------------------------------------------
-def test_host_and_service_edits_and_resets_are_one_row_each(admin_key_client, trail):
+def test_it_records_host_and_service_edits_and_resets_as_one_row_each(admin_key_client, trail):
     apply_inventory(CLUSTER)
     trail.new()
     response = send(admin_key_client, "PATCH", "/api/hosts/spark-1", {"vram_margin_mib": 4096})
@@ -214,7 +216,7 @@ def test_host_and_service_edits_and_resets_are_one_row_each(admin_key_client, tr
     assert (row.before, row.after) == ({"disabled": True}, {"disabled": False})
 
 
-def test_a_refused_service_edit_leaves_no_row(admin_key_client, trail):
+def test_it_records_no_row_for_a_refused_service_edit(admin_key_client, trail):
     apply_inventory(CLUSTER)
     locks.acquire("someone else", 600)
     trail.new()
@@ -224,7 +226,7 @@ def test_a_refused_service_edit_leaves_no_row(admin_key_client, trail):
 
 
 # -- schedules -------------------------------------------------------------------------
-def test_schedule_register_update_and_delete_are_one_row_each(key_client, trail):
+def test_it_records_a_schedule_register_update_and_delete_as_one_row_each(key_client, trail):
     CatalogModel.objects.create(key="qwen", hub_repo="Qwen/Qwen3-0.6B", served_name="qwen")
     trail.new()
     job = {
@@ -250,7 +252,7 @@ def test_schedule_register_update_and_delete_are_one_row_each(key_client, trail)
 
 
 # -- webhooks --------------------------------------------------------------------------
-def test_webhook_create_rotate_redeliver_delete_are_one_row_each_without_secrets(
+def test_it_records_webhook_create_rotate_redeliver_and_delete_as_one_row_each_without_secrets(
     admin_key_client, trail, settings
 ):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = ["127.0.0.0/8"]
@@ -285,7 +287,7 @@ def test_webhook_create_rotate_redeliver_delete_are_one_row_each_without_secrets
 
 
 # -- API keys --------------------------------------------------------------------------
-def test_key_create_and_revoke_by_an_admin_person_are_one_row_each(alice_client, trail):
+def test_it_records_a_key_create_and_revoke_by_an_admin_person_as_one_row_each(alice_client, trail):
     created = send(alice_client, "POST", "/api/keys", {"name": "app1", "role": "inference"})
     assert created.status_code == 201, created.content
     key_id, raw = created.json()["id"], created.json()["key"]
@@ -303,7 +305,7 @@ def test_key_create_and_revoke_by_an_admin_person_are_one_row_each(alice_client,
     assert trail.new() == []
 
 
-def test_the_create_api_key_command_is_audited_as_the_engine(trail):
+def test_it_records_the_create_api_key_command_as_the_engine(trail):
     call_command(
         "create_api_key",
         "cron-box",
@@ -320,7 +322,7 @@ def test_the_create_api_key_command_is_audited_as_the_engine(trail):
 
 
 # -- retention -------------------------------------------------------------------------
-def test_retention_deletes_rows_older_than_the_setting_and_keeps_newer_ones(settings):
+def test_it_deletes_rows_older_than_the_retention_setting_and_keeps_newer_ones(settings):
     settings.ARBITER_AUDIT_RETENTION_DAYS = 30
     now = timezone.now()
     old = audit.record(audit.ENGINE, "swap.start", "swap", 1)
@@ -332,14 +334,14 @@ def test_retention_deletes_rows_older_than_the_setting_and_keeps_newer_ones(sett
     assert set(AuditEvent.objects.values_list("pk", flat=True)) == {edge.pk, new.pk}
 
 
-def test_retention_zero_keeps_every_row(settings):
+def test_it_keeps_every_row_with_a_retention_of_zero(settings):
     settings.ARBITER_AUDIT_RETENTION_DAYS = 0
     row = audit.record(audit.ENGINE, "swap.start", "swap", 1)
     AuditEvent.objects.filter(pk=row.pk).update(at=timezone.now() - timedelta(days=5000))
     assert audit.prune() == 0 and AuditEvent.objects.filter(pk=row.pk).exists()
 
 
-def test_the_periodic_housekeeping_prunes_the_trail(settings):
+def test_it_is_pruned_by_the_periodic_housekeeping(settings):
     from asgiref.sync import async_to_sync
 
     from arbiter.loops import prune_retained
@@ -379,7 +381,7 @@ def listed(client: Client, query: str = "") -> list[str]:
     return [e["action"] for e in response.json()["events"]]
 
 
-def test_the_audit_api_lists_newest_first_with_every_field(admin_key_client, rows):
+def test_it_lists_newest_first_with_every_field_in_the_audit_api(admin_key_client, rows):
     response = admin_key_client.get("/api/audit")
     assert response.status_code == 200
     events = response.json()["events"]
@@ -400,7 +402,7 @@ def test_the_audit_api_lists_newest_first_with_every_field(admin_key_client, row
     assert response.json()["next_before_id"] is None
 
 
-def test_the_audit_api_filters(admin_key_client, rows):
+def test_it_filters_the_audit_api_by_action_actor_object_and_time(admin_key_client, rows):
     assert listed(admin_key_client, "?action=swap.") == ["swap.cancel", "swap.start"]
     assert listed(admin_key_client, "?action=swap.start") == ["swap.start"]
     assert listed(admin_key_client, "?action=swap") == []  # exact unless it ends in "."
@@ -416,7 +418,7 @@ def test_the_audit_api_filters(admin_key_client, rows):
     assert listed(admin_key_client, "?until=2026-12-01") == []
 
 
-def test_the_audit_api_pages_with_a_cursor(admin_key_client, rows):
+def test_it_pages_the_audit_api_with_a_cursor(admin_key_client, rows):
     first = admin_key_client.get("/api/audit?limit=2").json()
     assert [e["action"] for e in first["events"]] == ["key.create", "broker.load"]
     second = admin_key_client.get(f"/api/audit?limit=2&before_id={first['next_before_id']}").json()
@@ -436,13 +438,13 @@ def test_the_audit_api_pages_with_a_cursor(admin_key_client, rows):
         ("?before_id=x", "before_id"),
     ],
 )
-def test_the_audit_api_names_a_bad_filter_in_a_422(admin_key_client, query, field):
+def test_it_names_a_bad_audit_api_filter_in_a_422(admin_key_client, query, field):
     response = admin_key_client.get(f"/api/audit{query}")
     assert response.status_code == 422, response.content
     assert response.json()["error"]["field"] == field
 
 
-def test_the_audit_api_is_for_admins_only(key_client, client, bob):
+def test_it_refuses_the_audit_api_to_anyone_but_an_admin(key_client, client, bob):
     assert key_client.get("/api/audit").status_code == 403  # an operator key
     grant(bob, "operator")
     client.force_login(bob)
@@ -450,7 +452,7 @@ def test_the_audit_api_is_for_admins_only(key_client, client, bob):
 
 
 # -- the dashboard page ----------------------------------------------------------------
-def test_the_audit_page_shows_the_filtered_trail_to_an_admin(alice_client, rows):
+def test_it_shows_the_filtered_trail_on_the_audit_page_to_an_admin(alice_client, rows):
     page = alice_client.get("/audit/?action=swap.")
     assert page.status_code == 200
     html = page.content.decode()
@@ -459,7 +461,7 @@ def test_the_audit_page_shows_the_filtered_trail_to_an_admin(alice_client, rows)
     assert 'value="swap."' in html and 'id="nav-audit"' in html
 
 
-def test_the_audit_page_pages_and_reports_a_bad_filter(alice_client, rows, monkeypatch):
+def test_it_pages_on_the_audit_page_and_reports_a_bad_filter_there(alice_client, rows, monkeypatch):
     from arbiter.api import audit as audit_api
 
     monkeypatch.setattr(audit_api, "DEFAULT_LIMIT", 2)
@@ -472,7 +474,7 @@ def test_the_audit_page_pages_and_reports_a_bad_filter(alice_client, rows, monke
     assert bad.status_code == 422 and "since:" in bad.content.decode()
 
 
-def test_the_audit_page_is_refused_to_an_operator(operator_bob):
+def test_it_refuses_the_audit_page_to_an_operator(operator_bob):
     client = Client()
     client.force_login(operator_bob)
     assert client.get("/audit/").status_code == 403

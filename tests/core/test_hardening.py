@@ -116,7 +116,9 @@ def check_too_large(path: str, status: int, headers: dict, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("path", every_path())
-async def test_every_route_answers_a_declared_oversized_body_with_the_json_413(small_limits, path):
+async def test_it_answers_a_declared_oversized_body_with_the_json_413_on_every_route(
+    small_limits, path
+):
     limit = 2000 if is_broker(path) else 1000
     # Only the headers arrive: the answer comes without reading (or storing) the body.
     status, headers, body = await asgi_post(
@@ -126,13 +128,13 @@ async def test_every_route_answers_a_declared_oversized_body_with_the_json_413(s
 
 
 @pytest.mark.parametrize("path", ["/api/models", "/api/swap/lock", "/catalog/add/hub", "/v1/x"])
-async def test_an_oversized_body_without_a_length_is_counted_and_refused(small_limits, path):
+async def test_it_counts_and_refuses_an_oversized_body_without_a_length(small_limits, path):
     status, headers, body = await asgi_post(path, [b"x" * 600] * 5, [])
     check_too_large(path, status, headers, body)
 
 
 @pytest.mark.parametrize("length", [b"1e9", b"\xb2", b"-1", b"9" * 400])
-async def test_a_content_length_that_is_not_plain_digits_falls_back_to_counting(
+async def test_it_falls_back_to_counting_for_a_content_length_that_is_not_plain_digits(
     small_limits, length
 ):
     status, headers, body = await asgi_post(
@@ -141,7 +143,7 @@ async def test_a_content_length_that_is_not_plain_digits_falls_back_to_counting(
     check_too_large("/api/models", status, headers, body)
 
 
-async def test_a_body_within_the_broker_limit_is_never_spooled_to_disk(
+async def test_it_never_spools_a_body_within_the_broker_limit_to_disk(
     monkeypatch, transactional_db
 ):
     """Django's ASGI handler spools bodies past FILE_UPLOAD_MAX_MEMORY_SIZE to a file;
@@ -167,7 +169,7 @@ async def test_a_body_within_the_broker_limit_is_never_spooled_to_disk(
     assert spooled and not any(f._rolled for f in spooled)
 
 
-def test_the_upload_settings_keep_every_accepted_body_in_memory():
+def test_it_has_upload_settings_that_keep_every_accepted_body_in_memory():
     assert django_settings.FILE_UPLOAD_HANDLERS == [
         "django.core.files.uploadhandler.MemoryFileUploadHandler"
     ]
@@ -184,7 +186,9 @@ def test_the_upload_settings_keep_every_accepted_body_in_memory():
     ("method", "path"),
     [("post", "/api/models"), ("put", "/api/models/x"), ("post", "/api/swap/lock")],
 )
-def test_the_api_answers_request_data_too_big_with_the_json_413(key_client, settings, method, path):
+def test_it_answers_request_data_too_big_in_the_api_with_the_json_413(
+    key_client, settings, method, path
+):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     body = json.dumps({"key": "x", "pad": "x" * 2000})
     response = getattr(key_client, method)(path, body, content_type="application/json")
@@ -198,7 +202,7 @@ def test_the_api_answers_request_data_too_big_with_the_json_413(key_client, sett
 
 
 @pytest.mark.django_db
-def test_an_anonymous_oversized_body_is_refused_before_it_is_parsed(settings):
+def test_it_refuses_an_anonymous_oversized_body_before_it_is_parsed(settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     body = json.dumps({"key": "x", "pad": "x" * 2000})
     response = Client().post("/api/models", body, content_type="application/json")
@@ -217,7 +221,7 @@ class BrokenConnection:
 @pytest.mark.parametrize(
     ("path", "module"), [("/healthz", "arbiter.views"), ("/readyz", "arbiter.broker.ops")]
 )
-def test_health_routes_never_show_the_database_error(monkeypatch, caplog, path, module):
+def test_it_never_shows_the_database_error_on_the_health_routes(monkeypatch, caplog, path, module):
     monkeypatch.setattr(f"{module}.connection", BrokenConnection())
     response = Client().get(path)
     assert response.status_code == 503
@@ -227,7 +231,7 @@ def test_health_routes_never_show_the_database_error(monkeypatch, caplog, path, 
 
 
 @pytest.mark.django_db
-def test_readyz_hides_a_failure_after_the_first_query_too(monkeypatch):
+def test_it_hides_a_failure_after_the_first_query_on_readyz_too(monkeypatch):
     def broken(*args, **kwargs):
         raise OperationalError(SECRET_DETAIL)
 
@@ -261,7 +265,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_a_new_data_dir_is_0700_and_its_databases_0600(tmp_path):
+def test_it_makes_a_new_data_dir_0700_and_its_databases_0600(tmp_path):
     data_dir = tmp_path / "new" / "data"
     manage(data_dir, "migrate", "-v0")
     assert mode(data_dir) == 0o700
@@ -273,7 +277,7 @@ def test_a_new_data_dir_is_0700_and_its_databases_0600(tmp_path):
         assert mode(path) == 0o600, path
 
 
-def test_an_existing_data_dir_and_database_are_tightened(tmp_path):
+def test_it_tightens_an_existing_data_dir_and_database(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o755)
     data_dir.chmod(0o755)
@@ -307,7 +311,7 @@ def test_an_existing_data_dir_and_database_are_tightened(tmp_path):
         ),
     ],
 )
-def test_a_lone_surrogate_is_a_422_naming_the_field_and_nothing_is_written(
+def test_it_refuses_a_lone_surrogate_with_a_422_naming_the_field_and_writes_nothing(
     admin_key_client, path, body, field
 ):
     # "\ud800" is valid JSON and Python decodes it, but it is no text: a database write

@@ -15,7 +15,7 @@ from arbiter.models import ApiKey, KeyUsage
 pytestmark = pytest.mark.django_db
 
 
-def test_the_command_sets_both_quotas():
+def test_it_sets_both_quotas_from_the_command():
     out = StringIO()
     err = StringIO()
     call_command(
@@ -47,7 +47,7 @@ def test_the_command_sets_both_quotas():
         (["--tokens-per-day", "-3"], "--tokens-per-day"),
     ],
 )
-def test_the_command_refuses_bad_quotas(args, words):
+def test_it_refuses_bad_quotas_in_the_command(args, words):
     with pytest.raises(CommandError, match=words):
         call_command("create_api_key", "x", *args, stdout=StringIO(), stderr=StringIO())
     assert not ApiKey.objects.exists()
@@ -60,7 +60,7 @@ def use(key: ApiKey, requests: int, tokens: int, now: datetime | None = None) ->
     quotas.add_tokens(key.pk, tokens, now)
 
 
-def test_post_keys_takes_quotas_and_get_keys_shows_usage(admin_person):
+def test_it_takes_quotas_in_post_keys_and_shows_usage_in_get_keys(admin_person):
     response = admin_person.post(
         "/api/keys",
         {"name": "app1", "role": "inference", "requests_per_minute": 5, "tokens_per_day": 1000},
@@ -96,14 +96,14 @@ def test_post_keys_takes_quotas_and_get_keys_shows_usage(admin_person):
         ({"name": "x", "tokens_per_day": 2**63}, "tokens_per_day"),
     ],
 )
-def test_post_keys_names_a_bad_quota(admin_person, data, field):
+def test_it_names_a_bad_quota_in_post_keys(admin_person, data, field):
     response = admin_person.post("/api/keys", data, content_type="application/json")
     assert response.status_code == 422, response.content
     assert response.json()["error"]["field"] == field
     assert not ApiKey.objects.exists()
 
 
-def test_the_keys_screen_has_the_fields_and_shows_usage(admin_person):
+def test_it_puts_the_quota_fields_and_the_usage_on_the_keys_screen(admin_person):
     key, _raw = ApiKey.objects.create_key(
         name="app1", role="inference", requests_per_minute=5, tokens_per_day=1000
     )
@@ -116,7 +116,7 @@ def test_the_keys_screen_has_the_fields_and_shows_usage(admin_person):
     assert '<span class="muted">none</span>' in table  # the key without quotas
 
 
-def test_the_clients_panel_and_status_show_usage_against_limits(bob):
+def test_it_shows_usage_against_limits_in_the_clients_panel_and_status(bob):
     key, _raw = ApiKey.objects.create_key(name="app1", role="inference", requests_per_minute=5)
     ApiKey.objects.create_key(name="plain")
     revoked, _raw = ApiKey.objects.create_key(name="gone", tokens_per_day=9)
@@ -140,7 +140,7 @@ def test_the_clients_panel_and_status_show_usage_against_limits(bob):
     ]
 
 
-def test_old_minute_rows_are_dropped_when_a_new_minute_starts():
+def test_it_drops_old_minute_rows_when_a_new_minute_starts():
     key, _raw = ApiKey.objects.create_key(name="app1", requests_per_minute=5)
     long_ago = timezone.now() - timedelta(hours=3)
     assert quotas.take_request(key.pk, 5, long_ago)

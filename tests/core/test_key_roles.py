@@ -21,7 +21,7 @@ def create(*args: str) -> tuple[str, ApiKey]:
     return raw, ApiKey.objects.verify(raw)
 
 
-def test_the_command_takes_role_models_and_expiry():
+def test_it_takes_role_models_and_expiry_from_the_command():
     raw, key = create("chat app", "--role", "inference", "--models", "qwen, llama,qwen")
     assert key.role == "inference" and key.allowed_models == ["qwen", "llama"]
     assert key.expires_at is None
@@ -40,13 +40,13 @@ def test_the_command_takes_role_models_and_expiry():
         (["--expires-in-days", "3651"], "--expires-in-days"),
     ],
 )
-def test_the_command_refuses_bad_flags(args, words):
+def test_it_refuses_bad_flags_to_the_command(args, words):
     with pytest.raises(CommandError, match=words):
         call_command("create_api_key", "x", *args, stdout=StringIO(), stderr=StringIO())
     assert not ApiKey.objects.exists()
 
 
-def test_post_keys_takes_the_same_fields(admin_person):
+def test_it_takes_the_same_fields_in_post_keys(admin_person):
     response = admin_person.post(
         "/api/keys",
         {"name": "chat app", "role": "inference", "models": ["qwen"], "expires_in_days": 30},
@@ -77,14 +77,14 @@ def test_post_keys_takes_the_same_fields(admin_person):
         ({"name": "x", "expires_in_days": 3651}, "expires_in_days"),
     ],
 )
-def test_post_keys_names_the_bad_field(admin_person, data, field):
+def test_it_names_the_bad_field_in_post_keys(admin_person, data, field):
     response = admin_person.post("/api/keys", data, content_type="application/json")
     assert response.status_code == 422, response.content
     assert response.json()["error"]["field"] == field
     assert not ApiKey.objects.exists()
 
 
-def test_only_an_admin_person_manages_keys(bob, admin_key):
+def test_it_lets_only_an_admin_person_manage_keys(bob, admin_key):
     client = Client()
     client.force_login(grant(bob, "operator"))
     refused = client.post("/api/keys", {"name": "x"}, content_type="application/json")
@@ -97,7 +97,7 @@ def test_only_an_admin_person_manages_keys(bob, admin_key):
     assert ApiKey.objects.count() == 1  # the admin key itself
 
 
-def test_an_expired_key_no_longer_authenticates(settings):
+def test_it_no_longer_authenticates_an_expired_key(settings):
     settings.ARBITER_ANONYMOUS_READS = False
     key, raw = ApiKey.objects.create_key(name="old", expires_at=timezone.now() + timedelta(hours=1))
     client = Client(headers={"Authorization": f"Bearer {raw}"})
@@ -107,7 +107,7 @@ def test_an_expired_key_no_longer_authenticates(settings):
     assert client.get("/api/status").status_code == 401
 
 
-def test_an_inference_key_reads_but_writes_nothing():
+def test_it_lets_an_inference_key_read_but_write_nothing():
     _key, raw = ApiKey.objects.create_key(name="chat app", role="inference")
     client = Client(headers={"Authorization": f"Bearer {raw}"})
     assert client.get("/api/status").status_code == 200
@@ -118,7 +118,7 @@ def test_an_inference_key_reads_but_writes_nothing():
     assert error["message"] == "this needs the operator role; key 'chat app' has role inference"
 
 
-def test_a_viewer_cannot_use_the_catalog_form(bob):
+def test_it_refuses_the_catalog_form_to_a_viewer(bob):
     client = Client()
     client.force_login(bob)
     response = client.post("/catalog/add/hub", {"hub-key": "x"})

@@ -32,7 +32,7 @@ def swap_with_lines(host: Host, finished_days_ago: float | None) -> Swap:
     return swap
 
 
-def test_old_swaps_lose_their_log_lines_and_keep_their_row(settings):
+def test_it_drops_the_log_lines_of_old_swaps_and_keeps_their_row(settings):
     settings.ARBITER_SWAP_LOG_RETENTION_DAYS = 30
     host = Host.objects.create(name="h", address="127.0.0.1")
     old = swap_with_lines(host, finished_days_ago=31)
@@ -45,7 +45,7 @@ def test_old_swaps_lose_their_log_lines_and_keep_their_row(settings):
     assert Swap.objects.filter(pk=old.pk).exists()
 
 
-def test_zero_keeps_every_log(settings):
+def test_it_keeps_every_log_with_a_retention_of_zero(settings):
     settings.ARBITER_SWAP_LOG_RETENTION_DAYS = 0
     old = swap_with_lines(Host.objects.create(name="h", address="127.0.0.1"), 5000)
     assert prune_logs() == 0 and SwapLogLine.objects.filter(swap=old).count() == 3
@@ -63,7 +63,7 @@ def delivery(endpoint: WebhookEndpoint, status: str, days_ago: float) -> Webhook
     return row
 
 
-def test_finished_deliveries_past_the_retention_go_with_their_attempts_and_events(settings):
+def test_it_deletes_finished_deliveries_past_the_retention_with_their_attempts_and_events(settings):
     settings.ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS = 7
     endpoint = WebhookEndpoint.objects.create(url="https://example.org/hook", secret_encrypted="x")
     old_delivered = delivery(endpoint, WebhookDelivery.DELIVERED, 8)
@@ -82,7 +82,7 @@ def test_finished_deliveries_past_the_retention_go_with_their_attempts_and_event
     assert WebhookEvent.objects.filter(pk=old_pending.event_id).exists()
 
 
-def test_zero_keeps_every_delivery(settings):
+def test_it_keeps_every_delivery_with_a_retention_of_zero(settings):
     settings.ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS = 0
     endpoint = WebhookEndpoint.objects.create(url="https://example.org/hook", secret_encrypted="x")
     delivery(endpoint, WebhookDelivery.DELIVERED, 5000)

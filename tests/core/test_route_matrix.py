@@ -3,7 +3,7 @@
 The routes come from the resolver (the API's operations with their methods, read from
 ninja's path views), the decisions from `arbiter.route_policy`, and the expected answer
 from `arbiter.roles.may`, so a route added without a decision fails
-`test_every_route_has_a_decision` and the matrix follows the table as it changes.
+`test_it_has_a_decision_for_every_route` and the matrix follows the table as it changes.
 
 Requests carry empty bodies and ids that name nothing, so an allowed write stops at
 validation or a 404 and changes nothing.
@@ -98,7 +98,7 @@ def test_it_enumerates_the_routes_it_means_to():
         assert expected in found
 
 
-def test_every_route_has_a_decision():
+def test_it_has_a_decision_for_every_route():
     missing = []
     for method, route, is_api in route_methods():
         key = (method, route) if is_api else (ANY, route)
@@ -107,7 +107,7 @@ def test_every_route_has_a_decision():
     assert not missing, f"routes without a decision in arbiter/route_policy.py: {missing}"
 
 
-def test_every_decision_names_a_route_that_exists():
+def test_it_names_an_existing_route_in_every_decision():
     routes = route_methods()
     api = {(method, route) for method, route, is_api in routes if is_api}
     views = {(ANY, route) for _, route, is_api in routes if not is_api}
@@ -115,7 +115,7 @@ def test_every_decision_names_a_route_that_exists():
     assert set(VIEW_POLICY) - views == set()
 
 
-def test_a_route_without_a_decision_is_kept_for_admins():
+def test_it_keeps_a_route_without_a_decision_for_admins():
     key = ApiKey(name="ci", role=ApiKey.ROLE_OPERATOR)
     assert route_policy.refusal(key, "POST", "api/some/new/route") == (
         "this needs the admin role; key 'ci' has role operator"
@@ -181,7 +181,9 @@ def outcome(response, decision: str) -> str:
     route_methods(),
     ids=[f"{method} /{route}" for method, route, _ in route_methods()],
 )
-def test_route_matrix(method, route, is_api, principals):
+def test_it_allows_every_kind_of_caller_or_answers_401_or_403_as_the_decision_says(
+    method, route, is_api, principals
+):
     decision = route_policy.decision_for(method, route)
     assert decision is not None, f"{method} /{route} has no decision"
     path = concrete_path(route)

@@ -55,7 +55,7 @@ def test_it_refuses_an_unknown_model(live_arbiter):  # noqa: F811
     assert "no catalog model with key 'no-such-model'" in result.stderr
 
 
-def test_its_temporary_key_is_revoked(live_arbiter):  # noqa: F811
+def test_it_revokes_its_temporary_key(live_arbiter):  # noqa: F811
     # The served instance has its own database; read it through its own manage.py.
     smoke(live_arbiter, "sim-b", "--model", "qwen3-600m", "--no-swap-back")
     listed = subprocess.run(

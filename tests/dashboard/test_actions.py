@@ -100,7 +100,7 @@ def test_it_creates_a_key_shown_once_with_the_table(admin):
         ({"role": "operator"}, "models", "only an inference key is limited to models"),
     ],
 )
-def test_a_bad_key_field_is_named_next_to_it(admin, change, field, words):
+def test_it_names_a_bad_key_field_next_to_it(admin, change, field, words):
     response = admin.post("/actions/keys", {**KEY_FORM, **change})
     assert response.status_code == 422
     html = response.content.decode()
@@ -127,7 +127,7 @@ def test_it_revokes_a_key_and_answers_with_the_table(admin):
     assert "no API key with id 999999" in missing.content.decode()
 
 
-def test_keys_are_managed_by_admin_people_only(operator, admin_key):
+def test_it_lets_only_admin_people_manage_keys(operator, admin_key):
     key, _raw = ApiKey.objects.create_key(name="cron")
     assert operator.post("/actions/keys", KEY_FORM).status_code == 403
     assert operator.post(f"/actions/keys/{key.pk}/revoke").status_code == 403
@@ -138,7 +138,7 @@ def test_keys_are_managed_by_admin_people_only(operator, admin_key):
     assert ApiKey.objects.get(pk=key.pk).revoked_at is None
 
 
-def test_an_action_is_a_post(admin):
+def test_it_only_takes_an_action_as_a_post(admin):
     assert admin.get("/actions/keys").status_code == 405
 
 
@@ -172,7 +172,7 @@ def test_it_adds_a_webhook_and_shows_its_secret_once(admin):
         ({"url": "https://hooks.example.com/a", "secret": "short"}, "secret", "whsec_"),
     ],
 )
-def test_a_bad_webhook_field_is_named_next_to_it(admin, form, field, words):
+def test_it_names_a_bad_webhook_field_next_to_it(admin, form, field, words):
     response = admin.post("/actions/webhooks", form)
     assert response.status_code == 422
     message = field_error(response.content.decode())
@@ -194,7 +194,7 @@ def test_it_edits_a_webhook_and_answers_with_the_panel(admin):
     assert row.after["description"] == "after" and row.after["enabled"] is False
 
 
-def test_a_refused_edit_comes_back_as_its_form_with_the_field_named(admin):
+def test_it_sends_a_refused_edit_back_as_its_form_with_the_field_named(admin):
     endpoint, _ = make_endpoint("https://hooks.example.com/a")
     form = {"url": "http://10.0.0.5/hook", "description": "typed", "enabled": "on"}
     response = admin.post(f"/actions/webhooks/{endpoint.pk}/edit", form)
@@ -264,7 +264,7 @@ def test_it_redelivers_a_delivery(admin):
     assert "is disabled" in refused.content.decode()
 
 
-def test_webhook_writes_are_for_admins(operator):
+def test_it_keeps_webhook_writes_for_admins(operator):
     endpoint, _ = make_endpoint("https://hooks.example.com/a")
     for path in (
         "/actions/webhooks",
@@ -309,7 +309,7 @@ def test_it_disables_and_enables_a_service(admin, service):
     assert service.disabled is False
 
 
-def test_a_bad_service_toggle_names_the_field(admin, service):
+def test_it_names_the_field_of_a_bad_service_toggle(admin, service):
     response = admin.post("/actions/services/svc-a", {"disabled": "maybe"})
     assert response.status_code == 422
     assert response["HX-Retarget"] == "#services-error"
@@ -318,7 +318,7 @@ def test_a_bad_service_toggle_names_the_field(admin, service):
     assert missing.status_code == 404
 
 
-def test_a_service_toggle_follows_the_lock(admin, service):
+def test_it_makes_a_service_toggle_follow_the_lock(admin, service):
     grant_ = locks.acquire("nightly-eval", 600)
     response = admin.post("/actions/services/svc-a", {"disabled": "true"})
     assert response.status_code == 423
@@ -329,7 +329,7 @@ def test_a_service_toggle_follows_the_lock(admin, service):
     locks.release(grant_.token)
 
 
-def test_an_operator_cannot_toggle_a_service(operator, service):
+def test_it_does_not_let_an_operator_toggle_a_service(operator, service):
     assert operator.post("/actions/services/svc-a", {"disabled": "true"}).status_code == 403
     service.refresh_from_db()
     assert service.disabled is False
@@ -344,7 +344,7 @@ def pending_swap(db) -> Swap:
     return Swap.objects.create(model_key="qwen3-small", host=host, state=Swap.PENDING)
 
 
-def test_an_operator_cancels_a_swap(operator, pending_swap):
+def test_it_lets_an_operator_cancel_a_swap(operator, pending_swap):
     response = operator.post(f"/actions/swaps/{pending_swap.pk}/cancel")
     assert response.status_code == 200
     assert 'id="swap-panel"' in response.content.decode()
@@ -360,7 +360,7 @@ def test_an_operator_cancels_a_swap(operator, pending_swap):
     assert "already cancelled" in again.content.decode()
 
 
-def test_a_cancel_follows_the_lock(operator, pending_swap):
+def test_it_makes_a_cancel_follow_the_lock(operator, pending_swap):
     grant_ = locks.acquire("nightly-eval", 600)
     response = operator.post(f"/actions/swaps/{pending_swap.pk}/cancel")
     assert response.status_code == 423
@@ -371,7 +371,7 @@ def test_a_cancel_follows_the_lock(operator, pending_swap):
     locks.release(grant_.token)
 
 
-def test_a_viewer_cannot_cancel_a_swap(viewer, pending_swap):
+def test_it_does_not_let_a_viewer_cancel_a_swap(viewer, pending_swap):
     assert viewer.post(f"/actions/swaps/{pending_swap.pk}/cancel").status_code == 403
     pending_swap.refresh_from_db()
     assert pending_swap.state == Swap.PENDING
@@ -380,7 +380,7 @@ def test_a_viewer_cannot_cancel_a_swap(viewer, pending_swap):
 # -- the lock ----------------------------------------------------------------------------
 
 
-def test_an_admin_force_releases_the_lock_from_the_banner(admin):
+def test_it_lets_an_admin_force_release_the_lock_from_the_banner(admin):
     grant_ = locks.acquire("nightly-eval", 600, "weekly benchmark")
     response = admin.post(
         "/actions/lock/force-release", {"reason": "stuck job", "lock_delay_seconds": "0"}
@@ -396,7 +396,7 @@ def test_an_admin_force_releases_the_lock_from_the_banner(admin):
     assert row.after["reason"] == "stuck job" and row.after["lock_delay_seconds"] == 0
 
 
-def test_a_bad_force_release_comes_back_as_its_form(admin):
+def test_it_sends_a_bad_force_release_back_as_its_form(admin):
     locks.acquire("nightly-eval", 600)
     response = admin.post(
         "/actions/lock/force-release", {"reason": "typed", "lock_delay_seconds": "soon"}
@@ -410,13 +410,13 @@ def test_a_bad_force_release_comes_back_as_its_form(admin):
     assert not AuditEvent.objects.filter(action="lock.force_release").exists()
 
 
-def test_a_force_release_of_a_free_lock_says_so(admin):
+def test_it_says_so_when_force_releasing_a_free_lock(admin):
     response = admin.post("/actions/lock/force-release", {"reason": "", "lock_delay_seconds": "0"})
     assert response.status_code == 409
     assert "not held" in response.content.decode()
 
 
-def test_an_operator_cannot_force_release(operator):
+def test_it_does_not_let_an_operator_force_release(operator):
     locks.acquire("nightly-eval", 600)
     response = operator.post(
         "/actions/lock/force-release", {"reason": "mine now", "lock_delay_seconds": "0"}
@@ -425,7 +425,7 @@ def test_an_operator_cannot_force_release(operator):
     assert locks.current_lock().held is True
 
 
-def test_an_action_needs_the_csrf_token(csrf_client, django_user_model):
+def test_it_needs_the_csrf_token_for_an_action(csrf_client, django_user_model):
     # base.html puts the token into every htmx request (hx-headers on <body>).
     csrf_client.force_login(
         grant(django_user_model.objects.create_user("a", password="pw"), "admin")

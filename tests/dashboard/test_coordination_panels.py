@@ -155,7 +155,7 @@ class TestLockBanner:
             assert "hx-confirm=" in form and "<details" in form  # open, fill, confirm
             assert FORCE_RELEASE not in viewer and 'name="reason"' not in viewer, path
 
-    def test_a_pushed_banner_carries_no_form_only_a_slot_each_viewer_fetches(self, alice):
+    def test_it_pushes_a_banner_with_no_form_only_a_slot_each_viewer_fetches(self, alice):
         locks.acquire("nightly-eval", 600)
         pushed = coordination.lock_banner(oob=True)
         assert 'hx-swap-oob="true"' in opening_tag(pushed, "lock-banner")
@@ -163,7 +163,7 @@ class TestLockBanner:
         assert 'hx-get="/fragments/lock/force-release"' in slot and 'hx-trigger="load"' in slot
         assert FORCE_RELEASE not in pushed
 
-    def test_no_form_when_the_lock_is_free(self, alice):
+    def test_it_shows_no_form_when_the_lock_is_free(self, alice):
         html = logged_in(alice).get("/fragments/lock/force-release").content.decode()
         assert re.fullmatch(
             r'<div id="lock-force-release">\s*</div>', section(html, "lock-force-release")
@@ -262,7 +262,7 @@ class TestSchedulePanel:
         assert "schedule-job-warned" in opening_tag(html, "job-nightly-a")
         assert "schedule-job-warned" not in opening_tag(html, "job-noon")
 
-    def test_no_lock_warning_while_the_lock_is_free(self):
+    def test_it_gives_no_lock_warning_while_the_lock_is_free(self):
         job("every-minute", "* * * * *")
         html = coordination.schedule_panel()
         assert "lock_held" not in html
@@ -309,7 +309,7 @@ class TestWebhookPanel:
         assert 'data-status="delivered"' in section(html, f"delivery-{ok.pk}")
         assert "<code>thanks</code>" in html
 
-    def test_a_disabled_endpoint_shows_its_reason_and_offers_no_redeliver(self):
+    def test_it_shows_a_disabled_endpoints_reason_and_offers_no_redeliver(self):
         hook = endpoint(enabled=False, disabled_reason="the receiver answered 410 Gone")
         delivery(hook, WebhookDelivery.FAILED, [(410, "gone", "")])
         card = section(coordination.webhook_panel(), f"webhook-{hook.pk}")
@@ -347,7 +347,7 @@ class TestWebhookPanel:
 
 @pytest.mark.django_db
 class TestPageAndPolls:
-    def test_the_page_includes_the_three_panels(self, bob):
+    def test_it_includes_the_three_panels_in_the_page(self, bob):
         operator(bob)  # webhooks are read by operators (dashboard/roles.py)
         locks.acquire("nightly-eval", 600)
         html = logged_in(bob).get("/").content.decode()
@@ -357,7 +357,7 @@ class TestPageAndPolls:
         assert "Webhooks" in section(html, "webhook-panel")
 
     @pytest.mark.parametrize("path", FRAGMENTS)
-    def test_poll_views_need_a_login(self, path):
+    def test_it_needs_a_login_for_the_poll_views(self, path):
         response = Client().get(path, headers={"HX-Request": "true"})
         assert response.status_code == 204
         assert response["HX-Redirect"] == "/login/?next=/"
@@ -373,14 +373,14 @@ class TestPageAndPolls:
             ("/fragments/webhooks", "webhook-panel"),
         ],
     )
-    def test_poll_views_serve_the_fragment_by_its_id(self, bob, path, element_id):
+    def test_it_serves_the_fragment_by_its_id_from_the_poll_views(self, bob, path, element_id):
         operator(bob)
         response = logged_in(bob).get(path, headers={"HX-Request": "true"})
         assert response.status_code == 200
         section(response.content.decode(), element_id)
         assert "hx-swap-oob" not in response.content.decode()
 
-    def test_the_full_state_on_connect_has_the_three_panels_out_of_band(self, alice):
+    def test_it_sends_the_three_panels_out_of_band_in_the_full_state_on_connect(self, alice):
         locks.acquire("nightly-eval", 600)
         html = full_state()
         for element_id in ("lock-banner", "schedule-panel", "webhook-panel"):
@@ -411,7 +411,7 @@ async def _connected_dashboard() -> WebsocketCommunicator:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_lock_change_is_pushed_once_it_commits():
+async def test_it_pushes_a_lock_change_once_it_commits():
     communicator = await _connected_dashboard()
     try:
         # As a sync API view runs under daphne: in a thread called from the socket's loop.
@@ -425,7 +425,7 @@ async def test_a_lock_change_is_pushed_once_it_commits():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_registered_schedule_is_pushed(alice):
+async def test_it_pushes_a_registered_schedule(alice):
     communicator = await _connected_dashboard()
     try:
 
@@ -445,7 +445,7 @@ async def test_a_registered_schedule_is_pushed(alice):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_webhook_attempt_logged_in_a_worker_thread_is_pushed():
+async def test_it_pushes_a_webhook_attempt_logged_in_a_worker_thread():
     communicator = await _connected_dashboard()
     try:
         hook = await sync_to_async(endpoint)()
@@ -469,7 +469,7 @@ async def test_a_webhook_attempt_logged_in_a_worker_thread_is_pushed():
         await communicator.disconnect()
 
 
-def test_without_a_connected_socket_nothing_is_rendered_or_pushed(monkeypatch):
+def test_it_renders_and_pushes_nothing_without_a_connected_socket(monkeypatch):
     # The in-memory layer's case (with Redis every push goes out, socket or not).
     monkeypatch.setattr(live, "_layer_is_shared", lambda: False)
     monkeypatch.setattr(live, "_socket_loop", None)

@@ -44,7 +44,7 @@ def test_it_shows_broker_clients(bob):
     accounting.reset()
 
 
-def test_a_service_the_broker_unloaded_says_so_on_its_tile(bob):
+def test_it_says_on_its_tile_that_the_broker_unloaded_a_service(bob):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -66,7 +66,7 @@ def test_a_service_the_broker_unloaded_says_so_on_its_tile(bob):
 
 
 @pytest.mark.parametrize("path", ["/", "/catalog/"])
-def test_no_template_comment_is_printed_as_text(bob, path):
+def test_it_prints_no_template_comment_as_text(bob, path):
     # Django's `{# #}` ends at the line's end: a multi-line one is printed verbatim.
     client = Client()
     client.force_login(bob)

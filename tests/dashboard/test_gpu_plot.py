@@ -102,7 +102,7 @@ def test_it_draws_an_idle_gpus_flat_line_with_two_points():
     assert last == ("149.0", "100.0")
 
 
-def test_a_gap_breaks_the_line_and_a_lone_point_draws_nothing():
+def test_it_breaks_the_line_at_a_gap_and_draws_nothing_for_a_lone_point():
     values = [10, 10, 10, None, 50, None, 70, 80]
     lines, _ = polylines([f"{x}.0" for x in range(len(values))], values, 100.0, 100.0)
     assert lines == ["0.0,90.0 2.0,90.0", "6.0,30.0 7.0,20.0"]  # the lone 50 has no segment
@@ -110,7 +110,7 @@ def test_a_gap_breaks_the_line_and_a_lone_point_draws_nothing():
     assert last is None  # the GPU stopped reporting: no marker at an old reading
 
 
-def test_every_point_lies_on_the_line_drawn():
+def test_it_draws_a_line_that_every_point_lies_on():
     rng = random.Random(7)
     for _ in range(200):
         count = rng.randint(2, 160)
@@ -135,7 +135,7 @@ def test_every_point_lies_on_the_line_drawn():
             assert drawn is not None and abs(drawn - expected) < 0.06, (values, i)
 
 
-def test_the_figure_names_each_series_and_its_current_reading():
+def test_it_names_each_series_and_its_current_reading_in_the_figure():
     gpu = {
         "index": 1,
         "name": "H100",

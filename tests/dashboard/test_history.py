@@ -43,7 +43,9 @@ def write_tick(host: Host, at, utilization: float) -> list[GpuSample]:
     return rows
 
 
-def test_memory_and_database_agree_through_ticks_the_cut_and_a_gap(host, monkeypatch):
+def test_it_draws_from_memory_what_the_database_gives_through_ticks_the_cut_and_a_gap(
+    host, monkeypatch
+):
     start = timezone.now() - timedelta(minutes=20)
     clock = {"now": start}
     monkeypatch.setattr(history.timezone, "now", lambda: clock["now"])
@@ -67,5 +69,5 @@ def test_memory_and_database_agree_through_ticks_the_cut_and_a_gap(host, monkeyp
     assert drawn[1]["utilization_pct"][-31:-1] == [51.0] * 30
 
 
-def test_a_tick_without_readings_draws_no_plots(host):
+def test_it_draws_no_plots_for_a_tick_without_readings(host):
     assert history.history_with_tick(host.pk, []) == {}

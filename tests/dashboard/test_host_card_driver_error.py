@@ -48,7 +48,7 @@ def test_it_shows_the_driver_problem_in_the_tools_words(bob):
     assert "No GPU readings while nvidia-smi fails" in html
 
 
-def test_the_pushed_card_says_the_same_and_escapes_the_message():
+def test_it_says_the_same_on_the_pushed_card_and_escapes_the_message():
     host = _broken_host("No devices were found <script>alert(1)</script>")
     html = host_card(host.pk)
     assert 'hx-swap-oob="true"' in html
@@ -56,7 +56,7 @@ def test_the_pushed_card_says_the_same_and_escapes_the_message():
     assert "<script>" not in html
 
 
-def test_a_healthy_host_has_no_driver_badge(bob):
+def test_it_shows_no_driver_badge_for_a_healthy_host(bob):
     host = _broken_host()
     Host.objects.filter(pk=host.pk).update(driver_error="")
     html = host_card(host.pk)

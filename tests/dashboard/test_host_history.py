@@ -61,7 +61,7 @@ def test_it_shows_each_gpu_wide_with_its_newest_readings(bob, host):
         assert "−15 min" in figure
 
 
-def test_a_poll_gets_the_panel_alone(bob, host):
+def test_it_answers_a_poll_with_the_panel_alone(bob, host):
     write(host, timezone.now(), 0, 10.0)
     response = logged_in(bob).get("/hosts/gpu-7/history", headers={"HX-Request": "true"})
     html = response.content.decode()
@@ -70,13 +70,13 @@ def test_a_poll_gets_the_panel_alone(bob, host):
     assert 'id="host-history-gpu-7"' in html
 
 
-def test_a_host_without_samples_says_so(bob, host):
+def test_it_says_so_for_a_host_without_samples(bob, host):
     html = logged_in(bob).get("/hosts/gpu-7/history").content.decode()
     assert "No GPU samples in the last 15 minutes." in html
 
 
 @pytest.mark.parametrize("name", ["no-such-host", "retired"])
-def test_an_unknown_host_is_404(bob, host, name):
+def test_it_answers_404_for_an_unknown_host(bob, host, name):
     Host.objects.create(name="retired", address="10.0.0.9", in_inventory=False)
     assert logged_in(bob).get(f"/hosts/{name}/history").status_code == 404
 
@@ -87,7 +87,7 @@ def test_it_sends_a_visitor_to_log_in(host):
     assert response["Location"] == "/login/?next=/hosts/gpu-7/history"
 
 
-def test_the_card_links_to_it(bob, host):
+def test_it_is_linked_from_the_card(bob, host):
     write(host, timezone.now(), 0, 10.0)
     html = logged_in(bob).get("/fragments/hosts").content.decode()
     card = html[html.index('id="host-gpu-7"') :]
@@ -137,7 +137,7 @@ def test_it_averages_the_window_into_a_fixed_number_of_points(host):
     assert len(gappy["ages_s"]) == history.LONG_POINTS - 12 + 1  # 12 spans empty, one break
 
 
-def test_the_cards_window_breaks_where_a_host_was_away(host):
+def test_it_breaks_the_cards_window_where_a_host_was_away(host):
     now = timezone.now()
     for tick in [*range(0, 10), *range(30, 40)]:  # away for 40 s, 20 ticks ago
         write(host, now - timedelta(seconds=INTERVAL * tick), 0, 50.0)

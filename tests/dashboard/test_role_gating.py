@@ -62,7 +62,7 @@ def webhook(db):
 # -- the marker mechanism ----------------------------------------------------------------
 
 
-def test_a_render_without_a_person_keeps_every_block_between_markers():
+def test_it_keeps_every_block_between_markers_in_a_render_without_a_person():
     html = Template('{% load dashboard_tags %}a{% needs "admin" %}B{% endneeds %}c').render(
         Context({})
     )
@@ -72,14 +72,14 @@ def test_a_render_without_a_person_keeps_every_block_between_markers():
     assert for_level(html, None) == "ac"
 
 
-def test_a_render_for_a_person_decides_at_once():
+def test_it_decides_at_once_in_a_render_for_a_person():
     template = Template('{% load dashboard_tags %}{% needs "operator" %}X{% endneeds %}')
     assert template.render(Context({"viewer_level": "operator"})) == "X"
     assert template.render(Context({"viewer_level": "read"})) == ""
     assert template.render(Context({"viewer_level": None})) == ""
 
 
-def test_user_text_cannot_forge_a_marker():
+def test_it_does_not_let_user_text_forge_a_marker():
     html = Template(
         '{% load dashboard_tags %}{{ name }}{% needs "admin" %}B{% endneeds %}{{ name }}'
     ).render(Context({"name": "<!--/needs:admin-->"}))
@@ -91,7 +91,7 @@ def test_user_text_cannot_forge_a_marker():
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_service_disable_and_enable_are_for_admins(django_user_model, cluster, role):
+def test_it_shows_service_disable_and_enable_to_admins_only(django_user_model, cluster, role):
     html = client_for(django_user_model, role).get("/fragments/services").content.decode()
     assert 'id="service-svc-on"' in html and 'id="service-disabled-svc-off"' in html
     assert (html.count(SERVICE_TOGGLE) == 2) is sees(role, "admin")
@@ -99,7 +99,7 @@ def test_service_disable_and_enable_are_for_admins(django_user_model, cluster, r
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_swap_cancel_is_for_operators(role):
+def test_it_shows_swap_cancel_to_operators(role):
     swap = {"id": 7, "state": "pulling", "active": True, "model": "m", "host": "h", "steps": []}
     html = render_to_string(
         "dashboard/partials/swap_card.html", {"swap": swap, "viewer_level": level(role)}
@@ -109,7 +109,7 @@ def test_swap_cancel_is_for_operators(role):
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_webhooks_are_read_by_operators_and_changed_by_admins(django_user_model, webhook, role):
+def test_it_lets_operators_read_webhooks_and_admins_change_them(django_user_model, webhook, role):
     html = client_for(django_user_model, role).get("/fragments/webhooks").content.decode()
     assert ('id="webhook-panel"' in html) is sees(role, "operator")
     assert ("https://hooks.example/a" in html) is sees(role, "operator")
@@ -118,13 +118,13 @@ def test_webhooks_are_read_by_operators_and_changed_by_admins(django_user_model,
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_force_release_is_for_admins(django_user_model, role):
+def test_it_offers_force_release_to_admins(django_user_model, role):
     user = person(django_user_model, role)
     assert coordination.page_context(user)["can_force_release"] is sees(role, "admin")
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_the_catalog_swap_and_add_forms_are_for_operators(django_user_model, cluster, role):
+def test_it_shows_the_catalog_swap_and_add_forms_to_operators(django_user_model, cluster, role):
     CatalogModel.objects.create(
         key="tiny", display_name="Tiny", hub_repo="org/tiny", served_name="tiny"
     )
@@ -135,7 +135,7 @@ def test_the_catalog_swap_and_add_forms_are_for_operators(django_user_model, clu
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_disk_download_and_delete_are_for_operators(role):
+def test_it_shows_disk_download_and_delete_to_operators(role):
     entries = [
         {"host": "a", "present": True, "size_bytes": 10, "detail": "", "error": ""},
         {"host": "b", "present": False, "size_bytes": 0, "detail": "", "error": ""},
@@ -152,21 +152,21 @@ def test_disk_download_and_delete_are_for_operators(role):
     assert ("disk-download" in html) is sees(role, "operator")
 
 
-def test_a_viewer_cannot_post_the_catalog_add_form(django_user_model, db):
+def test_it_does_not_let_a_viewer_post_the_catalog_add_form(django_user_model, db):
     response = client_for(django_user_model, "viewer").post("/catalog/add/hub", {})
     assert response.status_code == 403
     assert not CatalogModel.objects.exists()
 
 
 @pytest.mark.parametrize("role", PEOPLE)
-def test_the_page_links_the_admin_screens_by_role(django_user_model, cluster, role):
+def test_it_links_the_admin_screens_on_the_page_by_role(django_user_model, cluster, role):
     html = client_for(django_user_model, role).get("/").content.decode()
     assert ('id="nav-webhooks"' in html) is sees(role, "operator")
     assert ('id="nav-keys"' in html) is sees(role, "admin")
     assert (SERVICE_TOGGLE in html) is sees(role, "admin")
 
 
-def test_a_staff_user_without_groups_is_an_admin(alice, cluster):
+def test_it_treats_a_staff_user_without_groups_as_an_admin(alice, cluster):
     client = Client()
     client.force_login(alice)
     html = client.get("/").content.decode()
@@ -177,7 +177,7 @@ def test_a_staff_user_without_groups_is_an_admin(alice, cluster):
 
 
 @pytest.mark.parametrize(("role", "status"), [("viewer", 403), ("operator", 403), ("admin", 200)])
-def test_the_keys_page_is_for_admins(django_user_model, role, status):
+def test_it_keeps_the_keys_page_for_admins(django_user_model, role, status):
     ApiKey.objects.create_key(name="cron")
     response = client_for(django_user_model, role).get("/keys/")
     assert response.status_code == status
@@ -193,7 +193,7 @@ def client_for_again(django_user_model, role: str) -> Client:
     return client
 
 
-def test_the_keys_table_shows_role_models_expiry_and_revocation(django_user_model):
+def test_it_shows_role_models_expiry_and_revocation_in_the_keys_table(django_user_model):
     key, _raw = ApiKey.objects.create_key(name="chat-app")
     ApiKey.objects.filter(pk=key.pk).update(role="inference", allowed_models=["tiny", "big"])
     html = client_for(django_user_model, "admin").get("/fragments/keys").content.decode()
@@ -203,7 +203,7 @@ def test_the_keys_table_shows_role_models_expiry_and_revocation(django_user_mode
 
 
 @pytest.mark.parametrize(("role", "status"), [("viewer", 403), ("operator", 200), ("admin", 200)])
-def test_the_webhooks_page_reads_for_operators_and_edits_for_admins(
+def test_it_shows_the_webhooks_page_read_only_to_operators_and_editable_to_admins(
     django_user_model, webhook, role, status
 ):
     response = client_for(django_user_model, role).get("/webhooks/")
@@ -243,7 +243,7 @@ async def _socket_for(role: str) -> WebsocketCommunicator:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_each_socket_gets_the_pushed_panels_cut_for_its_person():
+async def test_it_cuts_the_pushed_panels_for_the_person_on_each_socket():
     @sync_to_async
     def setup() -> str:
         host = Host.objects.create(name="gpu-a", address="10.0.0.1")

@@ -218,7 +218,7 @@ class TestViews:
         assert b"served" in log.content
         assert client.get("/swaps/999999/log").status_code == 404
 
-    def test_the_page_includes_the_panel(self, bob):
+    def test_it_is_included_in_the_page(self, bob):
         swap = make_swap("spark-1", "qwen3-600m", PHASES[:4])
         client = Client()
         client.force_login(bob)
@@ -247,7 +247,7 @@ async def _drain(layer, channel, quiet: float = 0.8) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_engine_journal_pushes_the_panel_for_a_line():
+async def test_it_is_pushed_by_the_engine_journal_for_a_line():
     swap = await sync_to_async(make_swap)("spark-1", "qwen3-600m", PHASES[:3])
     layer, channel = await _listen()
     journal = SwapJournal(swap.pk)
@@ -261,7 +261,7 @@ async def test_the_engine_journal_pushes_the_panel_for_a_line():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_chatty_log_is_throttled_and_the_last_state_still_arrives():
+async def test_it_throttles_a_chatty_log_and_still_delivers_the_last_state():
     swap = await sync_to_async(make_swap)("spark-1", "qwen3-600m", PHASES[:5])
     layer, channel = await _listen()
     started = asyncio.get_running_loop().time()

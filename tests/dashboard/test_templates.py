@@ -34,12 +34,12 @@ def unclosed_comments(text: str) -> list[int]:
     return found
 
 
-def test_the_check_finds_a_multi_line_comment():
+def test_it_finds_a_multi_line_comment_with_the_check():
     assert unclosed_comments("{# one line #}\n{# two\n   lines #}\n{{ x }}") == [2]
     assert unclosed_comments("{# a #} text {# b #}") == []
 
 
-def test_no_template_has_a_multi_line_hash_comment():
+def test_it_finds_no_template_with_a_multi_line_hash_comment():
     templates = [path for folder in TEMPLATE_DIRS for path in folder.rglob("*.html")]
     assert len(templates) > 20  # the scan sees the project's templates
     bad = {
@@ -72,7 +72,7 @@ def sampled_host(db):
 
 
 @pytest.mark.parametrize("path", ["/", "/fragments/hosts", "/hosts/gpu-1/history"])
-def test_no_page_prints_a_comment(alice, sampled_host, path):
+def test_it_prints_no_comment_on_any_page(alice, sampled_host, path):
     client = Client()
     client.force_login(alice)
     response = client.get(path)

@@ -19,7 +19,9 @@ def size_of(page, selector: str) -> dict:
     )
 
 
-def test_a_cards_plots_open_the_hosts_history(live_arbiter, simulator, logged_in_page, artifacts):
+def test_it_opens_the_hosts_history_from_a_cards_plots(
+    live_arbiter, simulator, logged_in_page, artifacts
+):
     page = logged_in_page
     expect(page.locator("#host-sim-a")).to_have_attribute("data-state", "live", timeout=10000)
     simulator.set_gpu("sim-a", 0, utilization=63)

@@ -158,7 +158,7 @@ def count_commands(simulator, host: str, seconds: float) -> list[dict]:
     return simulator.commands(host, since=since)["commands"]
 
 
-def test_ten_open_dashboards_add_no_ssh_commands(
+def test_it_adds_no_ssh_commands_for_ten_open_dashboards(
     live_arbiter, simulator, new_admin_context, interval
 ):
     # Let the previous tests' pages go and sampling settle, then count with no viewer.

@@ -107,7 +107,7 @@ def lock_audits(live_arbiter) -> list[dict]:
     return json.loads(live_arbiter.manage("shell", "-c", code).strip().splitlines()[-1])
 
 
-def test_a_staff_user_force_releases_a_lock_from_its_banner(
+def test_it_lets_a_staff_user_force_release_the_lock_it_shows(
     live_arbiter, api, receiver, logged_in_page, artifacts
 ):
     page = logged_in_page
@@ -249,7 +249,7 @@ def test_a_staff_user_force_releases_a_lock_from_its_banner(
     page.screenshot(path=str(artifacts / "coordination-panels.png"), full_page=True)
 
 
-def test_an_expiring_lock_leaves_the_banner_without_a_reload(api, logged_in_page):
+def test_it_hides_an_expiring_lock_without_a_reload(api, logged_in_page):
     page = logged_in_page
     banner = page.locator("#lock-banner")
     expect(banner.locator(".lock-held")).to_have_count(0)

@@ -51,7 +51,7 @@ def log_in_as(page, live_arbiter, username: str) -> None:
     page.locator("body.ws-live").wait_for(timeout=10000)  # the full state has replaced the panels
 
 
-def test_an_admin_creates_a_key_that_is_shown_once_and_revokes_it(
+def test_it_lets_an_admin_create_a_key_that_is_shown_once_and_revoke_it(
     live_arbiter, logged_in_page, artifacts
 ):
     page = logged_in_page
@@ -101,7 +101,7 @@ def test_an_admin_creates_a_key_that_is_shown_once_and_revokes_it(
     assert refused.status == 401
 
 
-def test_an_admin_adds_a_webhook_endpoint_and_sees_its_secret_once(
+def test_it_lets_an_admin_add_a_webhook_endpoint_and_see_its_secret_once(
     live_arbiter, logged_in_page, artifacts
 ):
     page = logged_in_page
@@ -136,7 +136,7 @@ def test_an_admin_adds_a_webhook_endpoint_and_sees_its_secret_once(
     expect(page.locator("#webhook-panel article.webhook", has_text=url)).to_have_count(0)
 
 
-def test_an_admin_edits_a_webhook_and_sends_it_a_test_event(
+def test_it_lets_an_admin_edit_a_webhook_and_send_it_a_test_event(
     live_arbiter, logged_in_page, artifacts
 ):
     secret = "whsec_" + base64.b64encode(bytes(range(32, 64))).decode()
@@ -179,7 +179,7 @@ def test_an_admin_edits_a_webhook_and_sends_it_a_test_event(
     assert [h["description"] for h in listed if h["id"] == webhook_id] == ["after the edit"]
 
 
-def test_an_operator_sees_operator_actions_but_no_admin_ones(
+def test_it_shows_operator_actions_but_no_admin_ones_to_an_operator(
     live_arbiter, browser, people, lock_held, new_admin_context, artifacts
 ):
     admin = new_admin_context().new_page()
@@ -214,7 +214,7 @@ def test_an_operator_sees_operator_actions_but_no_admin_ones(
         context.close()
 
 
-def test_a_viewer_sees_no_action_at_all(live_arbiter, browser, people, lock_held, artifacts):
+def test_it_shows_a_viewer_no_action_at_all(live_arbiter, browser, people, lock_held, artifacts):
     context = browser.new_context()
     try:
         page = context.new_page()

@@ -23,7 +23,7 @@ def endpoint(page, url: str) -> dict:
     return next(e for e in endpoints if e["name"] == SERVICE)
 
 
-def test_a_service_enabled_from_the_dashboard_stays_enabled_after_a_restart(
+def test_it_keeps_a_service_enabled_from_the_dashboard_enabled_after_a_restart(
     live_arbiter, logged_in_page, new_admin_context, artifacts
 ):
     page = logged_in_page
@@ -65,7 +65,7 @@ def test_a_service_enabled_from_the_dashboard_stays_enabled_after_a_restart(
     assert endpoint(page, live_arbiter.url)["disabled"] is True
 
 
-def test_a_dismissed_confirmation_changes_nothing(live_arbiter, logged_in_page):
+def test_it_changes_nothing_when_the_confirmation_is_dismissed(live_arbiter, logged_in_page):
     page = logged_in_page
     tile = page.locator("#service-sim-b-vllm")
     expect(tile).to_be_visible()

@@ -24,7 +24,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 @pytest.mark.skipif(
     not REDIS_URL, reason="needs Redis (REDIS_URL), as production and CI's second run"
 )
-async def test_a_cancel_during_a_redis_command_is_not_swallowed():
+async def test_it_is_not_swallowed_during_a_redis_command():
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(REDIS_URL)
@@ -51,7 +51,7 @@ async def test_a_cancel_during_a_redis_command_is_not_swallowed():
     assert lost == 0, f"{lost} of 40 cancels were swallowed by redis-py"
 
 
-async def test_stopping_followers_is_bounded_when_one_ignores_its_cancel(monkeypatch):
+async def test_it_bounds_stopping_the_followers_when_one_ignores_its_cancel(monkeypatch):
     monkeypatch.setattr("arbiter.engine.swaps.machine.FOLLOWER_STOP_SECONDS", 0.3)
     stubborn_stop = asyncio.Event()
 

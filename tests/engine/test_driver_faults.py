@@ -32,7 +32,7 @@ def _host(name):
 
 # A single miss would already read as stale: the driver fault must not count as one.
 @override_settings(ARBITER_STALE_AFTER_MISSES=1, ARBITER_OFFLINE_AFTER_MISSES=2)
-async def test_a_driver_fault_is_a_driver_problem_and_mending_it_brings_the_host_back(
+async def test_it_reports_a_driver_fault_as_a_driver_problem_and_brings_the_host_back_once_mended(
     sim_cluster, hosts
 ):
     host_id, target = hosts["sim-a"]
@@ -70,7 +70,7 @@ async def test_a_driver_fault_is_a_driver_problem_and_mending_it_brings_the_host
         ),
     ],
 )
-async def test_each_fault_shows_the_tools_own_message(sim_cluster, hosts, fault, message):
+async def test_it_shows_the_tools_own_message_for_each_fault(sim_cluster, hosts, fault, message):
     host_id, target = hosts["sim-gb10"]
     sim_cluster.driver_fault("sim-gb10", fault)
     assert await Sampler(interval=0.5).sample_once(host_id, "ssh", target)
@@ -78,7 +78,7 @@ async def test_each_fault_shows_the_tools_own_message(sim_cluster, hosts, fault,
     assert (host.state, host.driver_error, samples) == ("driver_error", message, 0)
 
 
-async def test_the_sampling_loop_shows_it_within_two_ticks(sim_cluster, hosts):
+async def test_it_shows_up_in_the_sampling_loop_within_two_ticks(sim_cluster, hosts):
     def batches():
         return sum(1 for c in sim_cluster.commands("sim-b") if c.argv == BATCH_ARGV)
 
@@ -105,7 +105,7 @@ async def test_the_sampling_loop_shows_it_within_two_ticks(sim_cluster, hosts):
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_ssh_docker_and_meminfo_keep_working(sim_cluster, hosts):
+async def test_it_leaves_ssh_docker_and_meminfo_working(sim_cluster, hosts):
     _host_id, target = hosts["sim-a"]
     sim_cluster.driver_fault("sim-a", "version_mismatch")
     smi = await ssh.run(target, ["nvidia-smi", "-L"], timeout=10, check=False)
@@ -116,7 +116,7 @@ async def test_ssh_docker_and_meminfo_keep_working(sim_cluster, hosts):
     assert meminfo.stdout.startswith("MemTotal:")
 
 
-async def test_the_swap_memory_wait_names_the_driver_problem(sim_cluster, hosts):
+async def test_it_names_the_driver_problem_in_the_swap_memory_wait(sim_cluster, hosts):
     _host_id, target = hosts["sim-a"]
     sim_cluster.driver_fault("sim-a", "version_mismatch")
     # MemoryWait reads only these fields of a LaunchPlan.
@@ -132,7 +132,7 @@ async def test_the_swap_memory_wait_names_the_driver_problem(sim_cluster, hosts)
     )
 
 
-def test_the_control_api_sets_and_clears_a_driver_fault(sim_cluster):
+def test_it_sets_and_clears_a_driver_fault_through_the_control_api(sim_cluster):
     with httpx.Client(base_url=sim_cluster.control_url, timeout=10) as client:
         answer = client.post("/hosts/sim-a/driver", json={"fault": "no_devices"})
         assert (answer.status_code, answer.json()) == (200, {"driver_fault": "no_devices"})
@@ -146,7 +146,7 @@ def test_the_control_api_sets_and_clears_a_driver_fault(sim_cluster):
         assert client.get("/hosts/sim-a").json()["driver_fault"] == "none"
 
 
-def test_api_status_carries_the_driver_problem(key_client):
+def test_it_carries_the_driver_problem_in_api_status(key_client):
     now = timezone.now()
     broken = Host.objects.create(
         name="spark-1",

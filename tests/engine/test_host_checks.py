@@ -47,7 +47,7 @@ def checks_of(name: str, model: str | None = None) -> dict[str, dict]:
     return {c["name"]: c for c in report["checks"]}
 
 
-def test_a_stock_simulated_host_passes_every_check(hosts):
+def test_it_passes_a_stock_simulated_host_on_every_check(hosts):
     status, output = run_check_host("sim-a")
     assert status == 0, output
     for name in ("ssh", "docker", "nvidia_runtime", "nvidia_smi", "hf", "hub_token"):
@@ -61,7 +61,7 @@ def test_a_stock_simulated_host_passes_every_check(hosts):
     assert "python3 -m huggingface_hub.cli.hf" in output
 
 
-def test_with_a_token_and_a_stock_sshd_check_host_fails_and_names_acceptenv(hosts, settings):
+def test_it_fails_check_host_with_a_token_and_a_stock_sshd_and_names_acceptenv(hosts, settings):
     settings.ARBITER_HF_TOKEN = TOKEN
     status, output = run_check_host("sim-b")
     assert status == 1
@@ -79,7 +79,7 @@ def test_with_a_token_and_a_stock_sshd_check_host_fails_and_names_acceptenv(host
     assert "✓ hub_token: HF_TOKEN arrives through SSH" in output
 
 
-def test_missing_hf_fails_with_the_install_fix(hosts):
+def test_it_fails_a_missing_hf_with_the_install_fix(hosts):
     hosts.set_sshd("sim-a", hf_on_path=False, hub_module=False)
     hf = checks_of("sim-a")["hf"]
     assert hf["ok"] is False
@@ -94,7 +94,7 @@ def test_missing_hf_fails_with_the_install_fix(hosts):
     }
 
 
-def test_a_root_owned_cache_left_by_a_container_is_detected(hosts):
+def test_it_detects_a_root_owned_cache_left_by_a_container(hosts):
     host = hosts.hosts["sim-a"]
     # What vLLM in a root container leaves in the bind-mounted cache (simulated docker).
     result = hosts.run(
@@ -143,7 +143,7 @@ def _docker_run(hosts, name: str, argv: list[str]):
     return on_cluster_loop()
 
 
-def test_docker_without_the_group_and_without_nvidias_runtime(hosts):
+def test_it_fails_docker_without_the_group_and_without_nvidias_runtime(hosts):
     hosts.set_sshd("sim-gb10", docker_group=False)
     found = checks_of("sim-gb10")
     assert found["docker"]["ok"] is False
@@ -161,7 +161,7 @@ def test_docker_without_the_group_and_without_nvidias_runtime(hosts):
     assert "nvidia-ctk runtime configure --runtime=docker" in runtime["fix"]
 
 
-def test_a_driver_fault_is_reported_with_nvidia_smis_own_words(hosts):
+def test_it_reports_a_driver_fault_with_nvidia_smis_own_words(hosts):
     hosts.driver_fault("sim-b", "version_mismatch")
     smi = checks_of("sim-b")["nvidia_smi"]
     assert smi["ok"] is False
@@ -170,7 +170,7 @@ def test_a_driver_fault_is_reported_with_nvidia_smis_own_words(hosts):
     assert "reboot" in smi["fix"]
 
 
-def test_too_few_sessions_for_the_budget(hosts):
+def test_it_fails_too_few_sessions_for_the_budget(hosts):
     hosts.set_sshd("sim-a", max_sessions=5)
     sessions = checks_of("sim-a")["sessions"]
     assert sessions["ok"] is False
@@ -178,7 +178,7 @@ def test_too_few_sessions_for_the_budget(hosts):
     assert "MaxSessions" in sessions["fix"] and "max_ssh_sessions: 4" in sessions["fix"]
 
 
-def test_free_disk_against_a_models_size(hosts):
+def test_it_checks_free_disk_against_a_models_size(hosts):
     CatalogModel.objects.create(
         key="huge", hub_repo="acme/huge-model", served_name="huge", estimated_vram_mib=10**8
     )
@@ -191,7 +191,7 @@ def test_free_disk_against_a_models_size(hosts):
     assert checks_of("sim-a", "small")["disk"]["ok"] is True
 
 
-def test_the_api_returns_every_check_and_404_for_an_unknown_host(hosts, key_client):
+def test_it_returns_every_check_in_the_api_and_404_for_an_unknown_host(hosts, key_client):
     response = key_client.get("/api/hosts/sim-a/checks")
     assert response.status_code == 200, response.content
     body = response.json()
@@ -214,7 +214,7 @@ def test_the_api_returns_every_check_and_404_for_an_unknown_host(hosts, key_clie
     assert "'nope'" in missing.json()["error"]["message"]
 
 
-def test_check_host_names_an_unknown_host(hosts):
+def test_it_names_an_unknown_host_in_check_host(hosts):
     from django.core.management.base import CommandError
 
     with pytest.raises(CommandError, match="no host named 'nope'"):
@@ -231,7 +231,9 @@ def _preflight(key: str, host: str) -> dict[str, dict]:
     return {c["name"]: c for c in async_to_sync(run)()}
 
 
-def test_preflight_of_a_gated_model_says_acceptenv_until_sshd_accepts_the_token(hosts, settings):
+def test_it_says_acceptenv_in_preflight_of_a_gated_model_until_sshd_accepts_the_token(
+    hosts, settings
+):
     settings.ARBITER_HF_TOKEN = TOKEN
     CatalogModel.objects.create(key="gated", hub_repo="acme/gated-llm-1B", served_name="gated")
     checks = _preflight("gated", "sim-b")
@@ -244,7 +246,7 @@ def test_preflight_of_a_gated_model_says_acceptenv_until_sshd_accepts_the_token(
     assert _preflight("gated", "sim-b")["hub_token"]["ok"] is True
 
 
-def test_the_control_api_sets_the_sshd_policy(hosts):
+def test_it_sets_the_sshd_policy_through_the_control_api(hosts):
     import httpx
 
     url = f"{hosts.control_url}/hosts/sim-a/sshd"

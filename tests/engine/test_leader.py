@@ -24,7 +24,7 @@ from arbiter.engine.leader import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_one_holder_at_a_time_and_the_next_takes_over_once_it_lets_go():
+def test_it_has_one_holder_at_a_time_and_the_next_takes_over_once_it_lets_go():
     first, second = leadership_for_database(), leadership_for_database()
     try:
         assert current_leader() is None
@@ -42,7 +42,7 @@ def test_one_holder_at_a_time_and_the_next_takes_over_once_it_lets_go():
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's advisory lock")
-def test_a_postgres_leader_whose_session_ends_no_longer_holds_it():
+def test_it_is_no_longer_held_by_a_postgres_leader_whose_session_ends():
     """The server ends the session (as it does for a killed process's closed socket):
     the lock is free at once and the former holder notices on its next check."""
     first, second = leadership_for_database(), leadership_for_database()
@@ -58,7 +58,7 @@ def test_a_postgres_leader_whose_session_ends_no_longer_holds_it():
         second.release()
 
 
-async def test_exactly_one_of_two_runs_the_engine_and_the_other_takes_over():
+async def test_it_lets_exactly_one_of_two_run_the_engine_and_the_other_take_over():
     running: list[str] = []
     started: list[str] = []
 
@@ -102,7 +102,7 @@ async def test_exactly_one_of_two_runs_the_engine_and_the_other_takes_over():
     assert await sync_to_async(current_leader)() is None
 
 
-def test_the_lock_file_is_private(settings):
+def test_it_keeps_its_lock_file_private(settings):
     if connection.vendor == "postgresql":
         pytest.skip("the file is only used on SQLite")
     leadership = leadership_for_database()

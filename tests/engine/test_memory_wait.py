@@ -65,7 +65,7 @@ async def test_it_returns_soon_after_the_memory_comes_back() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_release_still_in_progress_is_not_taken_for_steady() -> None:
+async def test_it_does_not_take_a_release_still_in_progress_for_steady() -> None:
     # Someone else holds 40,000 MiB, so the next model never fits. The stopped model's
     # 32,000 MiB come back in steps of 4,000 every 0.15 s (1.2 s in all): each step is
     # larger than the tolerance, so the wait ends only once the steps stop, plus the
@@ -86,7 +86,7 @@ async def test_a_release_still_in_progress_is_not_taken_for_steady() -> None:
 
 
 @pytest.mark.asyncio
-async def test_memory_that_never_comes_back_ends_the_wait_at_its_timeout() -> None:
+async def test_it_ends_at_its_timeout_when_the_memory_never_comes_back() -> None:
     wait = ScriptedWait(lambda t: HELD, timeout=1.0)
     wait.before = [GpuMemory(0, HELD, TOTAL, False)]
     with pytest.raises(MemoryNotFreed, match="not freed within 1 s"):

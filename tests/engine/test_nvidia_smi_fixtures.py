@@ -97,13 +97,13 @@ def test_it_refuses_a_header_for_other_fields():
 
 
 @pytest.mark.parametrize("name", [f for f, _status in FAULTS.values()])
-def test_a_driver_message_is_never_read_as_readings(name):
+def test_it_never_reads_a_driver_message_as_readings(name):
     with pytest.raises(GpuOutputError):
         parse_nvidia_smi_csv(fixture(name))
 
 
 @pytest.mark.parametrize("name", [f for f, _status in FAULTS.values()])
-def test_a_failed_nvidia_smi_gives_its_own_message_and_no_readings(name):
+def test_it_gives_a_failed_nvidia_smis_own_message_and_no_readings(name):
     # The batch prints the OK mark only when nvidia-smi exited 0; here it did not.
     sample = read_batch(f"{fixture(name)}{SECTION_MARK}\n{MEMINFO}", stderr="")
     assert sample.readings == []
@@ -111,14 +111,14 @@ def test_a_failed_nvidia_smi_gives_its_own_message_and_no_readings(name):
     assert sample.meminfo.total_mib == 128520716 // 1024  # host memory still sampled
 
 
-def test_the_message_comes_from_stderr_when_stdout_is_empty():
+def test_it_takes_the_message_from_stderr_when_stdout_is_empty():
     sample = read_batch(f"{SECTION_MARK}\n{MEMINFO}", stderr="sh: 1: nvidia-smi: not found\n")
     assert sample.driver_error == "sh: 1: nvidia-smi: not found"
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("spec", [H100_80GB, GB10])
-def test_the_simulated_driver_fault_answers_like_the_real_tool(fault, spec):
+def test_it_makes_the_simulated_driver_fault_answer_like_the_real_tool(fault, spec):
     board = GpuBoard("sim-x", [spec], HostMemory(125_000_000))
     board.set_driver_fault(fault)
     out: list[str] = []
@@ -136,7 +136,7 @@ def test_the_simulated_driver_fault_answers_like_the_real_tool(fault, spec):
         assert simulated == real
 
 
-def test_mending_the_simulated_driver_brings_the_readings_back():
+def test_it_brings_the_readings_back_once_the_simulated_driver_is_mended():
     board = GpuBoard("sim-x", [H100_80GB], HostMemory(125_000_000))
     board.set_driver_fault("no_devices")
     board.set_driver_fault("none")

@@ -16,7 +16,9 @@ async def eleven_sleeps(pool: SshPool, target: SshTarget) -> list[int]:
     return [result.exit_status for result in await asyncio.gather(*runs)]
 
 
-async def test_eleven_channels_against_ten_sessions_all_succeed_on_one_connection(sim, pool):
+async def test_it_succeeds_with_all_eleven_channels_against_ten_sessions_on_one_connection(
+    sim, pool
+):
     target = target_for(sim, "sim-a")  # the inventory default: 8
     assert target.max_ssh_sessions == 8
     host = sim.hosts["sim-a"]
@@ -31,7 +33,9 @@ async def test_eleven_channels_against_ten_sessions_all_succeed_on_one_connectio
     assert pool.refused_channels == 0
 
 
-async def test_a_budget_above_maxsessions_retries_refused_channels_without_reconnecting(sim, pool):
+async def test_it_retries_refused_channels_of_a_budget_above_maxsessions_without_reconnecting(
+    sim, pool
+):
     # Misconfigured on purpose: Arbiter may open 12, the host's sshd allows 10. The
     # 11th channel is refused like OpenSSH refuses it, waits, and gets the next free one.
     target = target_for(sim, "sim-a", max_ssh_sessions=12)
@@ -48,7 +52,7 @@ async def test_a_budget_above_maxsessions_retries_refused_channels_without_recon
     assert len(host._connections) == 1  # never a second connection
 
 
-async def test_streams_hold_their_slot_until_they_end(sim, pool):
+async def test_it_holds_a_streams_slot_until_the_stream_ends(sim, pool):
     target = target_for(sim, "sim-a", max_ssh_sessions=2)
     host = sim.hosts["sim-a"]
 
@@ -59,7 +63,7 @@ async def test_streams_hold_their_slot_until_they_end(sim, pool):
     assert host.session_stats == {"peak": 2, "refused": 0}
 
 
-async def test_a_host_that_never_frees_a_session_times_out_cleanly(sim, pool):
+async def test_it_times_out_cleanly_on_a_host_that_never_frees_a_session(sim, pool):
     target = target_for(sim, "sim-a")
     sim.hosts["sim-a"].set_sshd(max_sessions=0)  # refuses every session
     with pytest.raises(CommandTimeout):
@@ -68,7 +72,7 @@ async def test_a_host_that_never_frees_a_session_times_out_cleanly(sim, pool):
     assert (await pool.run(target, ["true"], timeout=5)).exit_status == 0
 
 
-async def test_the_probe_counts_what_one_fresh_connection_accepts(sim, pool):
+async def test_it_counts_with_a_probe_what_one_fresh_connection_accepts(sim, pool):
     target = target_for(sim, "sim-b")
     assert await pool.probe_sessions(target, 9) == (9, "")
     sim.hosts["sim-b"].set_sshd(max_sessions=4)

@@ -53,7 +53,7 @@ def write(tmp_path, monkeypatch):
     return write_file
 
 
-def test_the_file_adopts_the_same_name_on_two_hosts(write, db):
+def test_it_adopts_the_same_name_on_two_hosts_from_the_file(write, db):
     inventory = load_inventory(write())
     adopted = {s.name: s.adopt_containers for s in inventory.services}
     assert adopted == {
@@ -101,7 +101,7 @@ def test_the_file_adopts_the_same_name_on_two_hosts(write, db):
         ),
     ],
 )
-def test_the_file_names_each_bad_adoption_by_its_key_path(write, first, tts, problem):
+def test_it_names_each_bad_adoption_in_the_file_by_its_key_path(write, first, tts, problem):
     assert problems_of(write(first, tts)) == [problem]
 
 
@@ -112,7 +112,7 @@ def cluster(db):
     apply_inventory(replace(CLUSTER, services=[CHAT, replace(TTS, host="spark-1")]))
 
 
-def test_an_adoption_is_stored_as_an_arbiter_edit_and_survives_a_reload(cluster, key_client):
+def test_it_stores_an_adoption_as_an_arbiter_edit_and_survives_a_reload(cluster, key_client):
     response = patch(key_client, "/api/services/chat", {"adopt_containers": ["vllm_node"]})
     assert response.status_code == 200, response.content
     body = response.json()
@@ -158,7 +158,7 @@ def test_an_adoption_is_stored_as_an_arbiter_edit_and_survives_a_reload(cluster,
         ("chat", {"adopt_containers": [7]}, "adopt_containers[0]: must be a container name"),
     ],
 )
-def test_a_bad_adoption_is_a_422_naming_the_field_and_nothing_is_written(
+def test_it_refuses_a_bad_adoption_with_a_422_naming_the_field_and_writes_nothing(
     cluster, key_client, service, body, message
 ):
     CatalogModel.objects.create(key="qwen", hub_repo="Qwen/Qwen3-0.6B", served_name="qwen")
@@ -174,7 +174,9 @@ def test_a_bad_adoption_is_a_422_naming_the_field_and_nothing_is_written(
     assert not Service.objects.filter(disabled=True).exists()
 
 
-def test_the_vllm_service_may_adopt_an_unlabelled_container_with_arbiters_name(cluster, key_client):
+def test_it_lets_the_vllm_service_adopt_an_unlabelled_container_with_arbiters_name(
+    cluster, key_client
+):
     """An older Arbiter left `arbiter-vllm` without labels: its own service may take it."""
     CatalogModel.objects.create(key="qwen", hub_repo="Qwen/Qwen3-0.6B", served_name="qwen")
     response = patch(key_client, "/api/services/chat", {"adopt_containers": ["arbiter-vllm"]})

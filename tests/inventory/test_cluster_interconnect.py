@@ -39,13 +39,13 @@ def patch(client, name: str, body: object):
 # -- the cluster file -------------------------------------------------------------------
 
 
-def test_a_host_has_no_interconnect_unless_the_file_gives_one(tmp_path):
+def test_it_gives_a_host_no_interconnect_unless_the_file_gives_one(tmp_path):
     (host,) = load(tmp_path).hosts
     assert (host.cluster_address, host.cluster_interface) == (None, None)
 
 
 @pytest.mark.django_db
-def test_both_are_read_and_stored_on_the_host(tmp_path):
+def test_it_reads_both_and_stores_them_on_the_host(tmp_path):
     inventory = load(
         tmp_path, "    cluster_address: 10.0.0.1\n    cluster_interface: enp1s0f1np1\n"
     )
@@ -55,7 +55,7 @@ def test_both_are_read_and_stored_on_the_host(tmp_path):
 
 
 @pytest.mark.django_db
-def test_a_host_without_them_is_stored_blank_and_a_reload_clears_them(tmp_path):
+def test_it_stores_a_host_without_them_blank_and_a_reload_clears_them(tmp_path):
     apply_inventory(load(tmp_path, "    cluster_address: 10.0.0.1\n    cluster_interface: eth1\n"))
     apply_inventory(load(tmp_path))
     host = Host.objects.get(name="spark-1")
@@ -65,7 +65,7 @@ def test_a_host_without_them_is_stored_blank_and_a_reload_clears_them(tmp_path):
 @pytest.mark.parametrize(
     "address", ["10.0.0.1", "127.0.0.1", "fd00::2", "spark-2-qsfp.lan", "spark-2"]
 )
-def test_an_ip_address_or_a_hostname_is_a_cluster_address(tmp_path, address):
+def test_it_takes_an_ip_address_or_a_hostname_as_a_cluster_address(tmp_path, address):
     (host,) = load(tmp_path, f"    cluster_address: '{address}'\n").hosts
     assert host.cluster_address == address
 
@@ -73,7 +73,7 @@ def test_an_ip_address_or_a_hostname_is_a_cluster_address(tmp_path, address):
 @pytest.mark.parametrize(
     "name", ["enp1s0f1np1", "enP2p1s0f1np1", "eth0", "ib0", "bond0.100", "veth_a-1", "a" * 15]
 )
-def test_a_linux_interface_name_is_a_cluster_interface(tmp_path, name):
+def test_it_takes_a_linux_interface_name_as_a_cluster_interface(tmp_path, name):
     extra = f"    cluster_address: 10.0.0.1\n    cluster_interface: '{name}'\n"
     (host,) = load(tmp_path, extra).hosts
     assert host.cluster_interface == name
@@ -105,7 +105,7 @@ def test_a_linux_interface_name_is_a_cluster_interface(tmp_path, name):
         ("cluster_interface: 7", "must be a Linux network interface name"),
     ],
 )
-def test_bad_values_are_reported_with_the_key(tmp_path, line, reason):
+def test_it_reports_bad_values_with_the_key(tmp_path, line, reason):
     extra = f"    {line}\n"
     if line.startswith("cluster_interface"):
         extra += "    cluster_address: 10.0.0.1\n"
@@ -114,7 +114,7 @@ def test_bad_values_are_reported_with_the_key(tmp_path, line, reason):
     assert any(f"hosts[0].{key}: " in p and reason in p for p in problems), problems
 
 
-def test_an_interface_needs_an_address(tmp_path):
+def test_it_needs_an_address_for_an_interface(tmp_path):
     problems = problems_of(tmp_path, "    cluster_interface: enp1s0f1np1\n")
     assert problems == [
         f"{tmp_path / 'cluster.yaml'}: hosts[0].cluster_interface: needs cluster_address "
@@ -122,18 +122,18 @@ def test_an_interface_needs_an_address(tmp_path):
     ]
 
 
-def test_a_bad_address_is_reported_once_not_again_as_missing(tmp_path):
+def test_it_reports_a_bad_address_once_not_again_as_missing(tmp_path):
     problems = problems_of(tmp_path, "    cluster_address: 0.0.0.0\n    cluster_interface: eth1\n")
     assert len(problems) == 1 and "hosts[0].cluster_address" in problems[0]
 
 
-def test_they_are_per_host_not_defaults(tmp_path):
+def test_it_takes_them_per_host_not_as_defaults(tmp_path):
     head = "defaults:\n  cluster_address: 10.0.0.1\n" + HOST
     problems = problems_of(tmp_path, "", head=head)
     assert any("defaults.cluster_address: not allowed in defaults" in p for p in problems)
 
 
-def test_the_example_file_gives_both_sparks_an_interconnect():
+def test_it_gives_both_sparks_an_interconnect_in_the_example_file():
     from tests.inventory.test_load_inventory import EXAMPLE
 
     hosts = {host.name: host for host in load_inventory(EXAMPLE).hosts}
@@ -151,7 +151,9 @@ def cluster(db):
     apply_inventory(replace(CLUSTER, hosts=[ON_LINK, SPARK_2]))
 
 
-def test_an_edit_survives_a_reload_and_a_reset_puts_the_files_values_back(cluster, key_client):
+def test_it_keeps_an_edit_across_a_reload_and_a_reset_puts_the_files_values_back(
+    cluster, key_client
+):
     response = patch(
         key_client, "spark-2", {"cluster_address": "10.0.0.2", "cluster_interface": "eth1"}
     )
@@ -168,7 +170,7 @@ def test_an_edit_survives_a_reload_and_a_reset_puts_the_files_values_back(cluste
     assert Host.objects.get(name="spark-2").cluster_address == ""
 
 
-def test_null_or_empty_clears_them(cluster, key_client):
+def test_it_clears_them_with_null_or_empty(cluster, key_client):
     response = patch(key_client, "spark-1", {"cluster_address": None, "cluster_interface": ""})
     assert response.status_code == 200, response.content
     host = Host.objects.get(name="spark-1")
@@ -192,7 +194,7 @@ def test_null_or_empty_clears_them(cluster, key_client):
         ({"cluster_address": None}, "cluster_interface"),
     ],
 )
-def test_a_bad_edit_is_refused_naming_the_field_and_changes_nothing(
+def test_it_refuses_a_bad_edit_naming_the_field_and_changes_nothing(
     cluster, key_client, body, field
 ):
     before = list(Host.objects.values())
@@ -202,14 +204,14 @@ def test_a_bad_edit_is_refused_naming_the_field_and_changes_nothing(
     assert list(Host.objects.values()) == before
 
 
-def test_an_interface_alone_on_a_host_without_an_address_is_refused(cluster, key_client):
+def test_it_refuses_an_interface_alone_on_a_host_without_an_address(cluster, key_client):
     response = patch(key_client, "spark-2", {"cluster_interface": "eth1"})
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "cluster_interface"
     assert Host.objects.get(name="spark-2").cluster_interface == ""
 
 
-def test_a_host_a_multi_node_model_runs_on_keeps_its_address(cluster, key_client):
+def test_it_keeps_the_address_of_a_host_a_multi_node_model_runs_on(cluster, key_client):
     patch(key_client, "spark-2", {"cluster_address": "10.0.0.2"})
     CatalogModel.objects.create(
         key="pair",
@@ -231,7 +233,7 @@ def test_a_host_a_multi_node_model_runs_on_keeps_its_address(cluster, key_client
     assert patch(key_client, "spark-2", {"cluster_address": "10.0.0.3"}).status_code == 200
 
 
-def test_status_shows_each_hosts_interconnect(cluster, key_client):
+def test_it_shows_each_hosts_interconnect_in_status(cluster, key_client):
     hosts = {h["name"]: h for h in key_client.get("/api/status").json()["hosts"]}
     assert (hosts["spark-1"]["cluster_address"], hosts["spark-1"]["cluster_interface"]) == (
         "10.0.0.1",

@@ -18,13 +18,13 @@ def load(tmp_path, extra: str = ""):
     return load_inventory(path)
 
 
-def test_the_defaults_are_the_users_cache_and_eight_sessions(tmp_path):
+def test_it_defaults_to_the_users_cache_and_eight_sessions(tmp_path):
     (host,) = load(tmp_path).hosts
     assert (host.hf_cache_dir, host.max_ssh_sessions) == (None, 8)
 
 
 @pytest.mark.django_db
-def test_both_are_read_and_stored_on_the_host(tmp_path):
+def test_it_reads_both_and_stores_them_on_the_host(tmp_path):
     inventory = load(tmp_path, "    hf_cache_dir: /data/hf/hub\n    max_ssh_sessions: 4\n")
     apply_inventory(inventory)
     host = Host.objects.get(name="spark-1")
@@ -41,7 +41,7 @@ def test_both_are_read_and_stored_on_the_host(tmp_path):
         ("max_ssh_sessions: '8'", "must be an integer 1-100"),
     ],
 )
-def test_bad_values_are_reported_with_the_key(tmp_path, line, reason):
+def test_it_reports_bad_values_with_the_key(tmp_path, line, reason):
     with pytest.raises(InventoryError) as caught:
         load(tmp_path, f"    {line}\n")
     key = line.split(":")[0]

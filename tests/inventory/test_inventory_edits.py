@@ -21,7 +21,7 @@ def cluster(db):
     apply_inventory(CLUSTER)
 
 
-def test_a_service_disabled_in_arbiter_stays_disabled_across_reloads(cluster, key_client):
+def test_it_keeps_a_service_disabled_in_arbiter_disabled_across_reloads(cluster, key_client):
     response = patch(key_client, "/api/services/chat", {"disabled": True})
     assert response.status_code == 200, response.content
     assert response.json() == {
@@ -39,7 +39,7 @@ def test_a_service_disabled_in_arbiter_stays_disabled_across_reloads(cluster, ke
     assert endpoints["chat"]["disabled"] is True
 
 
-def test_a_reload_still_updates_unedited_fields_and_remembers_the_files_new_value(
+def test_it_still_updates_unedited_fields_on_a_reload_and_remembers_the_files_new_value(
     cluster, key_client
 ):
     patch(key_client, "/api/hosts/spark-1", {"vram_margin_mib": 4096})
@@ -54,7 +54,7 @@ def test_a_reload_still_updates_unedited_fields_and_remembers_the_files_new_valu
     assert Host.objects.get(name="spark-1").vram_margin_mib == 1024
 
 
-def test_setting_the_files_value_again_ends_the_edit(cluster, key_client):
+def test_it_ends_the_edit_when_the_files_value_is_set_again(cluster, key_client):
     patch(key_client, "/api/hosts/spark-1", {"vram_budget_mib": 100000, "vram_margin_mib": 512})
     again = patch(key_client, "/api/hosts/spark-1", {"vram_budget_mib": 120000})
     assert again.json() == {
@@ -67,7 +67,7 @@ def test_setting_the_files_value_again_ends_the_edit(cluster, key_client):
     }
 
 
-def test_only_the_fields_sent_change(cluster, key_client):
+def test_it_changes_only_the_fields_sent(cluster, key_client):
     response = patch(key_client, "/api/services/tts", {"vram_resident_mib": 2048})
     assert response.json()["disabled"] is False
     tts = Service.objects.get(name="tts")
@@ -75,7 +75,7 @@ def test_only_the_fields_sent_change(cluster, key_client):
     assert tts.inventory_overrides == {"vram_resident_mib": 0}
 
 
-def test_a_budget_can_be_cleared(cluster, key_client):
+def test_it_can_clear_a_budget(cluster, key_client):
     response = patch(key_client, "/api/hosts/spark-1", {"vram_budget_mib": None})
     assert response.status_code == 200
     assert Host.objects.get(name="spark-1").vram_budget_mib is None
@@ -98,7 +98,7 @@ def test_a_budget_can_be_cleared(cluster, key_client):
         ("/api/hosts/spark-1", {}, "body"),
     ],
 )
-def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
+def test_it_refuses_bad_input_naming_the_field_and_changes_nothing(
     cluster, key_client, path, body, field
 ):
     before = list(Service.objects.values()) + list(Host.objects.values())
@@ -108,7 +108,7 @@ def test_bad_input_is_refused_naming_the_field_and_changes_nothing(
     assert list(Service.objects.values()) + list(Host.objects.values()) == before
 
 
-def test_a_body_that_is_not_json_is_refused(cluster, key_client):
+def test_it_refuses_a_body_that_is_not_json(cluster, key_client):
     response = key_client.patch(
         "/api/services/chat", data="disabled=true", content_type="application/json"
     )
@@ -120,7 +120,7 @@ def test_a_body_that_is_not_json_is_refused(cluster, key_client):
 @pytest.mark.parametrize(
     "path", ["/api/services/nope", "/api/hosts/nope", "/api/services/nope/edits"]
 )
-def test_an_unknown_name_is_a_404(cluster, key_client, path):
+def test_it_answers_404_for_an_unknown_name(cluster, key_client, path):
     if path.endswith("/edits"):
         response = key_client.delete(path)
     else:
@@ -130,20 +130,20 @@ def test_an_unknown_name_is_a_404(cluster, key_client, path):
     assert response.json()["error"]["field"] == "name"
 
 
-def test_a_retired_row_cannot_be_edited(cluster, key_client):
+def test_it_refuses_to_edit_a_retired_row(cluster, key_client):
     apply_inventory(replace(CLUSTER, services=[CHAT]))  # tts dropped from the file
     response = patch(key_client, "/api/services/tts", {"disabled": True})
     assert response.status_code == 404
 
 
-def test_edits_need_authentication(cluster, client):
+def test_it_needs_authentication_for_edits(cluster, client):
     assert patch(client, "/api/services/chat", {"disabled": True}).status_code == 401
     assert client.delete("/api/hosts/spark-1/edits").status_code == 401
     assert not Service.objects.get(name="chat").disabled
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_disabling_a_service_pushes_the_services_panel(admin_key):
+async def test_it_pushes_the_services_panel_when_a_service_is_disabled(admin_key):
     api_key = admin_key  # disabling a service is an inventory edit: an admin's
     await sync_to_async(apply_inventory)(replace(CLUSTER, services=[CHAT, TTS]))
     layer = get_channel_layer()

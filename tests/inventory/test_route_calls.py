@@ -58,7 +58,7 @@ def test_it_reads_ollamas_unload_call(tmp_path):
     assert service.load_body == {"model": "llama3.2"}
 
 
-def test_the_method_defaults_to_post_and_the_body_to_none(tmp_path):
+def test_it_defaults_the_method_to_post_and_the_body_to_none(tmp_path):
     [service] = load(tmp_path, "    unload_route: /unload\n").services
     assert (service.unload_method, service.unload_body) == ("POST", None)
     assert (service.load_method, service.load_body) == ("POST", None)
@@ -91,13 +91,13 @@ def test_the_method_defaults_to_post_and_the_body_to_none(tmp_path):
         ),
     ],
 )
-def test_bad_calls_are_named_by_field(tmp_path, lines, expected):
+def test_it_names_bad_calls_by_field(tmp_path, lines, expected):
     found = problems(tmp_path, lines)
     assert any(expected in problem for problem in found), found
 
 
 @pytest.mark.django_db
-def test_the_documented_example_loads_with_manage_py_load_inventory():
+def test_it_loads_the_documented_example_with_manage_py_load_inventory():
     out = StringIO()
     call_command("load_inventory", str(EXAMPLE), stdout=out)
     services = {s.name: s for s in Service.objects.all()}

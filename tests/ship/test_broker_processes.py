@@ -56,7 +56,9 @@ def model_swaps() -> list[tuple[str, str]]:
     return list(Swap.objects.filter(model_key="qwen3-small").values_list("state", "requested_by"))
 
 
-def test_twenty_requests_over_three_processes_load_the_model_once(sim_cluster, cluster, tmp_path):
+def test_it_loads_the_model_once_for_twenty_requests_over_three_processes(
+    sim_cluster, cluster, tmp_path
+):
     with serve_processes(sim_cluster, tmp_path) as processes:
         urls = list(processes.values())
         with ThreadPoolExecutor(20) as pool:
@@ -79,7 +81,9 @@ def backend_in_flight(base_url: str) -> int:
     return int(match.group(1))
 
 
-def test_a_concurrency_limit_of_four_holds_across_three_processes(sim_cluster, cluster, tmp_path):
+def test_it_holds_a_concurrency_limit_of_four_across_three_processes(
+    sim_cluster, cluster, tmp_path
+):
     with serve_processes(sim_cluster, tmp_path, ARBITER_BROKER_MAX_CONCURRENCY="4") as processes:
         urls = list(processes.values())
         assert chat(urls[0], cluster).status_code == 200  # loads the model

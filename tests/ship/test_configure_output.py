@@ -175,7 +175,7 @@ def test_it_refuses_to_hide_a_service_that_does_not_exist(cluster_js, tmp_path):
     ]
 
 
-def test_arbiter_names_the_field_of_a_bad_value_the_form_let_through(cluster_js, tmp_path):
+def test_it_lets_arbiter_name_the_field_of_a_bad_value_the_form_let_through(cluster_js, tmp_path):
     # The form's patterns are loose on purpose (Arbiter validates again); the loader
     # names the field, so a bad value shows up in the service log, not as silence.
     host = {**FORM["hosts"][0], "address": "not a host"}
@@ -231,7 +231,7 @@ def test_it_creates_updates_and_removes_the_configured_webhook(prepare):
 
 
 @pytest.mark.django_db
-def test_a_refused_webhook_url_does_not_keep_arbiter_from_starting(
+def test_it_does_not_keep_arbiter_from_starting_over_a_refused_webhook_url(
     prepare, monkeypatch, settings, capsys
 ):
     settings.ARBITER_WEBHOOK_ALLOW_NETWORKS = []

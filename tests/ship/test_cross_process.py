@@ -149,7 +149,7 @@ async def read_until(socket: WebSocket, text: str, timeout: float) -> str:
     return await asyncio.wait_for(scan(), timeout)
 
 
-async def test_a_swap_log_line_reaches_browsers_on_other_daphne_processes(
+async def test_it_delivers_a_swap_log_line_to_browsers_on_other_daphne_processes(
     daphne_processes, django_user_model
 ):
     assert connection.vendor == "postgresql"

@@ -23,7 +23,7 @@ def units() -> dict[str, dict[str, dict[str, list[str]]]]:
     return {path.name: unit_file(path) for path in sorted(UNITS.iterdir())}
 
 
-def test_check_deploy_passes_with_the_documented_environment(tmp_path):
+def test_it_passes_check_deploy_with_the_documented_environment(tmp_path):
     documented = env_file(ENV_EXAMPLE)
     # Files the guide has the operator create; the test creates them in tmp instead.
     secret_key = tmp_path / "secret_key"
@@ -54,14 +54,14 @@ def test_check_deploy_passes_with_the_documented_environment(tmp_path):
     assert "DJANGO_SECRET_KEY" not in documented, "the key is kept in a file, not the env file"
 
 
-def test_the_documented_environment_sets_only_settings_arbiter_reads():
+def test_it_documents_an_environment_that_sets_only_settings_arbiter_reads():
     read = settings_read_names()
     for name in env_file(ENV_EXAMPLE, include_commented=True):
         base = name.removesuffix("_FILE")
         assert name in read or base in read, f"{name}: arbiter/settings.py does not read it"
 
 
-def test_the_guide_uses_the_example_environment_and_units():
+def test_it_uses_the_example_environment_and_units_in_the_guide():
     guide = DEPLOY_DOC.read_text()
     assert "deploy/arbiter.env.example" in guide
     assert "check --deploy --fail-level WARNING" in guide
@@ -76,7 +76,7 @@ def test_the_guide_uses_the_example_environment_and_units():
         assert f"`{name}`" in guide, f"DEPLOY.md does not explain {name}"
 
 
-def test_the_units_are_user_units_for_every_process():
+def test_it_provides_user_units_for_every_process():
     found = units()
     assert set(found) == {f"{name}.service" for name in SERVICES} | {"arbiter.target"}
 
@@ -121,7 +121,7 @@ def test_the_units_are_user_units_for_every_process():
     assert set(wanted) >= {"arbiter-migrate.service", "arbiter-web.service", "arbiter-huey.service"}
 
 
-def test_systemd_accepts_the_units(tmp_path):
+def test_it_ships_units_that_systemd_accepts(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed: the units were only parsed")

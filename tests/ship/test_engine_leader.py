@@ -60,7 +60,7 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.05)
 
 
-def test_one_leader_runs_the_engine_and_a_killed_leader_is_replaced_within_two_ticks(
+def test_it_runs_the_engine_in_one_leader_and_replaces_a_killed_one_within_two_ticks(
     sim_cluster, three_serve_processes
 ):
     urls = three_serve_processes

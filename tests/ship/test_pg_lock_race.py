@@ -101,7 +101,9 @@ def database_connections() -> int:
         return cursor.fetchone()[0]
 
 
-async def test_64_clients_race_for_the_lock_for_100_rounds_without_a_server_error(served):
+async def test_it_answers_64_clients_racing_for_the_lock_for_100_rounds_without_a_server_error(
+    served,
+):
     url, log = served
     assert connection.vendor == "postgresql"
     _key, raw = await in_thread(lambda: ApiKey.objects.create_key("lock race"))

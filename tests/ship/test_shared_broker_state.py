@@ -43,7 +43,7 @@ def status_clients(url: str, headers: dict[str, str]) -> dict[str, dict]:
     return {row["client"]: row for row in rows}
 
 
-def test_client_counts_from_three_processes_add_up_in_each(sim_cluster, tmp_path):
+def test_it_adds_up_client_counts_from_three_processes_in_each(sim_cluster, tmp_path):
     apply_inventory(load_inventory(sim_cluster.config_path))
     make_model(default_host=Host.objects.get(name="sim-b"))
     _, raw_key = ApiKey.objects.create_key("shared-counts-test", role="operator")
@@ -164,7 +164,9 @@ def crowded_config(sim_cluster, tts: SlowTts, tmp_path: Path) -> Path:
     return path
 
 
-def test_a_service_busy_in_one_process_is_not_evicted_by_another(sim_cluster, slow_tts, tmp_path):
+def test_it_does_not_evict_a_service_busy_in_one_process_by_another(
+    sim_cluster, slow_tts, tmp_path
+):
     config = crowded_config(sim_cluster, slow_tts, tmp_path)
     apply_inventory(load_inventory(config))
     make_model(default_host=Host.objects.get(name="sim-b"))

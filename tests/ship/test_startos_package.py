@@ -97,7 +97,7 @@ def test_it_builds_its_image_from_the_dockerfile_next_to_it():
 
 
 # --- the Dockerfile -------------------------------------------------------------------
-def test_its_image_runs_as_a_user_of_its_own():
+def test_it_runs_its_image_as_a_user_of_its_own():
     args, stages = dockerfile()
     final = stages[-1]
     assert len(stages) >= 2, "a multi-stage build: compilers stay out of the final image"
@@ -120,7 +120,7 @@ def test_its_image_runs_as_a_user_of_its_own():
     assert keywords.index("USER") > max(i for i, kw in enumerate(keywords) if kw == "RUN")
 
 
-def test_its_image_installs_the_runtime_dependencies_pinned_by_the_lock():
+def test_it_installs_the_runtime_dependencies_pinned_by_the_lock_in_its_image():
     _args, stages = dockerfile()
     run = " ".join(stages[0].values("RUN"))
     assert "--constraint requirements.lock" in run
@@ -144,7 +144,7 @@ def test_its_image_installs_the_runtime_dependencies_pinned_by_the_lock():
         )
 
 
-def test_its_image_serves_and_probes_one_port():
+def test_it_serves_and_probes_one_port_in_its_image():
     _args, stages = dockerfile()
     final = stages[-1]
     env = {}
@@ -163,7 +163,7 @@ def test_its_image_serves_and_probes_one_port():
     assert "manage.py migrate --noinput" in cmd and "exec python manage.py serve" in cmd
 
 
-def test_its_build_context_admits_only_what_the_image_copies():
+def test_it_admits_to_its_build_context_only_what_the_image_copies():
     ignore = [
         line
         for line in (STARTOS / "Dockerfile.dockerignore").read_text().splitlines()
@@ -236,7 +236,7 @@ def test_it_names_the_project_by_one_url_everywhere():
     assert f"git clone {base}.git" in (ROOT / "docs" / "DEPLOY.md").read_text()
 
 
-def test_instructions_link_only_to_files_of_the_project():
+def test_it_links_its_instructions_only_to_files_of_the_project():
     base = project_url()
     text = (STARTOS / "instructions.md").read_text()
     links = re.findall(r"\[[^\]]*\]\(([^)]+)\)", text)
@@ -253,7 +253,7 @@ def test_instructions_link_only_to_files_of_the_project():
 
 
 # --- ports ----------------------------------------------------------------------------
-def test_its_health_check_probes_the_port_arbiter_serves_on():
+def test_it_probes_the_port_arbiter_serves_on_in_its_health_check():
     main = ts_source("main.ts")
     web = after(main, ".addDaemon('web'", "{")
     command = after(web, "command:", "[")
@@ -303,7 +303,7 @@ def configure_fields() -> tuple[dict[str, str], dict[str, str], dict[str, str], 
     return form, host, targets, host_targets
 
 
-def test_every_configure_field_lands_in_a_setting_arbiter_reads():
+def test_it_lands_every_configure_field_in_a_setting_arbiter_reads():
     form, host, targets, host_targets = configure_fields()
     assert set(form) == set(targets), "every form field has a target, and only those"
     assert set(host) == set(host_targets)
@@ -342,7 +342,7 @@ def test_every_configure_field_lands_in_a_setting_arbiter_reads():
             raise AssertionError(f"{name}: unknown target {kind}")
 
 
-def test_every_variable_the_package_sets_is_a_setting():
+def test_it_sets_only_variables_that_are_settings():
     main = ts_source("main.ts")
     arbiter_env = top_level_entries(after(main, "const arbiterEnv ="))
     read = settings_read_names()
@@ -361,7 +361,7 @@ def test_every_variable_the_package_sets_is_a_setting():
     assert arbiter_env["REDIS_URL"] == "`redis://127.0.0.1:${redisPort}/0`"
 
 
-def test_its_processes_run_the_documented_commands():
+def test_it_runs_the_documented_commands_in_its_processes():
     main = ts_source("main.ts")
     huey = after(main, ".addDaemon('huey'", "{")
     assert "'manage.py', 'run_huey'" in huey

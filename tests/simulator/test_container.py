@@ -452,7 +452,7 @@ def blocked_signals(pid: int, tid: int) -> set[int] | None:
     return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
 
 
-def test_only_the_main_thread_takes_the_stop_signal(
+def test_it_takes_the_stop_signal_on_the_main_thread_only(
     start_container: Callable[..., Container],
 ) -> None:
     # A SIGTERM the kernel hands to a helper thread never wakes a main thread waiting on

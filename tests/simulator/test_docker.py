@@ -85,7 +85,7 @@ async def wait_exited(sim: SimulatedCluster, host: str, name: str, timeout: floa
     await wait_until(exited, timeout)
 
 
-async def test_a_container_runs_serves_stops_and_is_removed(sim, ssh) -> None:
+async def test_it_runs_serves_stops_and_removes_a_container(sim, ssh) -> None:
     conn = await ssh("sim-a")
     port = free_port()
     argv = vllm_run(
@@ -167,7 +167,7 @@ async def test_a_container_runs_serves_stops_and_is_removed(sim, ssh) -> None:
     )
 
 
-async def test_logs_follow_streams_until_the_container_exits(sim, ssh) -> None:
+async def test_it_streams_logs_with_follow_until_the_container_exits(sim, ssh) -> None:
     conn = await ssh("sim-a")
     port = free_port()
     assert (await run(conn, vllm_run("follow", port, util="0.3"))).exit_status == 0
@@ -266,7 +266,9 @@ async def test_it_rejects_what_docker_rejects(
     assert all(line.endswith(" created") for line in listed.stdout.splitlines())
 
 
-async def test_a_name_in_use_conflicts_and_a_running_container_needs_force(sim, ssh) -> None:
+async def test_it_refuses_a_name_in_use_and_needs_force_to_remove_a_running_container(
+    sim, ssh
+) -> None:
     conn = await ssh("sim-b")
     assert (await run(conn, vllm_run("dup", free_port()))).exit_status == 0
     container_id = sim.hosts["sim-b"].container("dup").id
@@ -288,7 +290,7 @@ async def test_a_name_in_use_conflicts_and_a_running_container_needs_force(sim, 
     assert sim.hosts["sim-b"].containers == []
 
 
-async def test_a_taken_host_port_leaves_the_container_created(sim, ssh) -> None:
+async def test_it_leaves_the_container_created_when_the_host_port_is_taken(sim, ssh) -> None:
     conn = await ssh("sim-b")
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -301,7 +303,7 @@ async def test_a_taken_host_port_leaves_the_container_created(sim, ssh) -> None:
     assert listed.stdout == "blocked Created\n"
 
 
-async def test_fail_start_exits_1_with_the_error_in_the_logs(sim, ssh) -> None:
+async def test_it_exits_1_with_the_error_in_the_logs_on_a_fail_start_fault(sim, ssh) -> None:
     conn = await ssh("sim-a")
     sim.hosts["sim-a"].inject(fail_start=True)
     assert (await run(conn, vllm_run("failing", free_port()))).exit_status == 0
@@ -314,7 +316,7 @@ async def test_fail_start_exits_1_with_the_error_in_the_logs(sim, ssh) -> None:
     assert await memory_used(conn) == [IDLE_MIB, IDLE_MIB]
 
 
-async def test_bad_model_fails_like_a_missing_hub_repo(sim, ssh) -> None:
+async def test_it_fails_a_bad_model_like_a_missing_hub_repo(sim, ssh) -> None:
     conn = await ssh("sim-a")
     sim.hosts["sim-a"].inject(bad_model=True)
     assert (await run(conn, vllm_run("badmodel", free_port(), model="org/nope"))).exit_status == 0
@@ -329,7 +331,7 @@ async def test_bad_model_fails_like_a_missing_hub_repo(sim, ssh) -> None:
     )
 
 
-async def test_slow_start_delays_readiness(sim, ssh) -> None:
+async def test_it_delays_readiness_on_a_slow_start(sim, ssh) -> None:
     conn = await ssh("sim-b")
     sim.hosts["sim-b"].inject(slow_start=1.2)
     port = free_port()
@@ -339,7 +341,7 @@ async def test_slow_start_delays_readiness(sim, ssh) -> None:
     assert ready - launched >= 1.1
 
 
-async def test_crash_after_ready_exits_with_the_engine_error(sim, ssh) -> None:
+async def test_it_exits_with_the_engine_error_on_a_crash_after_ready(sim, ssh) -> None:
     conn = await ssh("sim-b")
     sim.hosts["sim-b"].inject(crash_after_ready=0.2)
     port = free_port()
@@ -354,7 +356,7 @@ async def test_crash_after_ready_exits_with_the_engine_error(sim, ssh) -> None:
     )
 
 
-async def test_launching_before_memory_is_freed_fails_like_vllm(sim, ssh) -> None:
+async def test_it_fails_a_launch_before_memory_is_freed_like_vllm(sim, ssh) -> None:
     conn = await ssh("sim-b")
     first = free_port()
     assert (await run(conn, vllm_run("first", first))).exit_status == 0
@@ -371,7 +373,7 @@ async def test_launching_before_memory_is_freed_fails_like_vllm(sim, ssh) -> Non
     await wait_healthy(third)
 
 
-async def test_unified_memory_loads_show_in_mem_available(sim, ssh) -> None:
+async def test_it_shows_unified_memory_loads_in_mem_available(sim, ssh) -> None:
     conn = await ssh("sim-gb10")
     port = free_port()
 
@@ -392,7 +394,7 @@ async def test_unified_memory_loads_show_in_mem_available(sim, ssh) -> None:
     assert used.stdout == "[N/A], 1\n"
 
 
-async def test_host_network_env_file_and_attached_names(sim, ssh) -> None:
+async def test_it_runs_with_the_host_network_an_env_file_and_attached_names(sim, ssh) -> None:
     conn = await ssh("sim-a")
     port = free_port()
     argv = [
@@ -431,7 +433,7 @@ async def test_host_network_env_file_and_attached_names(sim, ssh) -> None:
     assert models["data"][0]["id"] == "org/positional"
 
 
-async def test_a_restarted_simulator_readopts_running_containers(tmp_path) -> None:
+async def test_it_readopts_running_containers_after_a_restart(tmp_path) -> None:
     first = SimulatedCluster(tmp_path, startup_delay=0.2, control=False)
     await first.start()
     port = free_port()
@@ -454,7 +456,7 @@ async def test_a_restarted_simulator_readopts_running_containers(tmp_path) -> No
         await second.stop(kill_containers=True)
 
 
-async def test_a_dead_container_is_reported_exited_after_a_restart(tmp_path) -> None:
+async def test_it_reports_a_dead_container_exited_after_a_restart(tmp_path) -> None:
     first = SimulatedCluster(tmp_path, startup_delay=0.2, control=False)
     await first.start()
     async with await connect(first, "sim-b") as conn:

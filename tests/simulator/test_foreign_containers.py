@@ -39,7 +39,9 @@ def wait_served(port: int, timeout: float = 15.0) -> dict:
         time.sleep(0.1)
 
 
-def test_the_control_api_starts_and_lists_a_host_network_container(sim_cluster: ClusterThread):
+def test_it_starts_and_lists_a_host_network_container_through_the_control_api(
+    sim_cluster: ClusterThread,
+):
     url = sim_cluster.control_url
     port = reservable_port()
     body = {"name": "vllm_node", "image": IMAGE, "network": "host", "port": port}
@@ -78,7 +80,7 @@ def test_the_control_api_starts_and_lists_a_host_network_container(sim_cluster: 
     assert (node.network, node.ports, node.labels) == ("host", [], {})
 
 
-def test_the_control_api_says_no_like_docker(sim_cluster: ClusterThread):
+def test_it_says_no_like_docker_through_the_control_api(sim_cluster: ClusterThread):
     url = sim_cluster.control_url
     port = reservable_port()
     body = {"name": "vllm_node", "image": IMAGE, "port": port}
@@ -93,7 +95,7 @@ def test_the_control_api_says_no_like_docker(sim_cluster: ClusterThread):
     assert httpx.get(f"{url}/hosts/nope/containers", timeout=5).status_code == 404
 
 
-async def test_docker_ps_shows_no_ports_and_the_host_network(sim) -> None:
+async def test_it_shows_no_ports_and_the_host_network_in_docker_ps(sim) -> None:
     port = reservable_port()
     host = sim.hosts["sim-a"]
     await start_scripted(host, ScriptedRun("vllm_node", IMAGE, port, "host"))
@@ -136,7 +138,7 @@ async def test_docker_ps_shows_no_ports_and_the_host_network(sim) -> None:
         conn.close()
 
 
-async def test_docker_stop_takes_the_flags_of_the_simulated_release(sim, monkeypatch) -> None:
+async def test_it_takes_the_docker_stop_flags_of_the_simulated_release(sim, monkeypatch) -> None:
     host = sim.hosts["sim-a"]
     conn = await connect(sim, "sim-a")
     try:
@@ -176,7 +178,7 @@ def spark_pair(tmp_path):
         cluster.stop(kill_containers=True)
 
 
-def test_the_spark_pair_scenario_runs_vllm_node_on_each_service_port(spark_pair, tmp_path):
+def test_it_runs_vllm_node_on_each_service_port_in_the_spark_pair_scenario(spark_pair, tmp_path):
     config = yaml.safe_load(spark_pair.config_path.read_text())
     assert [h["name"] for h in config["hosts"]] == ["spark-1", "spark-2"]
     for service in config["services"]:
@@ -206,7 +208,7 @@ def test_the_spark_pair_scenario_runs_vllm_node_on_each_service_port(spark_pair,
         again.stop(kill_containers=True)
 
 
-def test_simcluster_takes_a_scenario_but_not_with_a_host_count():
+def test_it_lets_simcluster_take_a_scenario_but_not_with_a_host_count():
     with pytest.raises(CommandError, match="--hosts and --scenario cannot be combined"):
         call_command("simcluster", "--scenario", "spark-pair", "--hosts", "2")
     with pytest.raises(CommandError, match="invalid choice: 'spark-trio'"):

@@ -46,7 +46,7 @@ async def image_inspect(conn, image: str) -> dict:
     return json.loads(result.stdout)
 
 
-async def test_uname_and_pulls_follow_the_hosts_architecture(sim, ssh) -> None:
+async def test_it_follows_the_hosts_architecture_in_uname_and_pulls(sim, ssh) -> None:
     spark, workstation = await ssh("sim-gb10"), await ssh("sim-a")
     assert (await run(spark, ["uname", "-m"])).stdout == "aarch64\n"
     assert (await run(workstation, ["uname", "-m"])).stdout == "x86_64\n"
@@ -65,7 +65,7 @@ async def test_uname_and_pulls_follow_the_hosts_architecture(sim, ssh) -> None:
     assert shown.stdout == '["vllm","serve"] arm64\n'
 
 
-async def test_inspecting_an_image_that_is_not_there(sim, ssh) -> None:
+async def test_it_says_no_such_image_when_inspecting_an_image_that_is_not_there(sim, ssh) -> None:
     conn = await ssh("sim-a")
     result = await run(conn, ["docker", "image", "inspect", "--format={{json .}}", NVIDIA])
     assert (result.exit_status, result.stdout, result.stderr) == (
@@ -75,7 +75,7 @@ async def test_inspecting_an_image_that_is_not_there(sim, ssh) -> None:
     )
 
 
-async def test_nvidia_image_runs_its_arguments_as_a_command(sim, ssh) -> None:
+async def test_it_runs_the_nvidia_images_arguments_as_a_command(sim, ssh) -> None:
     conn = await ssh("sim-a")
     port = free_port()
     argv = docker_run(
@@ -95,7 +95,7 @@ async def test_nvidia_image_runs_its_arguments_as_a_command(sim, ssh) -> None:
     assert out.index("== vLLM ==") < out.index("Application startup complete.")
 
 
-async def test_flags_alone_fail_in_the_nvidia_entrypoints_exec(sim, ssh) -> None:
+async def test_it_fails_flags_alone_in_the_nvidia_entrypoints_exec(sim, ssh) -> None:
     conn = await ssh("sim-a")
     started = await run(
         conn, docker_run("ngc-flags", NVIDIA, "--served-model-name=tiny", "--port=8000")
@@ -110,7 +110,9 @@ async def test_flags_alone_fail_in_the_nvidia_entrypoints_exec(sim, ssh) -> None
     )
 
 
-async def test_a_model_name_first_is_no_program_for_the_nvidia_entrypoint(sim, ssh) -> None:
+async def test_it_treats_a_model_name_first_as_no_program_for_the_nvidia_entrypoint(
+    sim, ssh
+) -> None:
     conn = await ssh("sim-a")
     assert (
         await run(conn, docker_run("ngc-model", NVIDIA, "org/tiny", "--port=8000"))
@@ -123,7 +125,7 @@ async def test_a_model_name_first_is_no_program_for_the_nvidia_entrypoint(sim, s
     )
 
 
-async def test_vllm_serve_after_the_vllm_openai_entrypoint_is_unrecognized(sim, ssh) -> None:
+async def test_it_does_not_recognize_vllm_serve_after_the_vllm_openai_entrypoint(sim, ssh) -> None:
     conn = await ssh("sim-a")
     argv = docker_run("doubled", OPENAI, "vllm", "serve", "org/tiny", "--served-model-name=tiny")
     assert (await run(conn, argv)).exit_status == 0
@@ -134,7 +136,7 @@ async def test_vllm_serve_after_the_vllm_openai_entrypoint_is_unrecognized(sim, 
     )
 
 
-async def test_the_model_flag_is_moved_first_with_vllms_warning(sim, ssh) -> None:
+async def test_it_moves_the_model_flag_first_with_vllms_warning(sim, ssh) -> None:
     conn = await ssh("sim-a")
     port = free_port()
     argv = docker_run(
@@ -152,7 +154,7 @@ async def test_the_model_flag_is_moved_first_with_vllms_warning(sim, ssh) -> Non
     assert (code, err.splitlines()[-1]) == (2, "vllm: error: unrecognized arguments: org/a")
 
 
-async def test_an_entrypoint_override_keeps_working(sim, ssh) -> None:
+async def test_it_keeps_an_entrypoint_override_working(sim, ssh) -> None:
     conn = await ssh("sim-a")
     port = free_port()
     argv = [
@@ -170,7 +172,7 @@ async def test_an_entrypoint_override_keeps_working(sim, ssh) -> None:
     assert 'exec: "no-such-program": executable file not found in $PATH' in result.stderr
 
 
-async def test_an_image_of_another_architecture_fails_with_exec_format_error(
+async def test_it_fails_an_image_of_another_architecture_with_exec_format_error(
     sim, ssh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A single-platform (amd64-only) image: the pull succeeds on an arm64 host, the run not.
@@ -190,7 +192,7 @@ async def test_an_image_of_another_architecture_fails_with_exec_format_error(
     assert (code, err) == (255, "exec /usr/local/bin/vllm: exec format error\n")
 
 
-async def test_a_multi_platform_image_without_the_hosts_platform_is_not_pulled(
+async def test_it_does_not_pull_a_multi_platform_image_without_the_hosts_platform(
     sim, ssh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = ImageSpec(("vllm", "serve"), None, ("amd64", "ppc64le"))

@@ -100,7 +100,7 @@ async def start(conn, argv: list[str]) -> None:
     assert started.exit_status == 0, started.stderr
 
 
-async def test_the_head_serves_only_once_its_worker_joined(sim, ssh) -> None:
+async def test_it_serves_from_the_head_only_once_its_worker_joined(sim, ssh) -> None:
     head, worker = await ssh("sim-b"), await ssh("sim-a")
     port, master_port = free_port(), free_port()
     await start(head, node_run(0, port, master_port, spaced=True))
@@ -132,7 +132,7 @@ async def test_the_head_serves_only_once_its_worker_joined(sim, ssh) -> None:
     assert state(sim, "sim-a") == ("running", 0)
 
 
-async def test_a_worker_started_first_retries_until_its_head_listens(sim, ssh) -> None:
+async def test_it_retries_a_worker_started_first_until_its_head_listens(sim, ssh) -> None:
     head, worker = await ssh("sim-b"), await ssh("sim-a")
     port, master_port = free_port(), free_port()
     await start(worker, node_run(1, port, master_port, spaced=True))
@@ -152,7 +152,7 @@ async def test_a_worker_started_first_retries_until_its_head_listens(sim, ssh) -
     assert state(sim, "sim-a") == ("running", 0)
 
 
-async def test_a_worker_that_dies_takes_the_head_down_with_status_1(sim, ssh) -> None:
+async def test_it_takes_the_head_down_with_status_1_when_the_worker_dies(sim, ssh) -> None:
     head, worker = await ssh("sim-b"), await ssh("sim-a")
     port, master_port = free_port(), free_port()
     await start(worker, node_run(1, port, master_port))
@@ -176,7 +176,7 @@ async def test_a_worker_that_dies_takes_the_head_down_with_status_1(sim, ssh) ->
     assert "NCCL error: remote process exited or there was a network error" in head_log
 
 
-async def test_a_head_that_dies_takes_its_worker_down_with_status_1(sim, ssh) -> None:
+async def test_it_takes_the_worker_down_with_status_1_when_the_head_dies(sim, ssh) -> None:
     head, worker = await ssh("sim-b"), await ssh("sim-a")
     port, master_port = free_port(), free_port()
     await start(worker, node_run(1, port, master_port))
@@ -191,7 +191,7 @@ async def test_a_head_that_dies_takes_its_worker_down_with_status_1(sim, ssh) ->
     assert "Failed to recv, got 0 bytes" in await logs(worker)
 
 
-async def test_a_head_whose_worker_never_comes_times_out(sim, ssh) -> None:
+async def test_it_times_out_a_head_whose_worker_never_comes(sim, ssh) -> None:
     sim.hosts["sim-b"].docker.join_timeout = 1.0
     head = await ssh("sim-b")
     port, master_port = free_port(), free_port()
@@ -205,7 +205,7 @@ async def test_a_head_whose_worker_never_comes_times_out(sim, ssh) -> None:
     assert await health(port) is None  # it never listened
 
 
-async def test_a_second_node_without_headless_fails_like_vllm(sim, ssh) -> None:
+async def test_it_fails_a_second_node_without_headless_like_vllm(sim, ssh) -> None:
     sim.hosts["sim-b"].docker.join_timeout = 2.0
     head, worker = await ssh("sim-b"), await ssh("sim-a")
     port, master_port = free_port(), free_port()
@@ -225,7 +225,7 @@ async def test_a_second_node_without_headless_fails_like_vllm(sim, ssh) -> None:
     assert "Watchdog caught collective operation timeout" in await logs(head)
 
 
-async def test_a_head_whose_store_port_is_taken_fails(sim, ssh) -> None:
+async def test_it_fails_a_head_whose_store_port_is_taken(sim, ssh) -> None:
     head = await ssh("sim-b")
     port = free_port()
     with socket.socket() as taken:
@@ -254,7 +254,7 @@ async def test_a_head_whose_store_port_is_taken_fails(sim, ssh) -> None:
         ),
     ],
 )
-async def test_vllm_refuses_a_launch_it_cannot_run(
+async def test_it_refuses_a_launch_vllm_cannot_run(
     sim, ssh, engine_extra, expected, status
 ) -> None:
     head = await ssh("sim-b")
@@ -264,7 +264,7 @@ async def test_vllm_refuses_a_launch_it_cannot_run(
     assert expected in await logs(head)
 
 
-async def test_a_device_the_host_lacks_fails_the_run_like_docker(sim, ssh) -> None:
+async def test_it_fails_the_run_like_docker_on_a_device_the_host_lacks(sim, ssh) -> None:
     conn = await ssh("sim-a")
     argv = node_run(0, free_port(), free_port(), "--device=/dev/infiniband")
     refused = await run(conn, argv)
@@ -288,7 +288,7 @@ async def test_a_device_the_host_lacks_fails_the_run_like_docker(sim, ssh) -> No
     )
 
 
-async def test_a_spark_has_its_connectx_devices(sim, ssh) -> None:
+async def test_it_gives_a_spark_its_connectx_devices(sim, ssh) -> None:
     conn = await ssh("sim-gb10")
     ok = await run(conn, ["docker", "run", "-d", "--name=ib", "--device=/dev/infiniband", IMAGE])
     assert ok.exit_status == 0, ok.stderr
@@ -320,7 +320,7 @@ def control_pair(tmp_path):
         cluster.stop(kill_containers=True)
 
 
-def test_the_control_pair_scenario_runs_one_model_across_both_sparks(control_pair, tmp_path):
+def test_it_runs_one_model_across_both_sparks_in_the_control_pair_scenario(control_pair, tmp_path):
     config = yaml.safe_load(control_pair.config_path.read_text())
     hosts = {h["name"]: h for h in config["hosts"]}
     assert list(hosts) == ["spark-1", "spark-2"]
@@ -382,13 +382,13 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_simcluster_offers_the_control_pair_scenario():
+def test_it_offers_the_control_pair_scenario_in_simcluster():
     # The choice is accepted (it fails later, on the host count it cannot combine with).
     with pytest.raises(CommandError, match="--hosts and --scenario cannot be combined"):
         call_command("simcluster", "--scenario", "spark-control-pair", "--hosts", "2")
 
 
-async def test_the_control_api_passes_a_launcher_env_devices_and_flags(tmp_path) -> None:
+async def test_it_passes_a_launcher_env_devices_and_flags_through_the_control_api(tmp_path) -> None:
     cluster = SimulatedCluster(tmp_path / "sim", startup_delay=STARTUP_DELAY, control=True)
     await cluster.start()
     try:

@@ -156,7 +156,7 @@ async def test_it_reports_syntax_errors_like_dash(script: str, message: str) -> 
     assert await sh(script) == (2, "", f"sh: 1: Syntax error: {message}\n")
 
 
-async def test_and_and_skips_after_a_failure_and_semicolon_resumes() -> None:
+async def test_it_skips_and_and_after_a_failure_and_resumes_after_a_semicolon() -> None:
     status, out, _ = await sh("false && echo skipped && echo skipped2 ; echo ran && true")
     assert (status, out) == (0, "ran\n")
     assert (await sh("true && false"))[0] == 1
@@ -173,7 +173,7 @@ async def test_it_still_refuses_operators_inside_sh_dash_c() -> None:
     assert "'|'" in err
 
 
-async def test_builtins_echo_test_and_cat() -> None:
+async def test_it_has_the_builtins_echo_test_and_cat() -> None:
     assert await sh("echo -n a b") == (0, "a b", "")
     assert [
         (await sh(f"test {flag} {path}"))[0]
@@ -189,27 +189,27 @@ async def test_builtins_echo_test_and_cat() -> None:
     assert await sh("cat /nope") == (1, "", "cat: /nope: No such file or directory\n")
 
 
-async def test_an_unknown_command_is_not_found() -> None:
+async def test_it_reports_an_unknown_command_as_not_found() -> None:
     assert await sh("nosuchtool --flag") == (127, "", "sh: 1: nosuchtool: not found\n")
 
 
-def test_a_shlex_joined_argv_parses_back_to_itself() -> None:
+def test_it_parses_a_shlex_joined_argv_back_to_itself() -> None:
     assert argvs(shlex.join(NASTY_ARGV)) == [NASTY_ARGV]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(st.characters(exclude_characters="\x00")), max_size=6))
-def test_any_shlex_joined_argv_parses_back_to_itself(args: list[str]) -> None:
+def test_it_parses_any_shlex_joined_argv_back_to_itself(args: list[str]) -> None:
     # The command name is Arbiter's constant; everything after it may be user input.
     argv = ["docker", *args]
     assert argvs(shlex.join(argv)) == [argv]
 
 
-def test_reserved_words_are_only_refused_in_command_position() -> None:
+def test_it_refuses_reserved_words_only_in_command_position() -> None:
     assert argvs("echo if then { } ! done") == [["echo", "if", "then", "{", "}", "!", "done"]]
 
 
-async def test_an_argv_arrives_over_ssh_exactly_as_sent(sim, ssh) -> None:
+async def test_it_receives_an_argv_over_ssh_exactly_as_sent(sim, ssh) -> None:
     conn = await ssh("sim-a")
     result = await run(conn, NASTY_ARGV)
     assert result.exit_status == 0
@@ -221,7 +221,7 @@ async def test_an_argv_arrives_over_ssh_exactly_as_sent(sim, ssh) -> None:
     assert record.exit_status == 0
 
 
-async def test_an_injected_token_never_runs_over_ssh(sim, ssh) -> None:
+async def test_it_never_runs_an_injected_token_over_ssh(sim, ssh) -> None:
     conn = await ssh("sim-a")
     result = await conn.run("docker ps; docker ps | sh", check=False)
     assert result.exit_status == 2

@@ -84,7 +84,7 @@ def available_mib(board: GpuBoard) -> int:
     return board.available_kb() // 1024
 
 
-def test_level_1_on_unified_memory_frees_only_the_kv_cache(container):
+def test_it_frees_only_the_kv_cache_at_level_1_on_unified_memory(container):
     board = board_for(GB10, container)
     awake = available_mib(board)
     assert httpx.post(f"{container.url}/sleep").status_code == 200
@@ -94,14 +94,14 @@ def test_level_1_on_unified_memory_frees_only_the_kv_cache(container):
     assert available_mib(board) == awake
 
 
-def test_level_2_on_unified_memory_frees_everything(container):
+def test_it_frees_everything_at_level_2_on_unified_memory(container):
     board = board_for(GB10, container)
     awake = available_mib(board)
     assert httpx.post(f"{container.url}/sleep?level=2").status_code == 200
     assert available_mib(board) == awake + VRAM
 
 
-def test_level_1_on_a_discrete_gpu_frees_it_and_takes_host_ram(container):
+def test_it_frees_a_discrete_gpu_and_takes_host_ram_at_level_1(container):
     board = board_for(RTX_6000_ADA, container)
     used, ram = board.readings()[0].memory_used_mib, available_mib(board)
     assert httpx.post(f"{container.url}/sleep").status_code == 200
@@ -110,7 +110,7 @@ def test_level_1_on_a_discrete_gpu_frees_it_and_takes_host_ram(container):
     assert "Sleep mode freed" in container.log.read_text()  # vLLM's own line
 
 
-def test_level_2_on_a_discrete_gpu_needs_no_host_ram(container):
+def test_it_needs_no_host_ram_at_level_2_on_a_discrete_gpu(container):
     board = board_for(RTX_6000_ADA, container)
     ram = available_mib(board)
     assert httpx.post(f"{container.url}/sleep?level=2").status_code == 200

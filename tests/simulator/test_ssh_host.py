@@ -41,7 +41,7 @@ def meminfo(text: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+):\s+(\d+) kB$", text, re.M)}
 
 
-async def test_nvidia_smi_answers_the_fields_in_the_order_asked(ssh) -> None:
+async def test_it_answers_nvidia_smi_fields_in_the_order_asked(ssh) -> None:
     conn = await ssh("sim-a")
     result = await run(conn, smi(QUERY))
     assert result.exit_status == 0
@@ -60,13 +60,13 @@ async def test_nvidia_smi_answers_the_fields_in_the_order_asked(ssh) -> None:
     ]
 
 
-async def test_nvidia_smi_prints_a_header_and_units_unless_told_not_to(ssh) -> None:
+async def test_it_prints_an_nvidia_smi_header_and_units_unless_told_not_to(ssh) -> None:
     conn = await ssh("sim-b")
     result = await run(conn, smi(["index", "memory.used", "power.draw"], "csv"))
     assert result.stdout == "index, memory.used [MiB], power.draw [W]\n0, 3 MiB, 72.30 W\n"
 
 
-async def test_a_gb10_reports_no_memory_or_power_limit_of_its_own(ssh) -> None:
+async def test_it_reports_no_memory_or_power_limit_of_its_own_for_a_gb10(ssh) -> None:
     conn = await ssh("sim-gb10")
     result = await run(conn, smi(QUERY))
     (row,) = rows(result.stdout)
@@ -76,7 +76,7 @@ async def test_a_gb10_reports_no_memory_or_power_limit_of_its_own(ssh) -> None:
     assert float(row[8]) > 0 and row[9] == "[N/A]"
 
 
-async def test_nvidia_smi_rejects_an_unknown_field_like_the_real_tool(ssh) -> None:
+async def test_it_rejects_an_unknown_nvidia_smi_field_like_the_real_tool(ssh) -> None:
     conn = await ssh("sim-a")
     result = await run(conn, smi(["index", "bogus.field"]))
     assert (result.exit_status, result.stdout) == (2, "")
@@ -84,7 +84,7 @@ async def test_nvidia_smi_rejects_an_unknown_field_like_the_real_tool(ssh) -> No
     assert (await run(conn, smi(["index"], "json"))).exit_status == 2
 
 
-async def test_gpu_values_can_be_pinned_per_gpu_and_reset(sim, ssh) -> None:
+async def test_it_pins_gpu_values_per_gpu_and_resets_them(sim, ssh) -> None:
     conn = await ssh("sim-a")
     host = sim.hosts["sim-a"]
     host.set_gpu(1, utilization=87, temperature=71, power=250.5, memory_used_mib=40000)
@@ -105,7 +105,7 @@ async def test_gpu_values_can_be_pinned_per_gpu_and_reset(sim, ssh) -> None:
     assert rows((await run(conn, smi(fields))).stdout)[1] == ["1", "0", "32", "22.50", "3", "49137"]
 
 
-async def test_meminfo_has_the_kernel_layout(ssh) -> None:
+async def test_it_lays_out_meminfo_like_the_kernel(ssh) -> None:
     conn = await ssh("sim-a")
     text = (await run(conn, ["cat", "/proc/meminfo"])).stdout
     assert re.match(r"MemTotal: {7}263808756 kB\nMemFree: +\d+ kB\nMemAvailable: +\d+ kB\n", text)
@@ -114,7 +114,7 @@ async def test_meminfo_has_the_kernel_layout(ssh) -> None:
     assert values["MemFree"] < values["MemAvailable"] < values["MemTotal"]
 
 
-async def test_unified_memory_in_use_lowers_mem_available(sim, ssh) -> None:
+async def test_it_lowers_mem_available_by_the_unified_memory_in_use(sim, ssh) -> None:
     conn = await ssh("sim-gb10")
     before = meminfo((await run(conn, ["cat", "/proc/meminfo"])).stdout)
     assert before["MemTotal"] == 125_000_000
@@ -123,7 +123,7 @@ async def test_unified_memory_in_use_lowers_mem_available(sim, ssh) -> None:
     assert before["MemAvailable"] - after["MemAvailable"] == 50_000 * 1024
 
 
-async def test_the_samplers_batched_command_works(ssh) -> None:
+async def test_it_runs_the_samplers_batched_command(ssh) -> None:
     conn = await ssh("sim-b")
     script = f"{shlex.join(smi(['index', 'name']))} ; echo @@mark@@ ; cat /proc/meminfo"
     result = await run(conn, ["sh", "-c", script])
@@ -132,7 +132,7 @@ async def test_the_samplers_batched_command_works(ssh) -> None:
     assert memory.startswith("MemTotal:")
 
 
-async def test_df_and_du_describe_the_simulated_disk(sim, ssh) -> None:
+async def test_it_describes_the_simulated_disk_with_df_and_du(sim, ssh) -> None:
     host = sim.hosts["sim-a"]
     host.fs.add_file("/models/org/m/model.safetensors", size=15_000_000_000)  # sparse
     conn = await ssh("sim-a")
@@ -159,7 +159,7 @@ async def test_df_and_du_describe_the_simulated_disk(sim, ssh) -> None:
     assert (await run(conn, ["df", "/nope"])).stderr == "df: /nope: No such file or directory\n"
 
 
-async def test_paths_and_symlinks_stay_inside_the_simulated_root(sim, ssh) -> None:
+async def test_it_keeps_paths_and_symlinks_inside_the_simulated_root(sim, ssh) -> None:
     host = sim.hosts["sim-a"]
     (host.fs.local("/models") / "escape").symlink_to("/etc")
     conn = await ssh("sim-a")
@@ -167,7 +167,7 @@ async def test_paths_and_symlinks_stay_inside_the_simulated_root(sim, ssh) -> No
     assert (await run(conn, ["cat", "/../../../../etc/passwd"])).exit_status == 1
 
 
-async def test_every_exec_request_is_recorded_with_env_names_only(sim, ssh) -> None:
+async def test_it_records_every_exec_request_with_env_names_only(sim, ssh) -> None:
     conn = await ssh("sim-b")
     host = sim.hosts["sim-b"]
     host.set_sshd(accept_env=["LANG", "LC_*", "HF_TOKEN"])  # AcceptEnv HF_TOKEN
@@ -184,12 +184,12 @@ async def test_every_exec_request_is_recorded_with_env_names_only(sim, ssh) -> N
     assert "hf_secret_value" not in repr(host.commands)
 
 
-async def test_an_unknown_command_exits_127(ssh) -> None:
+async def test_it_exits_127_on_an_unknown_command(ssh) -> None:
     result = await run(await ssh("sim-a"), ["rocm-smi"])
     assert (result.exit_status, result.stderr) == (127, "sh: 1: rocm-smi: not found\n")
 
 
-async def test_only_the_cluster_key_and_user_may_log_in(sim, tmp_path) -> None:
+async def test_it_lets_only_the_cluster_key_and_user_log_in(sim, tmp_path) -> None:
     with pytest.raises(asyncssh.PermissionDenied):
         await connect(sim, "sim-a", username="root")
     stranger = asyncssh.generate_private_key("ssh-ed25519")
@@ -201,14 +201,14 @@ async def test_only_the_cluster_key_and_user_may_log_in(sim, tmp_path) -> None:
         await connect(sim, "sim-a", known_hosts=str(empty))
 
 
-async def test_keys_are_files_with_private_permissions(sim) -> None:
+async def test_it_keeps_keys_in_files_with_private_permissions(sim) -> None:
     for path in (sim.client_key_path, sim.data_dir / "hosts" / "sim-a" / "ssh_host_key"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     line = sim.known_hosts_path.read_text().splitlines()[0]
     assert re.fullmatch(rf"\[127\.0\.0\.1\]:{sim.hosts['sim-a'].port} ssh-ed25519 AAAA\S+", line)
 
 
-async def test_a_host_goes_down_and_comes_back_on_the_same_port_and_key(sim) -> None:
+async def test_it_goes_down_and_comes_back_on_the_same_port_and_key(sim) -> None:
     host = sim.hosts["sim-a"]
     port = host.port
     conn = await connect(sim, "sim-a")
@@ -225,7 +225,7 @@ async def test_a_host_goes_down_and_comes_back_on_the_same_port_and_key(sim) -> 
         assert (await again.run("hostname")).stdout == "sim-a\n"
 
 
-async def test_a_rotated_host_key_is_refused_by_the_old_known_hosts(sim) -> None:
+async def test_it_refuses_a_rotated_host_key_by_the_old_known_hosts(sim) -> None:
     await sim.hosts["sim-b"].rotate_host_key()
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
         await connect(sim, "sim-b")
@@ -234,7 +234,7 @@ async def test_a_rotated_host_key_is_refused_by_the_old_known_hosts(sim) -> None
         assert (await conn.run("true")).exit_status == 0
 
 
-async def test_a_restarted_cluster_keeps_its_keys_and_ports(tmp_path) -> None:
+async def test_it_keeps_its_keys_and_ports_when_the_cluster_restarts(tmp_path) -> None:
     first = SimulatedCluster(tmp_path, control=False)
     await first.start()
     ports = {name: host.port for name, host in first.hosts.items()}
@@ -250,7 +250,7 @@ async def test_a_restarted_cluster_keeps_its_keys_and_ports(tmp_path) -> None:
         await second.stop(kill_containers=True)
 
 
-def test_the_cluster_file_has_the_inventory_schema(
+def test_it_writes_the_cluster_file_with_the_inventory_schema(
     sim_cluster: ClusterThread, sim_cluster_config
 ) -> None:
     data = yaml.safe_load(sim_cluster_config.read_text())
@@ -277,7 +277,9 @@ def test_the_cluster_file_has_the_inventory_schema(
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", services["sim-gb10-vllm"]["base_url"])
 
 
-def test_the_control_api_drives_a_cluster_in_another_thread(sim_cluster: ClusterThread) -> None:
+def test_it_lets_the_control_api_drive_a_cluster_in_another_thread(
+    sim_cluster: ClusterThread,
+) -> None:
     url = sim_cluster.control_url
     assert url is not None
     assert (sim_cluster.data_dir / "control.json").read_text() == f'{{"url": "{url}"}}'
@@ -298,7 +300,7 @@ def test_the_control_api_drives_a_cluster_in_another_thread(sim_cluster: Cluster
         assert client.get("/hosts/nope").status_code == 404
 
 
-def test_the_thread_handle_proxies_the_controls(sim_cluster: ClusterThread) -> None:
+def test_it_proxies_the_controls_through_the_thread_handle(sim_cluster: ClusterThread) -> None:
     sim_cluster.set_gpu("sim-a", 0, utilization=12)
     sim_cluster.inject("sim-a", slow_start=3.0)
     assert sim_cluster.hosts["sim-a"].board.overrides[0].utilization == 12
@@ -324,7 +326,7 @@ async def test_it_gives_every_service_its_own_port(tmp_path, monkeypatch):
         await sim.stop(kill_containers=True)
 
 
-async def test_service_ports_are_outside_the_ephemeral_range(tmp_path):
+async def test_it_keeps_service_ports_outside_the_ephemeral_range(tmp_path):
     """A service port waits, reserved, until a swap listens on it: the kernel must not
     hand it out meanwhile as the source port of some outgoing connection."""
     from arbiter.simulator import cluster as cluster_module

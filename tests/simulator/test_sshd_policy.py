@@ -11,7 +11,7 @@ from tests.simulator.client import run
 CACHE = "/home/arbiter/.cache/huggingface/hub"
 
 
-async def test_env_outside_acceptenv_is_dropped_silently(sim, ssh) -> None:
+async def test_it_drops_env_outside_acceptenv_silently(sim, ssh) -> None:
     conn = await ssh("sim-a")
     sent = {"HF_TOKEN": "hf_x", "LANG": "C.UTF-8", "LC_ALL": "C", "FOO": "bar"}
     result = await run(conn, ["printenv", "HF_TOKEN"], env=sent)
@@ -24,14 +24,14 @@ async def test_env_outside_acceptenv_is_dropped_silently(sim, ssh) -> None:
     assert (await run(conn, ["printenv", "HF_TOKEN"], env=sent)).stdout == "hf_x\n"
 
 
-async def test_the_login_environment_has_home_and_a_path_without_local_bin(ssh) -> None:
+async def test_it_sets_home_and_a_path_without_local_bin_in_the_login_environment(ssh) -> None:
     conn = await ssh("sim-a")
     assert (await run(conn, ["printenv", "HOME"])).stdout == "/home/arbiter\n"
     path = (await run(conn, ["printenv", "PATH"])).stdout.strip()
     assert ".local/bin" not in path and "/usr/bin" in path.split(":")
 
 
-async def test_the_eleventh_session_is_refused_and_the_connection_stays_up(sim, ssh) -> None:
+async def test_it_refuses_the_eleventh_session_and_the_connection_stays_up(sim, ssh) -> None:
     conn = await ssh("sim-b")
     held = [await conn.create_process("cat") for _ in range(10)]
     with pytest.raises(asyncssh.ChannelOpenError) as refused:
@@ -53,7 +53,7 @@ async def test_the_eleventh_session_is_refused_and_the_connection_stays_up(sim, 
     assert sim.hosts["sim-b"].session_stats == {"peak": 10, "refused": 1}
 
 
-async def test_hf_is_not_found_like_dash_says_unless_on_the_path(sim, ssh) -> None:
+async def test_it_says_hf_is_not_found_like_dash_unless_hf_is_on_the_path(sim, ssh) -> None:
     conn = await ssh("sim-a")
     missing = await run(conn, ["hf", "version"])
     assert (missing.exit_status, missing.stdout, missing.stderr) == (
@@ -74,7 +74,9 @@ async def test_hf_is_not_found_like_dash_says_unless_on_the_path(sim, ssh) -> No
     assert (await run(conn, ["command", "-v", "hf"])).stdout == "/usr/bin/hf\n"
 
 
-async def test_docker_info_lists_runtimes_and_refuses_users_outside_the_group(sim, ssh) -> None:
+async def test_it_lists_runtimes_in_docker_info_and_refuses_users_outside_the_group(
+    sim, ssh
+) -> None:
     conn = await ssh("sim-a")
     info = await run(conn, ["docker", "info", "--format={{json .Runtimes}}"])
     assert json.loads(info.stdout) == {
@@ -91,7 +93,9 @@ async def test_docker_info_lists_runtimes_and_refuses_users_outside_the_group(si
     )
 
 
-async def test_a_container_writes_the_weights_as_root_into_the_mounted_cache(sim, ssh) -> None:
+async def test_it_lets_a_container_write_the_weights_as_root_into_the_mounted_cache(
+    sim, ssh
+) -> None:
     conn = await ssh("sim-gb10")
     fs = sim.hosts["sim-gb10"].fs
     argv = [
@@ -119,7 +123,7 @@ async def test_a_container_writes_the_weights_as_root_into_the_mounted_cache(sim
     assert (clean.exit_status, clean.stdout) == (0, "")
 
 
-async def test_the_user_cannot_remove_what_a_root_container_wrote(sim, ssh) -> None:
+async def test_it_does_not_let_the_user_remove_what_a_root_container_wrote(sim, ssh) -> None:
     conn = await ssh("sim-a")
     fs = sim.hosts["sim-a"].fs
     folder = f"{CACHE}/models--org--rooty"

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 FINAL = ["complete", "failed", "cancelled"]
 
 
-async def test_a_model_whose_image_is_no_longer_allowed_fails_preflight(
+async def test_it_fails_preflight_for_a_model_whose_image_is_no_longer_allowed(
     cluster, dispatcher, aclient, settings
 ):
     # Stored while the default list allowed it; then the deployment narrowed the list.

@@ -78,7 +78,7 @@ def test_it_builds_the_hub_model_command(hf):
     ]
 
 
-def test_sleep_mode_turns_on_the_dev_endpoints_the_broker_unloads_through(hf):
+def test_it_turns_on_the_dev_endpoints_the_broker_unloads_through_for_sleep_mode(hf):
     argv = build_run_argv(model(extra_engine_flags=["--enable-sleep-mode"]), HOST, SERVICE)
     image = argv.index("vllm/vllm-openai:latest")
     assert argv.index("--env=VLLM_SERVER_DEV_MODE=1") < image  # a docker option, before the image
@@ -105,7 +105,7 @@ def test_it_mounts_a_local_model_read_only_at_the_same_path(hf):
     assert not any("huggingface" in item for item in argv)
 
 
-def test_the_hub_token_is_passed_by_name_for_hub_models_only(hf):
+def test_it_passes_the_hub_token_by_name_for_hub_models_only(hf):
     hf.ARBITER_HF_TOKEN = "hf_secret"
     hub = build_run_argv(model(), HOST, SERVICE)
     assert "--env=HF_TOKEN" in hub
@@ -123,7 +123,7 @@ def test_it_selects_gpus_by_tensor_parallel_size():
     assert gpus_option(2, 4) == '--gpus="device=0,1"'  # one CSV record for docker
 
 
-def test_the_other_commands_end_options_before_the_name():
+def test_it_ends_options_before_the_name_in_the_other_commands():
     assert build_stop_argv("arbiter-vllm") == ["docker", "stop", "-t", "30", "--", "arbiter-vllm"]
     assert build_rm_argv("x1") == ["docker", "rm", "--force", "--", "x1"]
     assert build_logs_argv("x1") == ["docker", "logs", "--follow", "--tail=all", "--", "x1"]
@@ -135,7 +135,7 @@ def test_it_reads_the_service_port_from_the_base_url():
     assert service_port("https://gpu-box/v1") == 443
 
 
-def test_the_command_and_the_positional_model_follow_the_image(hf):
+def test_it_follows_the_image_with_its_command_and_the_positional_model(hf):
     nvidia = model(image="nvcr.io/nvidia/vllm:25.09-py3", command=["vllm", "serve"])
     host = Host(name="sim-b", address="127.0.0.1", home_dir="/home/arbiter")
     argv = build_run_argv(nvidia, host, SERVICE)
@@ -149,7 +149,7 @@ def test_the_command_and_the_positional_model_follow_the_image(hf):
     assert not any(item.startswith("--model") for item in argv)
 
 
-def test_the_model_flag_stays_refused_in_the_extra_engine_flags(hf):
+def test_it_keeps_refusing_the_model_flag_in_the_extra_engine_flags(hf):
     for flag in ("--model=Other/Model", "--model", "--served_model_name=x"):
         with pytest.raises(InvalidInput) as raised:
             build_run_argv(model(extra_engine_flags=[flag]), HOST, SERVICE)
@@ -220,7 +220,7 @@ def host_b(tmp_path_factory):
 @example(field="extra_engine_flags", value="--chat-template=$(id);x|y")
 @example(field="extra_container_args", value="--privileged")
 @example(field="container_name", value="a\nb")
-def test_every_catalog_value_is_rejected_or_delivered_as_one_argv_item(host_b, hf, field, value):
+def test_it_rejects_every_catalog_value_or_delivers_it_as_one_argv_item(host_b, hf, field, value):
     cluster, target = host_b
     candidate = model(**FIELDS[field](value))
     values = {name: getattr(candidate, name) for name in FIELDS if name != "local_path"}
@@ -248,7 +248,7 @@ def test_every_catalog_value_is_rejected_or_delivered_as_one_argv_item(host_b, h
         cluster.run(ssh.run(target, cleanup, timeout=30, check=False))
 
 
-def test_the_hub_cache_is_the_hosts_own_unless_configured(settings):
+def test_it_uses_the_hosts_own_hub_cache_unless_configured(settings):
     settings.ARBITER_HF_TOKEN = ""
     settings.ARBITER_HF_CACHE_DIR = ""  # the default: each host's own
     home = Host(name="spark", address="10.0.0.2", home_dir="/home/nv")

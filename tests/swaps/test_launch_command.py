@@ -37,7 +37,7 @@ async def validate(aclient, key: str, host: str = "sim-b") -> dict[str, dict]:
     return {check["name"]: check for check in response.json()["checks"]}
 
 
-async def test_an_nvidia_image_model_with_its_default_command_swaps_to_complete(
+async def test_it_swaps_an_nvidia_image_model_with_its_default_command_to_complete(
     cluster, dispatcher, aclient
 ):
     created = await aclient.post(
@@ -73,7 +73,7 @@ async def test_an_nvidia_image_model_with_its_default_command_swaps_to_complete(
     assert '["/opt/nvidia/nvidia_entrypoint.sh"]' in image_check["detail"]
 
 
-async def test_flags_after_the_nvidia_entrypoint_fail_preflight_naming_it(
+async def test_it_fails_preflight_naming_the_nvidia_entrypoint_when_flags_follow_it(
     cluster, dispatcher, aclient
 ):
     await sync_to_async(make_model)("ngc-bare", image=NVIDIA, command=[])
@@ -98,7 +98,9 @@ async def test_flags_after_the_nvidia_entrypoint_fail_preflight_naming_it(
     )
 
 
-async def test_without_the_check_the_nvidia_entrypoint_itself_refuses(cluster, dispatcher, aclient):
+async def test_it_leaves_the_refusal_to_the_nvidia_entrypoint_itself_without_the_check(
+    cluster, dispatcher, aclient
+):
     """Not on the host yet, the image is not inspected: the launch fails as the real one."""
     await sync_to_async(make_model)("ngc-bare", image=NVIDIA, command=[])
     response = await start_swap(aclient, "ngc-bare")
@@ -111,7 +113,7 @@ async def test_without_the_check_the_nvidia_entrypoint_itself_refuses(cluster, d
     ) in lines
 
 
-async def test_vllm_serve_after_the_vllm_openai_entrypoint_fails_preflight(cluster, aclient):
+async def test_it_fails_preflight_for_vllm_serve_after_the_vllm_openai_entrypoint(cluster, aclient):
     await sync_to_async(make_model)("doubled", image=OPENAI, command=["vllm", "serve"])
     await pull("sim-b", OPENAI)
     check = (await validate(aclient, "doubled"))["image"]
@@ -120,7 +122,9 @@ async def test_vllm_serve_after_the_vllm_openai_entrypoint_fails_preflight(clust
     assert check["detail"].endswith("set command to []")
 
 
-async def test_an_image_of_another_architecture_fails_preflight(cluster, aclient, monkeypatch):
+async def test_it_fails_preflight_for_an_image_of_another_architecture(
+    cluster, aclient, monkeypatch
+):
     monkeypatch.setitem(
         docker_images.KNOWN_IMAGES,
         "example.com/team/vllm-amd64",
@@ -150,7 +154,7 @@ async def test_an_image_of_another_architecture_fails_preflight(cluster, aclient
         ({"image": "example.com/unknown/server:1"}, "knows no launch command"),
     ],
 )
-async def test_bad_commands_are_422_naming_the_field_and_write_nothing(
+async def test_it_refuses_bad_commands_with_422_naming_the_field_and_writes_nothing(
     cluster_rows, aclient, settings, body, needle
 ):
     settings.ARBITER_ALLOWED_IMAGES = [*settings.ARBITER_ALLOWED_IMAGES, "example.com/unknown/*"]
@@ -174,7 +178,7 @@ async def test_bad_commands_are_422_naming_the_field_and_write_nothing(
         (("python3", "-m", "vllm.entrypoints.openai.api_server"), (), "takes the model only"),
     ],
 )
-def test_each_misfit_names_the_entrypoint_and_the_fix(entrypoint, command, fix):
+def test_it_names_the_entrypoint_and_the_fix_for_each_misfit(entrypoint, command, fix):
     config = ImageConfig(entrypoint=entrypoint, cmd=(), architecture="amd64")
     problems = fit_problems("img:1", command, config, "sim-b", "amd64")
     assert len(problems) == 1 and fix in problems[0]
@@ -182,7 +186,7 @@ def test_each_misfit_names_the_entrypoint_and_the_fix(entrypoint, command, fix):
     assert named in problems[0]
 
 
-def test_fitting_images_have_no_problems_and_inspect_output_is_read():
+def test_it_finds_no_problems_with_fitting_images_and_reads_inspect_output():
     raw = json.dumps(
         {
             "Id": "sha256:1",

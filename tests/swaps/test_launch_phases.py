@@ -60,7 +60,7 @@ async def wait_for_phase(aclient, swap_id: int, phase: str, timeout: float = 15.
         await asyncio.sleep(0.02)
 
 
-async def test_a_missing_image_is_pulled_with_docker_progress_and_the_weights_downloaded(
+async def test_it_pulls_a_missing_image_with_docker_progress_and_downloads_the_weights(
     phases, dispatcher, aclient
 ):
     assert not image_on_host(phases)
@@ -88,7 +88,7 @@ async def test_a_missing_image_is_pulled_with_docker_progress_and_the_weights_do
     assert set(detail["phase_durations"]) == {"pull", "weights", "load"}
 
 
-async def test_the_second_swap_skips_the_pull_and_the_download(phases, dispatcher, aclient):
+async def test_it_skips_the_pull_and_the_download_on_the_second_swap(phases, dispatcher, aclient):
     first = await swap_and_wait(aclient, "qwen3-small")
     assert first.state == "complete", first.error
     since = len(phases.commands(HOST))
@@ -100,7 +100,7 @@ async def test_the_second_swap_skips_the_pull_and_the_download(phases, dispatche
     assert not any(c.argv[:2] == ["hf", "download"] for c in later)
 
 
-async def test_a_local_model_has_no_weights_phase(phases, dispatcher, aclient):
+async def test_it_has_no_weights_phase_for_a_local_model(phases, dispatcher, aclient):
     phases.hosts[HOST].fs.add_file("/models/tiny-local/config.json", content=b"{}\n")
     await sync_to_async(make_model)(
         "tiny-local", hub_repo="", local_path="/models/tiny-local", served_name="tiny-local"
@@ -110,7 +110,7 @@ async def test_a_local_model_has_no_weights_phase(phases, dispatcher, aclient):
     assert set(swap.phase_durations) == {"pull", "load"}
 
 
-async def test_a_pull_past_its_timeout_fails_naming_the_phase(
+async def test_it_fails_a_pull_past_its_timeout_naming_the_phase(
     phases, dispatcher, aclient, settings
 ):
     settings.ARBITER_SWAP_PULL_TIMEOUT = 0.5
@@ -128,7 +128,7 @@ async def test_a_pull_past_its_timeout_fails_naming_the_phase(
     assert not image_on_host(phases)  # dockerd cancels a pull nobody watches
 
 
-async def test_a_download_past_its_timeout_fails_naming_the_phase(
+async def test_it_fails_a_download_past_its_timeout_naming_the_phase(
     phases, dispatcher, aclient, settings
 ):
     assert (await swap_and_wait(aclient, "smollm2")).state == "complete"  # image pulled
@@ -143,7 +143,7 @@ async def test_a_download_past_its_timeout_fails_naming_the_phase(
     assert swap.phase == "weights"
 
 
-async def test_a_load_past_the_health_timeout_fails_naming_the_phase(
+async def test_it_fails_a_load_past_the_health_timeout_naming_the_phase(
     phases, dispatcher, aclient, settings
 ):
     settings.ARBITER_SWAP_HEALTH_TIMEOUT = 1.0
@@ -154,7 +154,7 @@ async def test_a_load_past_the_health_timeout_fails_naming_the_phase(
     assert swap.phase == "load"
 
 
-async def test_the_health_budget_counts_from_the_container_start(
+async def test_it_counts_the_health_budget_from_the_container_start(
     phases, dispatcher, aclient, settings
 ):
     # Pull (0.9 s) + download + load (0.6 s) together exceed the 1.2 s health timeout;
@@ -166,7 +166,7 @@ async def test_the_health_budget_counts_from_the_container_start(
     assert swap.phase_durations["pull"] + swap.phase_durations["load"] > 1.2
 
 
-async def test_the_second_swap_of_a_model_shows_an_eta(phases, dispatcher, aclient, settings):
+async def test_it_shows_an_eta_on_the_second_swap_of_a_model(phases, dispatcher, aclient, settings):
     """Time-scaled realistic mode: the first swap has no estimate, the second has one."""
     settings.ARBITER_SWAP_HEALTH_TIMEOUT = 10.0
     phases.call(HOST, "set_time_scale", 0.02)  # pull 1.8 s, load 1.2 s
@@ -196,7 +196,7 @@ async def test_the_second_swap_of_a_model_shows_an_eta(phases, dispatcher, aclie
     assert abs(error) < max(1.0, 0.5 * actual)
 
 
-async def test_a_model_started_with_api_key_swaps_to_complete_and_is_probed_with_it(
+async def test_it_swaps_a_model_started_with_api_key_to_complete_and_probes_it_with_the_key(
     phases, dispatcher, aclient
 ):
     await sync_to_async(make_model)(
@@ -231,7 +231,7 @@ async def test_a_model_started_with_api_key_swaps_to_complete_and_is_probed_with
     assert answer.json()["model"] == "qwen3-keyed"
 
 
-async def test_a_cancel_during_the_pull_stops_it(phases, dispatcher, aclient):
+async def test_it_stops_the_pull_when_the_swap_is_cancelled_during_it(phases, dispatcher, aclient):
     phases.call(HOST, "set_time_scale", 0.05)  # 4.5 s of pulling
     response = await start_swap(aclient, "qwen3-small", HOST)
     swap_id = response.json()["id"]
@@ -246,7 +246,7 @@ async def test_a_cancel_during_the_pull_stops_it(phases, dispatcher, aclient):
     assert not image_on_host(phases)
 
 
-async def test_a_swap_resumed_in_the_pull_phase_pulls_again_and_keeps_the_phase_start(
+async def test_it_pulls_again_and_keeps_the_phase_start_for_a_swap_resumed_in_the_pull_phase(
     phases, swap_settings
 ):
     # 4.5 s of pulling: room to notice the pull and stop the engine mid-way even on a

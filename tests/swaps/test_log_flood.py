@@ -44,7 +44,7 @@ def capped_log(settings):
 
 
 @pytest.mark.timeout(300)  # every stored line is also published (Redis in CI's second run)
-async def test_a_flooded_log_is_capped_cut_and_bounded_and_the_swap_completes(
+async def test_it_caps_cuts_and_bounds_a_flooded_log_and_the_swap_completes(
     cluster, dispatcher, aclient, capped_log
 ):
     cluster.inject("sim-b", log_flood_mib=FLOOD_MIB)
@@ -87,7 +87,7 @@ async def _container_line_count(swap_id: int) -> int:
     )()
 
 
-def test_overlap_finds_where_the_end_of_the_log_continues_what_was_seen():
+def test_it_finds_the_overlap_where_the_end_of_the_log_continues_what_was_seen():
     from collections import deque
 
     from arbiter.engine.swaps.journal import overlap

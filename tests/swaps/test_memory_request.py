@@ -43,7 +43,7 @@ def utilization_flag(argv: tuple[str, ...]) -> str:
     return flag.split("=", 1)[1]
 
 
-def test_on_unified_memory_an_open_value_is_derived_from_mem_available():
+def test_it_derives_an_open_value_from_mem_available_on_unified_memory():
     gb10(available_gib=100)
     make_model(gpu_memory_utilization=None)
     plan = load_plan("qwen3-small", "spark")
@@ -57,13 +57,13 @@ def test_on_unified_memory_an_open_value_is_derived_from_mem_available():
     assert check.detail.endswith("; 100.0 GiB available")
 
 
-def test_the_hosts_margin_replaces_the_default_one():
+def test_it_replaces_the_default_margin_with_the_hosts_own():
     gb10(available_gib=100, margin_mib=4 * GIB)
     make_model(gpu_memory_utilization=None)
     assert load_plan("qwen3-small", "spark").gpu_memory_utilization == 0.79
 
 
-def test_what_the_replaced_model_holds_counts_as_available_and_09_is_the_cap():
+def test_it_counts_what_the_replaced_model_holds_as_available_and_caps_at_09():
     host = gb10(available_gib=40)
     service = Service.objects.get(name="vllm-spark")
     Service.objects.filter(pk=service.pk).update(loaded_model="old", health="up")
@@ -82,7 +82,7 @@ def test_what_the_replaced_model_holds_counts_as_available_and_09_is_the_cap():
     assert "96.9 GiB of it freed by this swap" in memory_check(plan).detail
 
 
-def test_an_explicit_value_is_kept_and_checked_against_what_is_available():
+def test_it_keeps_an_explicit_value_and_checks_it_against_what_is_available():
     gb10(available_gib=60)
     make_model(gpu_memory_utilization=0.7)
     plan = load_plan("qwen3-small", "spark")
@@ -94,7 +94,7 @@ def test_an_explicit_value_is_kept_and_checked_against_what_is_available():
     )
 
 
-def test_too_little_memory_for_the_model_fails_the_check():
+def test_it_fails_the_check_with_too_little_memory_for_the_model():
     gb10(available_gib=20)
     make_model(gpu_memory_utilization=None, estimated_vram_mib=8000)
     plan = load_plan("qwen3-small", "spark")
@@ -103,7 +103,7 @@ def test_too_little_memory_for_the_model_fails_the_check():
     assert not check.ok and "less than the model's estimated 8000 MiB" in check.detail
 
 
-def test_on_discrete_gpus_vllms_default_09_is_asked_for():
+def test_it_asks_for_vllms_default_09_on_discrete_gpus():
     host = Host.objects.create(name="ws", address="127.0.0.1", home_dir="/home/arbiter")
     Service.objects.create(name="vllm-ws", host=host, base_url="http://127.0.0.1:8000")
     GpuSample.objects.create(host=host, index=0, memory_total_mib=49_140)
@@ -125,7 +125,7 @@ def test_on_discrete_gpus_vllms_default_09_is_asked_for():
         ({}, False),
     ],
 )
-def test_sleep_mode_on_unified_memory_only_when_the_model_opts_in(fields, refused):
+def test_it_allows_sleep_mode_on_unified_memory_only_when_the_model_opts_in(fields, refused):
     gb10(available_gib=100)
     make_model(**fields)
     check = sleep_check(load_plan("qwen3-small", "spark"))
@@ -135,7 +135,7 @@ def test_sleep_mode_on_unified_memory_only_when_the_model_opts_in(fields, refuse
         assert "vllm-project/vllm#50011" in check.detail
 
 
-def test_sleep_mode_is_fine_on_discrete_gpus():
+def test_it_allows_sleep_mode_on_discrete_gpus():
     host = Host.objects.create(name="ws", address="127.0.0.1", home_dir="/home/arbiter")
     Service.objects.create(name="vllm-ws", host=host, base_url="http://127.0.0.1:8000")
     GpuSample.objects.create(host=host, index=0, memory_total_mib=49_140)

@@ -72,7 +72,7 @@ async def pair_swap(aclient, host: str | None = None) -> int:
     return response.json()["id"]
 
 
-async def test_a_two_host_model_swaps_in_as_one_unit(pair, dispatcher, aclient):
+async def test_it_swaps_a_two_host_model_in_as_one_unit(pair, dispatcher, aclient):
     swap = await wait_for_state(await pair_swap(aclient), FINAL, timeout=60)
     assert swap.state == "complete", swap.error
     assert swap.host.name == HEAD
@@ -134,7 +134,9 @@ async def test_a_two_host_model_swaps_in_as_one_unit(pair, dispatcher, aclient):
     assert again.state == "complete", again.error
 
 
-async def test_a_swap_on_either_host_waits_for_a_running_pair_swap(pair, dispatcher, aclient):
+async def test_it_makes_a_swap_on_either_host_wait_for_a_running_pair_swap(
+    pair, dispatcher, aclient
+):
     pair.inject(HEAD, slow_start=5)
     swap_id = await pair_swap(aclient)
     await wait_for_state(swap_id, ("launching", "waiting_healthy"), timeout=30)
@@ -149,7 +151,7 @@ async def test_a_swap_on_either_host_waits_for_a_running_pair_swap(pair, dispatc
     assert pair.container(HEAD, CONTAINER) is None and pair.container(WORKER, CONTAINER) is None
 
 
-async def test_the_worker_host_going_down_mid_launch_fails_the_swap_and_stops_the_head(
+async def test_it_fails_the_swap_and_stops_the_head_when_the_worker_host_goes_down_mid_launch(
     pair, dispatcher, aclient
 ):
     pair.inject(HEAD, slow_start=30)  # the head would take long to serve
@@ -169,7 +171,7 @@ async def test_the_worker_host_going_down_mid_launch_fails_the_swap_and_stops_th
     assert not running(pair, WORKER)
 
 
-async def test_a_worker_crash_after_ready_shows_the_service_down_within_two_probes(
+async def test_it_shows_the_service_down_within_two_probes_when_a_worker_crashes_after_ready(
     pair, dispatcher, aclient, settings
 ):
     swap = await wait_for_state(await pair_swap(aclient), FINAL, timeout=60)
@@ -199,7 +201,9 @@ async def test_a_worker_crash_after_ready_shows_the_service_down_within_two_prob
     assert pair.container(HEAD, CONTAINER).exit_code == 1
 
 
-async def test_a_pair_swap_resumed_after_a_restart_reattaches_on_both_hosts(pair, swap_settings):
+async def test_it_reattaches_on_both_hosts_when_a_pair_swap_resumes_after_a_restart(
+    pair, swap_settings
+):
     pair.inject(HEAD, slow_start=3)
     swap = await sync_to_async(store.create_swap)(MODEL, None, False, "test")
     assert await sync_to_async(store.claim_pending)() == [swap.pk]
@@ -238,7 +242,7 @@ async def test_a_pair_swap_resumed_after_a_restart_reattaches_on_both_hosts(pair
         assert stored and stored == printed[: len(stored)], f"{host}: lines lost or repeated"
 
 
-async def test_validate_shows_every_hosts_command_and_a_host_outside_the_pair_is_refused(
+async def test_it_shows_every_hosts_command_in_validate_and_refuses_a_host_outside_the_pair(
     pair, aclient
 ):
     response = await aclient.post(f"/api/swap/{MODEL}/validate", {}, "application/json")
@@ -259,7 +263,7 @@ async def test_validate_shows_every_hosts_command_and_a_host_outside_the_pair_is
     assert not await sync_to_async(SwapHost.objects.exists)()
 
 
-async def test_the_broker_loads_the_pair_on_demand_and_answers_through_the_head(
+async def test_it_lets_the_broker_load_the_pair_on_demand_and_answer_through_the_head(
     pair, dispatcher, aclient, settings
 ):
     settings.ARBITER_BROKER_TABLE_TTL = 0.0  # the broker sees the database as it is now

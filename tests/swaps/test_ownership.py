@@ -44,7 +44,7 @@ def row(name, *, labels="", networks="bridge", ports="", state="running", comman
 MINE = "arbiter.managed=true,arbiter.model=qwen,arbiter.swap=12"
 
 
-def test_parse_ps_reads_labels_networks_and_published_ports():
+def test_it_reads_labels_networks_and_published_ports_with_parse_ps():
     [mine, node] = parse_ps(
         row("arbiter-vllm", labels=MINE, ports="0.0.0.0:18000->8000/tcp, [::]:18000->8000/tcp")
         + "\n"
@@ -59,7 +59,7 @@ def infos(*rows: str) -> list[ContainerInfo]:
     return parse_ps("\n".join(rows))
 
 
-def test_arbiters_own_containers_are_replaced_and_others_are_left_alone():
+def test_it_replaces_arbiters_own_containers_and_others_are_left_alone():
     containers = infos(
         row("arbiter-vllm", labels=MINE, state="exited"),  # the name the launch needs
         row("arbiter-old", labels=MINE, ports="0.0.0.0:8000->8000/tcp"),  # holds the port
@@ -71,7 +71,7 @@ def test_arbiters_own_containers_are_replaced_and_others_are_left_alone():
     assert slot.ok and slot.foreign == ()
 
 
-def test_a_host_network_container_holds_the_slot_only_while_the_port_answers():
+def test_it_lets_a_host_network_container_hold_the_slot_only_while_the_port_answers():
     node = row("vllm_node", networks="host", command="vllm serve m --port 8888")
     quiet = classify(infos(node), container_name="arbiter-vllm", port=8888, port_answers=False)
     assert quiet.ok and quiet.to_replace == []
@@ -89,7 +89,7 @@ def test_a_host_network_container_holds_the_slot_only_while_the_port_answers():
     assert adopted.ok and [c.name for c in adopted.to_replace] == ["vllm_node"]
 
 
-def test_an_answer_explained_by_another_container_blames_no_host_network_one():
+def test_it_blames_no_host_network_container_for_an_answer_another_container_explains():
     containers = infos(
         row("arbiter-vllm", labels=MINE, ports="0.0.0.0:8888->8000/tcp"),
         row("node-exporter", networks="host"),
@@ -103,7 +103,7 @@ def test_an_answer_explained_by_another_container_blames_no_host_network_one():
     assert alone.foreign == () and alone.outside_listener and not alone.ok
 
 
-def test_foreign_containers_by_port_or_name_fail_the_slot():
+def test_it_fails_the_slot_on_foreign_containers_by_port_or_name():
     containers = infos(
         row("ollama", ports="0.0.0.0:8000->11434/tcp"),
         row("arbiter-vllm", state="exited"),  # unlabelled: an older Arbiter, or someone else
@@ -153,7 +153,7 @@ async def swap_and_wait(aclient, model: str, host: str = "sim-b"):
     return await wait_for_state(response.json()["id"], FINAL)
 
 
-async def test_a_foreign_host_network_container_fails_preflight_and_keeps_running(
+async def test_it_fails_preflight_on_a_foreign_host_network_container_and_keeps_it_running(
     cluster, dispatcher, aclient
 ):
     port = await start_vllm_node(cluster)
@@ -183,7 +183,7 @@ async def test_a_foreign_host_network_container_fails_preflight_and_keeps_runnin
     assert {c["name"]: c["ok"] for c in checks}["slot"] is False
 
 
-async def test_a_foreign_container_publishing_the_port_is_named_too(cluster, aclient):
+async def test_it_names_a_foreign_container_publishing_the_port_too(cluster, aclient):
     port = await start_vllm_node(cluster, network="bridge")
     body = (
         await aclient.post("/api/swap/smollm2/validate", {"host": "sim-b"}, "application/json")
@@ -196,7 +196,7 @@ async def test_a_foreign_container_publishing_the_port_is_named_too(cluster, acl
     assert cluster.container("sim-b", "vllm_node").running
 
 
-async def test_an_adopted_container_is_stopped_and_removed_and_the_swap_completes(
+async def test_it_stops_and_removes_an_adopted_container_and_the_swap_completes(
     cluster, dispatcher, aclient, admin_aclient
 ):
     port = await start_vllm_node(cluster)
@@ -218,7 +218,7 @@ async def test_an_adopted_container_is_stopped_and_removed_and_the_swap_complete
     assert await served_ids(port) == ["smollm2-instruct"]
 
 
-async def test_arbiters_containers_carry_its_labels_and_are_replaced_as_before(
+async def test_it_labels_arbiters_containers_and_replaces_them_as_before(
     cluster, dispatcher, aclient
 ):
     first = await swap_and_wait(aclient, "qwen3-small")
@@ -254,7 +254,7 @@ async def test_arbiters_containers_carry_its_labels_and_are_replaced_as_before(
 
 
 @pytest.mark.parametrize("adopt", [False, True])
-async def test_the_slot_read_over_ssh_sees_the_host_network_holder(cluster, adopt):
+async def test_it_sees_the_host_network_holder_in_the_slot_read_over_ssh(cluster, adopt):
     """What pre-flight and step_stopping read: `docker ps` over SSH plus the port probe."""
     port = await start_vllm_node(cluster)
     if adopt:

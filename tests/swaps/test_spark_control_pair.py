@@ -37,7 +37,7 @@ def cluster(tmp_path, swap_settings, transactional_db):
         sim.stop(kill_containers=True)
 
 
-async def test_the_script_started_pair_is_replaced_by_arbiters_two_host_launch(
+async def test_it_replaces_the_script_started_pair_with_arbiters_two_host_launch(
     cluster, dispatcher, aclient, admin_aclient
 ):
     port = await service_port(f"{HEAD}-vllm")

@@ -42,7 +42,7 @@ def adopt_in_file(sim: ClusterThread, service: str) -> None:
     apply_inventory(load_inventory(sim.config_path))
 
 
-async def test_the_spark_pair_is_taken_over_once_vllm_node_is_adopted(
+async def test_it_takes_over_the_spark_pair_once_vllm_node_is_adopted(
     cluster, dispatcher, aclient, admin_aclient
 ):
     ports = {name: await service_port(f"{name}-vllm") for name in ("spark-1", "spark-2")}

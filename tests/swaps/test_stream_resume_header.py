@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
         "-1",
     ],
 )
-async def test_a_last_event_id_that_is_not_ascii_digits_streams_everything(
+async def test_it_streams_everything_for_a_last_event_id_that_is_not_ascii_digits(
     cluster, dispatcher, aclient, header
 ):
     cluster.inject("sim-b", fail_start=True)

@@ -135,7 +135,7 @@ async def test_it_answers_404_for_unknown_swaps(cluster_rows, aclient):
 
 
 # -- validate ------------------------------------------------------------------------
-async def test_validate_returns_every_check_and_the_exact_command_without_running_it(
+async def test_it_returns_every_check_and_the_exact_command_from_validate_without_running_it(
     cluster, aclient
 ):
     before = len(cluster.commands("sim-b"))
@@ -169,7 +169,7 @@ async def test_validate_returns_every_check_and_the_exact_command_without_runnin
     assert await sync_to_async(Swap.objects.count)() == 0
 
 
-async def test_validate_reports_failing_checks(cluster, aclient):
+async def test_it_reports_failing_checks_from_validate(cluster, aclient):
     await sync_to_async(make_model)(
         "huge", served_name="huge", estimated_vram_mib=500_000, hub_repo="org/huge"
     )
@@ -188,7 +188,7 @@ async def test_validate_reports_failing_checks(cluster, aclient):
     assert files["ok"] is False and "/models/finetunes/gone" in files["detail"]
 
 
-async def test_validate_checks_an_unreachable_host(cluster, aclient):
+async def test_it_checks_an_unreachable_host_in_validate(cluster, aclient):
     # A first contact learns the SSH user's home (the caches' paths in the command).
     await aclient.post("/api/swap/qwen3-small/validate", {"host": "sim-a"}, "application/json")
     cluster.go_down("sim-a")
@@ -201,7 +201,7 @@ async def test_validate_checks_an_unreachable_host(cluster, aclient):
     assert checks["launch_command"]["ok"] is True  # the command is still shown
 
 
-async def test_validate_names_unknown_models_and_hosts(cluster_rows, aclient):
+async def test_it_names_unknown_models_and_hosts_in_validate(cluster_rows, aclient):
     missing = await aclient.post("/api/swap/nope/validate", {}, "application/json")
     assert missing.status_code == 404
     assert missing.json()["error"]["field"] == "model"

@@ -165,7 +165,7 @@ async def test_it_cancels_a_pending_swap_at_once(cluster, aclient):
     assert await transitions(swap_id) == ["pending", "cancelled"]
 
 
-async def test_a_pending_swap_cancelled_through_the_api_is_announced(cluster, aclient):
+async def test_it_announces_a_pending_swap_cancelled_through_the_api(cluster, aclient):
     """No engine runs a pending swap, so the API itself announces that it ended, and the
     dashboards' swap panels show it (else they would show it pending)."""
     response = await start_swap(aclient, "qwen3-small")  # no dispatcher: stays pending
@@ -190,7 +190,7 @@ async def test_a_pending_swap_cancelled_through_the_api_is_announced(cluster, ac
     assert f'data-swap-id="{swap_id}" data-state="cancelled"' in html
 
 
-async def test_a_second_swap_on_the_same_host_gets_409_with_the_running_swap_s_id(
+async def test_it_answers_409_with_the_running_swap_s_id_to_a_second_swap_on_the_same_host(
     cluster, dispatcher, aclient
 ):
     cluster.inject("sim-b", slow_start=30)
@@ -210,7 +210,7 @@ async def test_a_second_swap_on_the_same_host_gets_409_with_the_running_swap_s_i
     await wait_for_state(other.json()["id"], FINAL)
 
 
-async def test_a_dry_run_fires_no_docker_command_that_changes_anything(
+async def test_it_fires_no_docker_command_that_changes_anything_on_a_dry_run(
     cluster, dispatcher, aclient
 ):
     served = await swap_and_wait(aclient, "qwen3-small")
@@ -231,7 +231,7 @@ async def test_a_dry_run_fires_no_docker_command_that_changes_anything(
     assert [m["id"] for m in models["data"]] == ["Qwen/Qwen3-0.6B"]
 
 
-async def test_a_failed_preflight_fails_the_swap_with_the_failing_checks(
+async def test_it_fails_the_swap_with_the_failing_checks_on_a_failed_preflight(
     cluster, dispatcher, aclient
 ):
     await sync_to_async(make_model)(
@@ -246,7 +246,7 @@ async def test_a_failed_preflight_fails_the_swap_with_the_failing_checks(
     )
 
 
-async def test_the_hub_token_travels_in_the_environment_never_on_a_command_line(
+async def test_it_sends_the_hub_token_in_the_environment_never_on_a_command_line(
     cluster, dispatcher, aclient, settings
 ):
     token = "hf_SECRETtoken1234567890"
@@ -300,7 +300,7 @@ async def test_it_reattaches_to_a_swap_whose_engine_died_mid_wait(cluster, aclie
     )
 
 
-async def test_with_a_token_and_a_stock_sshd_the_swap_fails_preflight_naming_acceptenv(
+async def test_it_fails_preflight_naming_acceptenv_with_a_token_and_a_stock_sshd(
     cluster, dispatcher, aclient, settings
 ):
     settings.ARBITER_HF_TOKEN = "hf_SECRETtoken1234567890"

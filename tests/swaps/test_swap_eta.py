@@ -31,7 +31,7 @@ def host() -> Host:
     return Host.objects.create(name="spark-1", address="10.0.0.1")
 
 
-def test_the_first_swap_has_no_estimate(host):
+def test_it_gives_no_estimate_for_the_first_swap(host):
     swap = make_swap(host, Swap.LAUNCHING, phase="pull", phase_started_at=timezone.now())
     assert swap.eta_seconds() is None
     progress = swap.launch_progress()
@@ -56,13 +56,13 @@ def test_it_is_the_median_of_the_phase_and_the_later_ones_minus_the_time_spent(h
     assert pulling.eta_seconds(now) == 0.0  # past the median: never negative
 
 
-def test_a_finished_swap_has_no_eta(host):
+def test_it_gives_no_eta_for_a_finished_swap(host):
     make_swap(host, Swap.COMPLETE, {"load": 60})
     done = make_swap(host, Swap.COMPLETE, {"load": 50})
     assert done.eta_seconds() is None
 
 
-def test_the_api_carries_phase_elapsed_time_and_eta(host, key_client):
+def test_it_is_carried_in_the_api_with_the_phase_and_elapsed_time(host, key_client):
     make_swap(host, Swap.COMPLETE, {"load": 90})
     started = timezone.now() - timedelta(seconds=30)
     swap = make_swap(host, Swap.WAITING_HEALTHY, phase="load", phase_started_at=started)
@@ -76,7 +76,7 @@ def test_the_api_carries_phase_elapsed_time_and_eta(host, key_client):
     assert [s["phase"] for s in listed] == ["load", None]
 
 
-def test_the_swap_panel_shows_the_phase_and_the_estimate(host):
+def test_it_is_shown_with_the_phase_in_the_swap_panel(host):
     swap = make_swap(host, Swap.LAUNCHING, phase="pull", phase_started_at=timezone.now())
     html = swap_panel()
     assert 'data-phase="pull"' in html
@@ -97,5 +97,5 @@ def test_the_swap_panel_shows_the_phase_and_the_estimate(host):
         (["--api-key=k1"], ["--env=VLLM_API_KEY=k4"], "k1"),  # the flag wins, as in vLLM
     ],
 )
-def test_the_key_is_read_from_the_flags_like_vllm_reads_them(flags, container_args, key):
+def test_it_reads_the_key_from_the_flags_like_vllm_reads_them(flags, container_args, key):
     assert model_api_key(flags, container_args) == key

@@ -19,7 +19,7 @@ from tests.swaps.conftest import start_swap, swap_row, wait_for_state
 SLOW_POLL = 30.0
 
 
-async def test_a_swap_created_through_the_api_is_claimed_at_once(cluster, aclient):
+async def test_it_claims_a_swap_created_through_the_api_at_once(cluster, aclient):
     dispatcher = SwapDispatcher(interval=SLOW_POLL)
     task = asyncio.create_task(dispatcher.run_forever())
     try:
@@ -44,7 +44,7 @@ async def test_a_swap_created_through_the_api_is_claimed_at_once(cluster, aclien
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_notify_from_another_connection_wakes_the_dispatcher():
+async def test_it_wakes_the_dispatcher_on_a_notify_from_another_connection():
     """The path between processes: NOTIFY on PostgreSQL, sent on a connection of its own
     (as another serve process would), reaches the listening dispatcher."""
     if connection.vendor != "postgresql":
@@ -71,7 +71,7 @@ async def test_a_notify_from_another_connection_wakes_the_dispatcher():
         await wakeup.close()
 
 
-def test_health_is_polled_often_at_first_and_once_a_second_in_a_long_load():
+def test_it_polls_health_often_at_first_and_once_a_second_in_a_long_load():
     from datetime import timedelta
 
     from arbiter.engine.swaps.machine import health_poll_interval

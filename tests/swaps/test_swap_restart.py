@@ -100,7 +100,7 @@ def instance(tmp_path):
         _kill_leftover_containers(data_dir)
 
 
-def test_a_swap_in_flight_when_arbiter_is_killed_completes_after_a_restart(instance):
+def test_it_completes_after_a_restart_a_swap_that_was_in_flight_when_arbiter_was_killed(instance):
     data_dir, env, port, manage, served = instance
     served.append(Served(env, port))
     key = manage("create_api_key", "restart test").strip()

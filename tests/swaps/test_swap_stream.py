@@ -66,7 +66,7 @@ class LogFileTail:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def test_each_container_log_line_reaches_an_sse_client_within_a_second(
+async def test_it_delivers_each_container_log_line_to_an_sse_client_within_a_second(
     cluster, dispatcher, aclient
 ):
     cluster.inject("sim-b", slow_start=4)  # lines spread over 4 s: they arrive live
@@ -98,7 +98,7 @@ async def test_each_container_log_line_reaches_an_sse_client_within_a_second(
     assert states == sorted(states, key=order.index)
 
 
-async def test_a_finished_swap_streams_its_stored_log_then_the_final_state(
+async def test_it_streams_a_finished_swaps_stored_log_then_the_final_state(
     cluster, dispatcher, aclient
 ):
     cluster.inject("sim-b", fail_start=True)

@@ -27,7 +27,7 @@ def gb10_host() -> Host:
     return Host.objects.get(name="sim-gb10")
 
 
-async def test_an_open_utilization_is_derived_on_the_spark_and_the_model_starts(
+async def test_it_derives_an_open_utilization_on_the_spark_and_the_model_starts(
     cluster, dispatcher, aclient
 ):
     cluster.hosts["sim-gb10"].board.memory.base_used_kb += TAKEN_KB
