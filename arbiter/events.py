@@ -43,6 +43,10 @@ services_changed = Signal()
 # force release, which also queued a webhook event).
 lock_changed = Signal()
 
+# A lease was acquired, extended, released or force-released; kwargs: forced (a staff
+# force release). Sent on commit (coordination.leases.operations).
+leases_changed = Signal()
+
 # A scheduled job was registered, updated or deleted.
 schedules_changed = Signal()
 

@@ -1,7 +1,8 @@
 """The composition root of the loops that run inside the serving process: GPU sampling,
-health probes, swaps, the broker's idle unloads (on the loop that serves the broker's
-requests, whose activity counters they read) and the retention of the tables kept for
-days. `manage.py serve` starts them on the leader (arbiter.engine.leader)."""
+health probes, swaps, warm-ups ahead of scheduled jobs, the broker's idle unloads (on the
+loop that serves the broker's requests, whose activity counters they read) and the
+retention of the tables kept for days. `manage.py serve` starts them on the leader
+(arbiter.engine.leader)."""
 
 import asyncio
 import logging
@@ -16,6 +17,7 @@ from arbiter.engine.probes import Prober
 from arbiter.engine.sampler import Sampler
 from arbiter.engine.swaps import store as swap_store
 from arbiter.engine.swaps.dispatch import SwapDispatcher
+from coordination.schedules.warm_ups import WarmUpLoop
 
 log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 2.0
@@ -49,12 +51,15 @@ async def _supervised(name: str, loop_factory: Callable[[], Awaitable[None]]) ->
 async def run_engine() -> None:
     """Run every engine loop until cancelled."""
     sampler, prober, swaps, idle = Sampler(), Prober(), SwapDispatcher(), IdleUnloader()
+    # Swaps and holds models ahead of scheduled jobs' runs; never runs a job.
+    warm_ups = WarmUpLoop()
     try:
         await asyncio.gather(
             _supervised("sampler", sampler.run_forever),
             _supervised("prober", prober.run_forever),
             _supervised("swaps", swaps.run_forever),
             _supervised("idle-unload", idle.run_forever),
+            _supervised("warm-ups", warm_ups.run_forever),
             _supervised("retention", prune_retained_forever),
         )
     finally:

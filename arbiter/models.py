@@ -211,6 +211,7 @@ class ApiKeyQuerySet(models.QuerySet):
         expires_at: "datetime | None" = None,
         requests_per_minute: int | None = None,
         tokens_per_day: int | None = None,
+        priority: str = "default",
     ) -> tuple["ApiKey", str]:
         """Create a key; the raw key is returned here once and never stored."""
         prefix = secrets.token_hex(4)
@@ -225,6 +226,7 @@ class ApiKeyQuerySet(models.QuerySet):
             expires_at=expires_at,
             requests_per_minute=requests_per_minute,
             tokens_per_day=tokens_per_day,
+            priority=priority,
         )
         return key, raw_key
 
@@ -269,6 +271,14 @@ class ApiKey(models.Model):
     # broker process.
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    # The broker's priority class for this key's requests while they wait for a model
+    # (docs/BROKER.md "Priorities and fair share"); a request may lower it, never raise it.
+    PRIORITY_INTERACTIVE = "interactive"
+    PRIORITY_DEFAULT = "default"
+    PRIORITY_BATCH = "batch"
+    PRIORITIES = (PRIORITY_INTERACTIVE, PRIORITY_DEFAULT, PRIORITY_BATCH)  # best first
+    PRIORITY_CHOICES = [(p, p) for p in PRIORITIES]
+    priority = models.CharField(max_length=16, choices=PRIORITY_CHOICES, default=PRIORITY_DEFAULT)
 
     objects = ApiKeyQuerySet.as_manager()
 

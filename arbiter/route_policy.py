@@ -66,6 +66,13 @@ API_POLICY: dict[tuple[str, str], Decision] = {
     # Release with the token; `?force=true` additionally needs an admin person
     # (coordination.locks.api).
     ("DELETE", "api/swap/lock"): OPERATOR,
+    # Leases (coordination.leases.api): extend and release need the lease's token too;
+    # taking one from its holder is an admin person's act, like the lock's.
+    ("GET", "api/leases"): READ,
+    ("POST", "api/leases"): OPERATOR,
+    ("PATCH", "api/leases/<lease_id>"): OPERATOR,
+    ("DELETE", "api/leases/<lease_id>"): OPERATOR,
+    ("POST", "api/leases/<lease_id>/force-release"): PERSON_ADMIN,
     ("GET", "api/webhooks"): OPERATOR,
     ("POST", "api/webhooks"): ADMIN,
     ("PATCH", "api/webhooks/<webhook_id>"): ADMIN,
@@ -78,6 +85,7 @@ API_POLICY: dict[tuple[str, str], Decision] = {
     ("POST", "api/schedule"): OPERATOR,
     ("GET", "api/schedule/<job_id>"): READ,
     ("DELETE", "api/schedule/<job_id>"): OPERATOR,
+    ("GET", "api/timeline"): READ,
     ("POST", "api/swap"): OPERATOR,
     # A dry run, but it reaches the target host (disk, image), so not for readers.
     ("POST", "api/swap/<key>/validate"): OPERATOR,
@@ -131,7 +139,10 @@ VIEW_POLICY: dict[tuple[str, str], Decision] = {
     (ANY, "fragments/lock"): READ,
     # Renders the force-release form only for those who may (dashboard.views).
     (ANY, "fragments/lock/force-release"): READ,
+    # Renders the force-release buttons only for admins (dashboard/roles.py).
+    (ANY, "fragments/leases"): READ,
     (ANY, "fragments/schedule"): READ,
+    (ANY, "timeline/"): READ,
     (ANY, "fragments/webhooks"): READ,
     (ANY, "keys/"): ADMIN,
     (ANY, "fragments/keys"): ADMIN,
@@ -150,6 +161,8 @@ VIEW_POLICY: dict[tuple[str, str], Decision] = {
     (ANY, "actions/swaps/<int:swap_id>/cancel"): OPERATOR,
     # DELETE /api/swap/lock?force=true: an admin person (coordination.locks.api).
     (ANY, "actions/lock/force-release"): PERSON_ADMIN,
+    # POST /api/leases/{id}/force-release: an admin person (coordination.leases.api).
+    (ANY, "actions/leases/<int:lease_id>/force-release"): PERSON_ADMIN,
 }
 
 # What a level is called for each kind of principal, in messages.

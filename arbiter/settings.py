@@ -290,6 +290,9 @@ ARBITER_CONTAINER_NAME = env("ARBITER_CONTAINER_NAME", "arbiter-vllm")
 ARBITER_HF_CACHE_DIR = env("ARBITER_HF_CACHE_DIR", "")
 # Coordination.
 ARBITER_LOCK_MAX_TTL = env_int("ARBITER_LOCK_MAX_TTL", 24 * 3600)
+# A warm-up (coordination.schedules.warm_ups) starts this long + its lead before a run when
+# no earlier swap of the model on the host says how long loading takes.
+ARBITER_WARM_UP_DEFAULT_LOAD_SECONDS = env_int("ARBITER_WARM_UP_DEFAULT_LOAD_SECONDS", 300)
 # The audit trail (arbiter.audit): rows older than this many days are deleted by the
 # engine's periodic housekeeping; 0 keeps every row for ever.
 ARBITER_AUDIT_RETENTION_DAYS = env_int("ARBITER_AUDIT_RETENTION_DAYS", 365)
@@ -328,6 +331,9 @@ ARBITER_BROKER_SLOT_TTL = env_float("ARBITER_BROKER_SLOT_TTL", 900.0)
 ARBITER_BROKER_REDIS_PREFIX = env("ARBITER_BROKER_REDIS_PREFIX")
 ARBITER_BROKER_QUEUE_SIZE = env_int("ARBITER_BROKER_QUEUE_SIZE", 100)
 ARBITER_BROKER_QUEUE_TIMEOUT = env_float("ARBITER_BROKER_QUEUE_TIMEOUT", 600.0)
+# A waiting request's priority class improves by one every this many seconds it waits
+# (docs/BROKER.md, "Priorities and fair share").
+ARBITER_BROKER_PRIORITY_AGING_SECONDS = env_float("ARBITER_BROKER_PRIORITY_AGING_SECONDS", 30.0)
 ARBITER_BROKER_CONNECT_TIMEOUT = env_float("ARBITER_BROKER_CONNECT_TIMEOUT", 5.0)
 ARBITER_BROKER_READ_TIMEOUT = env_float("ARBITER_BROKER_READ_TIMEOUT", 600.0)
 # Per-route read timeouts (seconds); other routes use ARBITER_BROKER_READ_TIMEOUT.

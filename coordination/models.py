@@ -63,13 +63,53 @@ class LockAudit(models.Model):
         return f"{self.action} of {self.scope} by {self.actor_name} at {self.at:%Y-%m-%d %H:%M}"
 
 
+# --- Leases ---------------------------------------------------------------------------
+
+
+class LeaseQuerySet(models.QuerySet):
+    def held(self, now=None) -> "LeaseQuerySet":
+        """Leases nobody released whose TTL has not run out (only the server clock counts)."""
+        return self.filter(released_at__isnull=True, expires_at__gt=now or timezone.now())
+
+
+class Lease(models.Model):
+    """A hold on one model on one host: nobody but its holder swaps it out, evicts it or
+    unloads it while the lease is held (coordination.leases). A row, so it survives
+    restarts; it ends by its holder's release, a staff force release or its TTL.
+    """
+
+    model_key = models.CharField(max_length=63)  # the catalog key
+    host = models.ForeignKey("arbiter.Host", on_delete=models.CASCADE, related_name="leases")
+    holder = models.CharField(max_length=200)
+    purpose = models.CharField(max_length=500, blank=True)
+    token_hash = models.CharField(max_length=64)  # sha256 hex; never the token
+    # Arbiter's own lease (a warm-up's hold), not a person's or a job's.
+    system = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    released_at = models.DateTimeField(null=True, blank=True)  # null while held
+    released_by = models.CharField(max_length=200, blank=True)
+    release_reason = models.CharField(max_length=500, blank=True)
+
+    objects = LeaseQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["expires_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"lease {self.pk} of {self.model_key} on host {self.host_id} by {self.holder}"
+
+    def is_held(self, now=None) -> bool:
+        return self.released_at is None and self.expires_at > (now or timezone.now())
+
+
 # --- Webhooks ------------------------------------------------------------------------
 
 
 class WebhookEndpoint(models.Model):
     """A receiver of signed events. Secrets are stored encrypted, never logged."""
 
-    EVENT_TYPES = ("swap_complete", "swap_failed", "lock.force_released")
+    EVENT_TYPES = ("swap_complete", "swap_failed", "lock.force_released", "warm_up_missed")
 
     url = models.URLField(max_length=1000)
     description = models.CharField(max_length=200, blank=True)
@@ -173,6 +213,14 @@ class ScheduledJob(models.Model):
         "catalog.CatalogModel", on_delete=models.CASCADE, related_name="scheduled_jobs"
     )
     description = models.TextField(blank=True)
+    # The optional warm-up (coordination.schedules.warm_ups): the target model is swapped
+    # in on this host `warm_up_lead_seconds` before each run and held by a system lease
+    # for `warm_up_hold_seconds` after it. No host: no warm-up.
+    warm_up_host = models.ForeignKey(
+        "arbiter.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    warm_up_lead_seconds = models.PositiveIntegerField(default=0)
+    warm_up_hold_seconds = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -181,3 +229,40 @@ class ScheduledJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} ({self.cron} {self.timezone})"
+
+    @property
+    def has_warm_up(self) -> bool:
+        return self.warm_up_host_id is not None
+
+
+class WarmUp(models.Model):
+    """One warm-up for one run of a job; the row is the claim (unique per job and run)."""
+
+    PLANNED = "planned"  # claimed; the swap is not created yet
+    SWAPPING = "swapping"  # the swap of the job's model runs
+    HELD = "held"  # the model is served and a system lease holds it until the window ends
+    DONE = "done"  # the window ended; the lease was released (or expires by its TTL)
+    MISSED = "missed"  # the lock, a lease, a busy host or a failed swap prevented it
+    STATE_CHOICES = [(s, s) for s in (PLANNED, SWAPPING, HELD, DONE, MISSED)]
+    OPEN_STATES = (PLANNED, SWAPPING, HELD)
+
+    job = models.ForeignKey(ScheduledJob, on_delete=models.CASCADE, related_name="warm_ups")
+    run_at = models.DateTimeField()
+    host_name = models.CharField(max_length=63)
+    model_key = models.CharField(max_length=63)
+    state = models.CharField(max_length=16, choices=STATE_CHOICES, default=PLANNED)
+    reason = models.CharField(max_length=500, blank=True)
+    swap_id = models.BigIntegerField(null=True, blank=True)
+    lease_id = models.BigIntegerField(null=True, blank=True)
+    hold_until = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "run_at"], name="one_warm_up_per_job_run")
+        ]
+
+    def __str__(self) -> str:
+        return f"warm-up of {self.model_key} on {self.host_name} for {self.run_at:%Y-%m-%d %H:%M}"

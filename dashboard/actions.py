@@ -35,6 +35,7 @@ from arbiter.api import swaps as swaps_api
 from arbiter.errors import ArbiterError, InvalidInput
 from arbiter.models import ApiKey
 from arbiter.roles import ADMIN, may
+from coordination.leases import api as leases_api
 from coordination.locks import api as locks_api
 from coordination.models import WebhookEndpoint
 from coordination.webhooks import api as webhooks_api
@@ -42,6 +43,7 @@ from coordination.webhooks.schemas import WebhookIn, WebhookPatchIn
 from dashboard.panels import coordination
 from dashboard.panels.cluster import services_panel
 from dashboard.panels.keys import keys_table
+from dashboard.panels.leases import lease_panel
 from dashboard.panels.lock_banner import lock_banner, lock_banner_view
 from dashboard.panels.swaps import swap_panel
 from dashboard.roles import personal
@@ -118,11 +120,20 @@ def message_for(output_id: str, problem: ArbiterError) -> HttpResponse:
 
 # -- API keys (the keys page) ------------------------------------------------------------
 
-KEY_FIELDS = ("name", "role", "models", "expires_in_days", "requests_per_minute", "tokens_per_day")
+KEY_FIELDS = (
+    "name",
+    "role",
+    "models",
+    "expires_in_days",
+    "requests_per_minute",
+    "tokens_per_day",
+    "priority",
+)
 
 
 def _key_form(request: HttpRequest, **context: Any) -> str:
     context["key_roles"] = ApiKey.ROLE_CHOICES
+    context["key_priorities"] = ApiKey.PRIORITY_CHOICES
     return render_to_string("dashboard/partials/key_form.html", context, request)
 
 
@@ -140,6 +151,7 @@ def key_create(request: HttpRequest) -> HttpResponse:
                 "expires_in_days": number(form.get("expires_in_days")),
                 "requests_per_minute": number(form.get("requests_per_minute")),
                 "tokens_per_day": number(form.get("tokens_per_day")),
+                "priority": form.get("priority") or ApiKey.PRIORITY_DEFAULT,
             },
         )
         key, raw_key = keys_api.issue_key(request, payload)
@@ -299,3 +311,14 @@ def force_release(request: HttpRequest) -> HttpResponse:
         return refused(html, problem, "#lock-force-release")
     banner = lock_banner(can_force_release=may(request.user, ADMIN), personal=True)
     return HttpResponse(personal(request, banner))
+
+
+@action
+def lease_force_release(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """Take a lease from its holder (admin person, audited, the API's own operation):
+    the lease panel, or the refusal's message in the panel's output."""
+    try:
+        leases_api.force_release(request, lease_id, reason=request.POST.get("reason", ""))
+    except ArbiterError as problem:
+        return message_for("lease-error", problem)
+    return HttpResponse(personal(request, lease_panel()))

@@ -38,6 +38,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from arbiter import events
 from dashboard.panels.cluster import clients_panel, host_card, services_panel
+from dashboard.panels.leases import lease_panel
 from dashboard.panels.lock_banner import lock_banner
 from dashboard.panels.schedules import schedule_panel
 from dashboard.panels.swaps import swap_current, swap_panel
@@ -243,6 +244,11 @@ def on_lock_changed(sender: Any, *, forced: bool = False, **kwargs: Any) -> None
         publish(lock_banner, schedule_panel)
 
 
+def on_leases_changed(sender: Any, **kwargs: Any) -> None:
+    """The lease panel (next to the lock banner)."""
+    publish(lease_panel)
+
+
 def on_schedules_changed(sender: Any, **kwargs: Any) -> None:
     publish(schedule_panel)
 
@@ -256,6 +262,7 @@ RECEIVERS: dict[Any, Callable[..., None]] = {
     events.host_sampled: on_host_sampled,
     events.services_changed: on_services_changed,
     events.lock_changed: on_lock_changed,
+    events.leases_changed: on_leases_changed,
     events.schedules_changed: on_schedules_changed,
     events.webhooks_changed: on_webhooks_changed,
 }

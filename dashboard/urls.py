@@ -13,6 +13,7 @@ urlpatterns = [
     path("fragments/swaps", views.swaps_fragment, name="swaps_fragment"),
     path("swaps/<int:swap_id>/log", views.swap_log_fragment, name="swap_log"),
     path("fragments/lock", views.lock_fragment, name="lock_fragment"),
+    path("fragments/leases", views.lease_fragment, name="lease_fragment"),
     path(
         "fragments/lock/force-release",
         views.lock_force_release_fragment,
@@ -24,6 +25,7 @@ urlpatterns = [
     path("fragments/keys", views.keys_fragment, name="keys_fragment"),
     path("webhooks/", views.webhooks, name="webhooks"),
     path("audit/", views.audit, name="audit"),
+    path("timeline/", views.timeline, name="timeline"),
     # The catalog page and its htmx writes (dashboard/catalog.py).
     path("catalog/", catalog.index, name="catalog"),
     path("catalog/add/<str:source>", catalog.add_model, name="catalog_add"),
@@ -47,4 +49,9 @@ urlpatterns = [
     path("actions/services/<str:name>", actions.service_toggle, name="service_toggle"),
     path("actions/swaps/<int:swap_id>/cancel", actions.swap_cancel, name="swap_cancel"),
     path("actions/lock/force-release", actions.force_release, name="force_release"),
+    path(
+        "actions/leases/<int:lease_id>/force-release",
+        actions.lease_force_release,
+        name="lease_force_release",
+    ),
 ]

@@ -28,6 +28,7 @@ from dashboard.panels.cluster import (
 )
 from dashboard.panels.keys import keys_context, keys_table
 from dashboard.panels.swaps import panel_context, swap_log, swap_panel
+from dashboard.panels.timeline import timeline_context
 from dashboard.roles import personal
 
 
@@ -86,6 +87,12 @@ def lock_fragment(request: HttpRequest) -> HttpResponse:
 def lock_force_release_fragment(request: HttpRequest) -> HttpResponse:
     """The admin-only part of a pushed banner, fetched with the viewer's own session."""
     return HttpResponse(coordination.force_release_slot(can_force_release=may(request.user, ADMIN)))
+
+
+@fragment_login_required
+def lease_fragment(request: HttpRequest) -> HttpResponse:
+    """The lease panel as this viewer sees it (the force-release buttons for admins)."""
+    return HttpResponse(personal(request, coordination.lease_panel()))
 
 
 @fragment_login_required
@@ -157,6 +164,13 @@ def audit(request: HttpRequest) -> HttpResponse:
         "paged": bool(request.GET.get("before_id")),
     }
     return render(request, "dashboard/audit.html", context, status=422 if error else 200)
+
+
+@login_required
+def timeline(request: HttpRequest) -> HttpResponse:
+    """The next 24 hours per host: runs, warm-ups, leases, the lock and conflicts
+    (the same data as GET /api/timeline), drawn as bars server-side."""
+    return render(request, "dashboard/timeline.html", timeline_context())
 
 
 @login_required

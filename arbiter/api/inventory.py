@@ -24,6 +24,8 @@ from arbiter.inventory.adoption import check_adoptions, clean_adopt_list
 from arbiter.inventory.edits import HOST_EDITABLE, SERVICE_EDITABLE, edit_row, reset_edits
 from arbiter.inventory.interconnect import check_interconnect, clean_interconnect
 from arbiter.models import Host, Service
+from coordination.leases import TOKEN_HEADER as LEASE_TOKEN_HEADER
+from coordination.leases import assert_none_leased, served_keys
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
 from coordination.locks import assert_may_change_gpu
 
@@ -161,6 +163,17 @@ def edit_service(request: HttpRequest, name: str, payload: ServiceEditIn):
     return _service_out(apply_service_edit(request, name, payload))
 
 
+def _assert_model_not_leased(service: Service, lease_token: str | None) -> None:
+    """Disabling a service takes its model off the GPU: refused (423, blocked_by) while
+    someone else leases that model on the service's host."""
+    assert_none_leased(
+        served_keys(service),
+        service.host.name,
+        lease_token,
+        action=f"disabling service {service.name} would take it off the GPU",
+    )
+
+
 def apply_service_edit(request: HttpRequest, name: str, payload: ServiceEditIn) -> Service:
     """Apply the sent fields of a service edit, audited, under the lock's rule (the
     token from `X-Swap-Lock-Token`); the dashboards then show it. The one way in for the
@@ -170,6 +183,7 @@ def apply_service_edit(request: HttpRequest, name: str, payload: ServiceEditIn) 
     if "adopt_containers" in changes:
         adopt = changes["adopt_containers"] = clean_adopt_list(changes["adopt_containers"])
     token = request.headers.get(LOCK_TOKEN_HEADER) or None
+    lease_token = request.headers.get(LEASE_TOKEN_HEADER) or None
 
     before: dict[str, Any] = {}
 
@@ -179,6 +193,8 @@ def apply_service_edit(request: HttpRequest, name: str, payload: ServiceEditIn) 
         # is held only its holder may (423, nothing written). Checked on the locked row.
         if "disabled" in changes and changes["disabled"] != row.disabled:
             assert_may_change_gpu(token)
+            if changes["disabled"]:
+                _assert_model_not_leased(row, lease_token)
         if adopt is not None:
             check_adoptions(row, adopt)
 
@@ -200,6 +216,7 @@ def apply_service_edit(request: HttpRequest, name: str, payload: ServiceEditIn) 
 )
 def reset_service(request: HttpRequest, name: str):
     token = request.headers.get(LOCK_TOKEN_HEADER) or None
+    lease_token = request.headers.get(LEASE_TOKEN_HEADER) or None
 
     before: dict[str, Any] = {}
 
@@ -209,6 +226,8 @@ def reset_service(request: HttpRequest, name: str):
         file_disabled = row.inventory_overrides.get("disabled", row.disabled)
         if file_disabled != row.disabled:
             assert_may_change_gpu(token)
+            if file_disabled:
+                _assert_model_not_leased(row, lease_token)
 
     with transaction.atomic():
         service = reset_edits(Service, name, "service", check=check)

@@ -35,6 +35,8 @@ class ApiKeyIn(Schema):
     # Broker quotas (arbiter.broker.quotas); absent or null: no limit.
     requests_per_minute: StrictInt | None = Field(None, ge=1, le=MAX_REQUESTS_PER_MINUTE)
     tokens_per_day: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_PER_DAY)
+    # The broker's priority class for the key's waiting requests (docs/BROKER.md).
+    priority: Literal["interactive", "default", "batch"] = ApiKey.PRIORITY_DEFAULT
 
     @field_validator("name")
     @classmethod
@@ -69,6 +71,7 @@ class ApiKeyOut(Schema):
     expires_at: datetime | None
     requests_per_minute: int | None
     tokens_per_day: int | None
+    priority: str
     # What the key used against its limits (null for a key without limits).
     usage: KeyUsageOut | None
 
@@ -87,6 +90,7 @@ def key_audit_values(key: ApiKey) -> dict:
         "expires_at": key.expires_at,
         "requests_per_minute": key.requests_per_minute,
         "tokens_per_day": key.tokens_per_day,
+        "priority": key.priority,
     }
 
 
@@ -104,6 +108,7 @@ def _key_out(key: ApiKey, usage: tuple[int, int] = (0, 0)) -> dict:
         "expires_at": key.expires_at,
         "requests_per_minute": key.requests_per_minute,
         "tokens_per_day": key.tokens_per_day,
+        "priority": key.priority,
         "usage": (
             {"requests_this_minute": usage[0], "tokens_today": usage[1]} if limited else None
         ),
@@ -139,6 +144,7 @@ def issue_key(request: HttpRequest, payload: ApiKeyIn) -> tuple[ApiKey, str]:
             expires_at=expires_at,
             requests_per_minute=payload.requests_per_minute,
             tokens_per_day=payload.tokens_per_day,
+            priority=payload.priority,
         )
         audit.record(request, "key.create", "api_key", key.pk, after=key_audit_values(key))
     return key, raw_key

@@ -18,6 +18,7 @@ from arbiter.auth import api_auth
 from arbiter.body_limit import api_limit
 from arbiter.errors import ArbiterError, PayloadTooLarge
 from catalog.api import router as catalog_router
+from coordination.leases.api import router as lease_router
 from coordination.locks.api import router as lock_router
 from coordination.schedules.api import router as schedule_router
 from coordination.webhooks.api import router as webhook_router
@@ -167,6 +168,7 @@ api.add_router("/", host_checks_router)
 api.add_router("/", catalog_router)
 # The lock router comes before the swap router: /swap/lock is not a swap id.
 api.add_router("/", lock_router)
+api.add_router("/", lease_router)
 api.add_router("/", webhook_router)
 api.add_router("/", schedule_router)
 api.add_router("/", swaps_router)

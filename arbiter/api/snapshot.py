@@ -14,6 +14,7 @@ from arbiter.broker.quotas import key_quotas
 from arbiter.engine.leader import current_leader
 from arbiter.engine.swaps.multi_node import running_pair_on
 from arbiter.models import GpuSample, Host, Service, Swap, SwapDict
+from coordination.leases import held_leases
 from coordination.locks.gate import current_lock
 
 
@@ -178,6 +179,8 @@ def cluster_status() -> dict:
         "services": [service_status(s) for s in services if not s.disabled],
         "swaps": active_swaps(),
         "lock": current_lock(),
+        # Held leases (coordination.leases), soonest to expire first; never a token.
+        "leases": held_leases(),
         # The serve process running the engine loops ("HOST:PID"; null: none right now).
         "engine": {"leader": current_leader()},
         # Broker traffic per client (X-Client-Id): every process's with REDIS_URL, else

@@ -7,6 +7,7 @@ from ninja import Field, Router, Schema
 
 from arbiter.api.snapshot import cluster_status
 from arbiter.models import Service
+from coordination.leases.schemas import LeaseOut
 from coordination.locks.schemas import LockStateOut
 
 router = Router(tags=["status"])
@@ -122,6 +123,7 @@ class StatusOut(Schema):
     services: list[ServiceOut]
     swaps: list[SwapSummaryOut]  # swaps in flight
     lock: LockStateOut
+    leases: list[LeaseOut]  # held leases, soonest to expire first (never a token)
     engine: EngineOut
     clients: list[ClientUsageOut]  # broker traffic per X-Client-Id
     key_quotas: list[KeyQuotaOut]  # keys with quotas: this minute's requests, today's tokens

@@ -34,6 +34,7 @@ from arbiter.engine.swaps.preflight import preflight, swap_hosts
 from arbiter.engine.swaps.store import create_swap, request_cancel
 from arbiter.models import ApiKey, Swap, SwapLogLine, SwapTransition
 from catalog.models import CatalogModel
+from coordination.leases import TOKEN_HEADER as LEASE_TOKEN_HEADER
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
 from coordination.locks import assert_may_change_gpu
 
@@ -42,6 +43,7 @@ router = Router(tags=["swaps"])
 STREAM_POLL_SECONDS = 0.2
 STREAM_BATCH = 500
 KEEPALIVE_SECONDS = 15.0
+PROGRESS_SECONDS = 5.0  # a launch phase's ETA, again this often while it lasts
 
 
 # -- schemas ---------------------------------------------------------------------------
@@ -196,10 +198,14 @@ def begin_swap(
     request: HttpRequest, model: str, host: str | None, dry_run: bool, requested_by: str
 ) -> Swap:
     """Create a swap and its audit row, for the API and the catalog page's "Swap in"
-    (the swap lock: the request's `X-Swap-Lock-Token`)."""
+    (the swap lock: the request's `X-Swap-Lock-Token`; a lease on the model it would
+    replace: the request's `X-Arbiter-Lease-Token`)."""
     token = request.headers.get(LOCK_TOKEN_HEADER) or None
+    lease_token = request.headers.get(LEASE_TOKEN_HEADER) or None
     with transaction.atomic():  # the swap and its audit row commit together
-        swap = create_swap(model, host, dry_run, requested_by, lock_token=token)
+        swap = create_swap(
+            model, host, dry_run, requested_by, lock_token=token, lease_token=lease_token
+        )
         audit.record(
             request,
             "swap.start",
@@ -321,10 +327,11 @@ def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def _stream_state(swap_id: int) -> dict[str, Any]:
-    swap = Swap.objects.filter(pk=swap_id).values("state", "error").first()
+def _stream_state(swap_id: int) -> tuple[dict[str, Any], str | None]:
+    """The `state` event, and the launch phase (for `progress` events)."""
+    swap = Swap.objects.filter(pk=swap_id).values("state", "error", "phase").first()
     if swap is None:  # deleted while someone watched: end the stream as "gone"
-        swap = {"state": "deleted", "error": f"swap {swap_id} was deleted"}
+        swap = {"state": "deleted", "error": f"swap {swap_id} was deleted", "phase": ""}
     last = (
         SwapTransition.objects.filter(swap_id=swap_id)
         .order_by("-at", "-pk")
@@ -338,6 +345,21 @@ def _stream_state(swap_id: int) -> dict[str, Any]:
         "error": swap["error"],
         "detail": last["detail"],
         "at": last["at"].isoformat() if last["at"] else None,
+    }, swap["phase"] or None
+
+
+def _stream_progress(swap_id: int) -> dict[str, Any] | None:
+    """The launch's phase and ETA (`Swap.launch_progress`), for clients that wait."""
+    swap = Swap.objects.filter(pk=swap_id).first()
+    if swap is None or not swap.is_active or not swap.phase:
+        return None
+    launch = swap.launch_progress()
+    return {
+        "swap_id": swap_id,
+        "phase": launch.phase,
+        "phase_label": launch.phase_label,
+        "phase_elapsed_seconds": launch.phase_elapsed_seconds,
+        "eta_seconds": launch.eta_seconds,
     }
 
 
@@ -354,11 +376,14 @@ async def swap_events(swap_id: int, after: int = 0) -> AsyncIterator[str]:
 
     It polls the database (every 0.2 s), so it works whichever process runs the swap.
     The state is read before the lines: once it is final, every line is already stored.
+    During a launch phase a `progress` event (phase, ETA) comes when the phase changes and
+    every PROGRESS_SECONDS; clients that do not know it skip it, as SSE says.
     """
     sent_state = None
     last_sent = time.monotonic()
+    progress_phase, progress_at = None, 0.0
     while True:
-        state = await sync_to_async(_stream_state)(swap_id)
+        state, phase = await sync_to_async(_stream_state)(swap_id)
         lines = await sync_to_async(_stream_lines)(swap_id, after)
         for line in lines:
             after = line["seq"]
@@ -370,6 +395,13 @@ async def swap_events(swap_id: int, after: int = 0) -> AsyncIterator[str]:
             yield sse("state", state)
         if state["final"]:
             return
+        if phase and (
+            phase != progress_phase or time.monotonic() - progress_at >= PROGRESS_SECONDS
+        ):
+            progress_phase, progress_at = phase, time.monotonic()
+            progress = await sync_to_async(_stream_progress)(swap_id)
+            if progress is not None:
+                yield sse("progress", progress)
         if lines:
             last_sent = time.monotonic()
         elif time.monotonic() - last_sent > KEEPALIVE_SECONDS:

@@ -134,7 +134,8 @@ class UnsupportedMediaType(BrokerError):
 
 
 class LockHeld(BrokerError):
-    """Someone else holds the swap lock, so the broker loads (and evicts) nothing."""
+    """Someone else holds the swap lock, so the broker loads (and evicts) nothing; or a
+    lease holds the model a load would replace or evict (`blocked_by` names it)."""
 
     status = 423
     error_type = "locked"
@@ -179,8 +180,10 @@ class UpstreamTimeout(BrokerError):
 def from_arbiter_error(exc: ArbiterError) -> BrokerError:
     """A control-plane error met while loading, as the broker answers it."""
     if isinstance(exc, Locked):
+        # A lease (coordination.leases) carries `blocked_by`; the lock does not.
+        code = "model_leased" if "blocked_by" in exc.extra else "swap_lock_held"
         error: BrokerError = LockHeld(
-            exc.message, code="swap_lock_held", retry_after=exc.retry_after, **exc.extra
+            exc.message, code=code, retry_after=exc.retry_after, **exc.extra
         )
         return error
     if exc.status == 404:

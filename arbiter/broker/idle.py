@@ -15,6 +15,7 @@ import httpx
 from asgiref.sync import sync_to_async
 
 from arbiter.broker.limits import ActivitySnapshot, ServiceActivity
+from arbiter.broker.loading import service_leased
 from arbiter.broker.residency import Residency, idle_check_seconds, lock_free, may_sleep
 from arbiter.broker.state import get_state
 from arbiter.broker.table import RouteTable, ServiceRoute
@@ -76,6 +77,8 @@ class IdleUnloader:
         for service in due:
             if activity.in_flight.get(service.name, 0):  # a request arrived meanwhile
                 continue
+            if await sync_to_async(service_leased)(service.name):
+                continue  # a lease holds its model (coordination.leases)
             try:
                 done = await residency.unload(
                     service.name,

@@ -42,6 +42,8 @@ class Caller:
     # Quotas (`quotas`); None: no limit, and then no quota work at all on the request.
     requests_per_minute: int | None = None
     tokens_per_day: int | None = None
+    # The priority class of the key's requests while they wait (`queue`).
+    priority: str = ApiKey.PRIORITY_DEFAULT
 
     @property
     def has_quota(self) -> bool:
@@ -69,6 +71,7 @@ def _verify(raw_key: str) -> Caller | None:
         expires_at=key.expires_at,
         requests_per_minute=key.requests_per_minute,
         tokens_per_day=key.tokens_per_day,
+        priority=key.priority,
     )
 
 

@@ -1,8 +1,8 @@
-"""Bounds: per-model concurrency (429), a bounded wait queue (503), service activity.
+"""Bounds: per-model concurrency (429), service activity; the wait queue is `queue`.
 
 All counters live in one process and are touched only from its event loop, so plain
 dicts need no lock. With REDIS_URL the per-model limit is shared by every process
-instead (`shared_limits`); the wait queue stays per process.
+instead (`shared_limits`); the wait queue (`queue`) stays per process.
 
 `ServiceActivity` is what eviction decides on: requests in flight per service and when
 the last one finished; with REDIS_URL, `current()` adds the other processes' figures.
@@ -11,13 +11,12 @@ the last one finished; with REDIS_URL, `current()` adds the other processes' fig
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from arbiter.broker.errors import Busy, TooManyRequests
+from arbiter.broker.errors import TooManyRequests
 
 DEFAULT_MAX_CONCURRENCY = 64
 DEFAULT_QUEUE_SIZE = 100
@@ -62,38 +61,6 @@ class ConcurrencyLimits:
             self.in_flight[key] = left
         else:
             self.in_flight.pop(key, None)
-
-
-class WaitQueue:
-    """Requests waiting for a swap (their backend's, or a load), bounded per model."""
-
-    def __init__(self) -> None:
-        self.waiting: dict[str, int] = {}
-
-    @contextmanager
-    def slot(self, key: str, size: int | None = None) -> Iterator[None]:
-        size = queue_size() if size is None else size
-        current = self.waiting.get(key, 0)
-        if current >= size:
-            raise Busy(
-                f"{current} requests for {key} are already waiting for a swap; the queue "
-                f"holds {size}.",
-                code="queue_full",
-                retry_after=QUEUE_RETRY_AFTER,
-            )
-        self.waiting[key] = current + 1
-        try:
-            yield
-        finally:
-            left = self.waiting.get(key, 0) - 1
-            if left > 0:
-                self.waiting[key] = left
-            else:
-                self.waiting.pop(key, None)
-
-    @property
-    def total(self) -> int:
-        return sum(self.waiting.values())
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,11 @@ from arbiter.engine.swaps.store import active_swap_on, create_swap
 from arbiter.errors import ArbiterError, Conflict
 from arbiter.models import GpuSample, Host, Service, Swap
 from catalog.models import CatalogModel
+from coordination.leases.gate import blocking_lease_among
+from coordination.leases.serving import served_keys
+from coordination.leases.values import leased_error
 from coordination.locks.gate import assert_may_change_gpu
+from coordination.models import Lease
 
 if TYPE_CHECKING:  # residency imports this module's lock gate
     from arbiter.broker.residency import Residency
@@ -101,6 +105,19 @@ def assert_lock_free() -> None:
     assert_may_change_gpu(None)
 
 
+def service_lease(service: Service, incoming_key: str = "") -> Lease | None:
+    """The lease that keeps the service's model where it is (the broker has no lease
+    token), or None; a load of the leased model itself (`incoming_key`) replaces
+    nothing."""
+    return blocking_lease_among(served_keys(service) - {incoming_key}, service.host.name)
+
+
+def service_leased(name: str) -> bool:
+    """Is the named service's model leased? Evictions and idle unloads skip it."""
+    service = Service.objects.select_related("host").filter(name=name).first()
+    return service is not None and service_lease(service) is not None
+
+
 def _measured_free(host: Host) -> int | None:
     """MemAvailable on unified-memory hosts (GB10), from the sampler's latest tick."""
     latest = GpuSample.objects.filter(host=host).order_by("-taken_at").first()
@@ -110,9 +127,14 @@ def _measured_free(host: Host) -> int | None:
 
 
 def residents_of(
-    host: Host, target: Service, activity: ActivitySnapshot, unified: bool = False
+    host: Host,
+    target: Service,
+    activity: ActivitySnapshot,
+    unified: bool = False,
+    incoming_key: str = "",
 ) -> list[Resident]:
-    """What each service on the host holds, and what unloading it would keep (planner)."""
+    """What each service on the host holds, what unloading it would keep, and whether a
+    lease holds its model (planner)."""
     models = {
         served: (estimate, opted_in)
         for served, estimate, opted_in in CatalogModel.objects.values_list(
@@ -120,7 +142,8 @@ def residents_of(
         )
     }
     residents = []
-    for service in Service.objects.filter(host=host, in_inventory=True, disabled=False):
+    services = Service.objects.filter(host=host, in_inventory=True, disabled=False)
+    for service in services.select_related("host"):
         in_flight = activity.in_flight.get(service.name, 0)
         estimate, opted_in = models.get(service.loaded_model, (0, False))
         held = estimate or service.vram_resident_mib
@@ -151,6 +174,7 @@ def residents_of(
                 evictable=bool(service.unload_route) and sleeps_ok,
                 replaced=service.pk == target.pk,
                 keeps_mib=keeps,
+                leased=service_lease(service, incoming_key) is not None,
             )
         )
     return residents
@@ -194,7 +218,7 @@ def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
         if service is None:
             continue
         unified = latest_unified(host.pk)
-        residents = residents_of(host, service, activity, unified)
+        residents = residents_of(host, service, activity, unified, model.key)
         measured = _measured_free(host)
         ram_free = host.mem_available_mib if host.state == "live" and not unified else None
         memory = HostMemory(
@@ -223,6 +247,15 @@ def plan_load(model_key: str, activity: ActivitySnapshot) -> LoadStep:
     blocked = [plan for plan, *_ in plans if plan.blocked]
     if blocked:
         return LoadStep("blocked", blocked[0].host, plan=blocked[0])
+    leased = [plan for plan, *_ in plans if plan.leased_by]
+    if leased:
+        # Refuse, never break: 423 naming the lease (converted to the broker's shape).
+        service = Service.objects.select_related("host").get(name=leased[0].leased_by[0])
+        lease = service_lease(service, model.key)
+        if lease is not None:
+            raise leased_error(
+                lease, timezone.now(), f"loading {model.key!r} would need its memory"
+            )
     if plans:
         raise DoesNotFit(
             f"{model.key} does not fit: " + "; ".join(p.reason for p, *_ in plans),

@@ -61,6 +61,8 @@ class Resident:
     # What unloading it keeps: the weights a vLLM's level-1 sleep offloads to CPU RAM
     # (still in the pool on unified memory; taken from host RAM on discrete GPUs).
     keeps_mib: int = 0
+    # A lease holds its model (coordination.leases): never evicted.
+    leased: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class EvictionPlan:
     # Busy services standing in the way: the load waits for them to go idle.
     waiting_for: tuple[str, ...] = ()
     locked: bool = False
+    # Leased services standing in the way (coordination.leases): the load is refused.
+    leased_by: tuple[str, ...] = ()
     free_mib: int | None = None  # room before anything is stopped
     free_after_mib: int | None = None
     needed_mib: int = 0
@@ -130,6 +134,13 @@ def plan_eviction(
     if lock_held_by_other:
         return plan(fits=False, locked=True, reason="the swap lock is held")
     replaced = [r for r in residents if r.replaced]
+    leased_replaced = tuple(r.service for r in replaced if r.leased)
+    if leased_replaced:
+        return plan(
+            fits=False,
+            leased_by=leased_replaced,
+            reason=f"{', '.join(leased_replaced)} serves a leased model and would be replaced",
+        )
     busy_replaced = tuple(r.service for r in replaced if r.in_flight > 0)
     if busy_replaced:
         return plan(
@@ -149,6 +160,7 @@ def plan_eviction(
         if not r.replaced
         and freed_by_unload(r, host) > 0
         and r.evictable
+        and not r.leased
         and not coexists(r, incoming)
     ]
     idle = sorted(
@@ -182,6 +194,19 @@ def plan_eviction(
             waiting_for=waiting,
             free_after_mib=free,
             reason=f"needs {', '.join(waiting)}, which has requests in flight",
+        )
+    leased = [
+        r
+        for r in residents
+        if r.leased and not r.replaced and r.evictable and freed_by_unload(r, host) > 0
+    ]
+    if leased and free + sum(freed_by_unload(r, host) for r in busy + leased) >= needed:
+        holders = tuple(sorted(r.service for r in leased))
+        return plan(
+            fits=False,
+            leased_by=holders,
+            free_after_mib=free,
+            reason=f"needs the memory of {', '.join(holders)}, which serves a leased model",
         )
     return plan(
         fits=False,

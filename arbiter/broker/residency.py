@@ -54,7 +54,7 @@ from arbiter.broker import metrics
 from arbiter.broker.background import spawn
 from arbiter.broker.errors import BackendUnavailable, from_arbiter_error
 from arbiter.broker.limits import ServiceActivity
-from arbiter.broker.loading import assert_lock_free
+from arbiter.broker.loading import assert_lock_free, service_leased
 from arbiter.broker.table import DEFAULT_TTL, CatalogEntry, ServiceRoute
 from arbiter.engine.host_memory import sleep_level
 from arbiter.errors import Locked
@@ -186,6 +186,11 @@ class Residency:
             # is a GPU change the broker, holding no token, may not make now. The
             # eviction's swap then meets the same lock and answers 423.
             if not await sync_to_async(lock_free)():
+                await self._conclude(name, until, None)
+                return False
+            # A lease holds the service's model (coordination.leases): nobody but its
+            # holder takes it off the GPU, and the broker holds no lease token.
+            if await sync_to_async(service_leased)(name):
                 await self._conclude(name, until, None)
                 return False
             try:

@@ -19,9 +19,10 @@ from django.conf import settings
 
 from arbiter.broker.accounting import accounting
 from arbiter.broker.keys import KeyCache
-from arbiter.broker.limits import ConcurrencyLimits, ServiceActivity, WaitQueue
+from arbiter.broker.limits import ConcurrencyLimits, ServiceActivity
 from arbiter.broker.loading import Loads
 from arbiter.broker.proxy import new_client, new_transport
+from arbiter.broker.queue import WaitQueues
 from arbiter.broker.residency import Residency
 from arbiter.broker.shared_limits import SharedLimits
 from arbiter.broker.swapwait import SwapWatcher
@@ -35,7 +36,7 @@ class BrokerState:
 
     table: RouteTableCache = field(default_factory=RouteTableCache)
     limits: ConcurrencyLimits = field(default_factory=ConcurrencyLimits)
-    queue: WaitQueue = field(default_factory=WaitQueue)
+    queue: WaitQueues = field(default_factory=WaitQueues)
     activity: ServiceActivity = field(default_factory=ServiceActivity)
     watcher: SwapWatcher = field(default_factory=SwapWatcher)
     keys: KeyCache = field(default_factory=KeyCache)

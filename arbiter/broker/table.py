@@ -260,7 +260,10 @@ class RouteTableCache:
         return table
 
     def invalidate(self) -> None:
+        """Forget the table and any read under way (it may have begun before the change
+        that made the caller invalidate): the next request reads afresh."""
         self.table = None
+        self._refresh = None
 
 
 def _retrieve(refresh: asyncio.Future[RouteTable]) -> None:

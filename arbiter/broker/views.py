@@ -9,11 +9,14 @@ Every error the broker answers itself is OpenAI-shaped (`errors.BrokerError`).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -41,6 +44,7 @@ from arbiter.broker.proxy import (
     read_timeout,
     returned_headers,
 )
+from arbiter.broker.queue import PRIORITY_HEADER, Ticket, WaitQueues, request_priority
 from arbiter.broker.routing import (
     AUDIO_CAPABILITIES,
     Decision,
@@ -54,6 +58,7 @@ from arbiter.broker.routing import (
 from arbiter.broker.state import BrokerState, get_state
 from arbiter.broker.swapwait import SwapEnd
 from arbiter.broker.table import RouteTable
+from arbiter.models import Swap
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ log = logging.getLogger(__name__)
 Prepared = tuple[str, Callable[[RouteTable], Decision], WithModel | None]
 MULTIPART_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 MAX_LOADS_PER_REQUEST = 2  # a model swapped away again right after loading: try once more
+PROGRESS_EVERY = 2.0  # seconds between progress comments to a streamed request that waits
+QUEUE_POSITION_HEADER = "X-Arbiter-Queue-Position"
 
 
 def probe_retry_after() -> float:
@@ -89,14 +96,119 @@ class Exchange:
             client_name(client_header, caller.name if caller else "anonymous")
         )
         metrics.count_client(self.client)
+        self.on_finish: Callable[[], None] | None = None  # the wait queue's room back
 
     def finish(self, status: int, bytes_out: int = 0) -> None:
         if self.done:
             return
         self.done = True
+        if self.on_finish is not None:
+            self.on_finish()
         metrics.REQUESTS.labels(self.route, self.model or "-", str(status)).inc()
         metrics.DURATION.labels(self.route).observe(time.perf_counter() - self.started)
         accounting.finished(self.client, status, bytes_out, self.model)
+
+
+class Waiting:
+    """One request's place in its model's wait queue (`queue`), and what it is told.
+
+    A request that never has to wait takes no ticket; it only counts as in flight, so
+    the queue knows how much room the concurrency limit leaves. `progress`, set for a
+    streamed request, receives the comment lines to send while it waits."""
+
+    def __init__(self, queues: WaitQueues, key: str, client: str, priority: str) -> None:
+        self.queues = queues
+        self.key = key
+        self.client = client
+        self.priority = priority
+        self.ticket: Ticket | None = None
+        self.admitted_at: float | None = None
+        self.progress: Callable[[str], None] | None = None
+
+    @property
+    def waited(self) -> bool:
+        return self.ticket is not None
+
+    def hold(self, waiting_on: tuple[str, object] | None = None) -> Ticket:
+        """Take (or keep) a ticket while the model loads or a swap runs (`waiting_on`); a
+        request let through that must wait again gives its room back."""
+        if self.admitted_at is not None:
+            self.done()
+        if self.ticket is None:
+            self.ticket = self.queues.join(self.key, self.client, self.priority)
+        self.queues.unready(self.ticket, waiting_on)
+        return self.ticket
+
+    async def admit(self, deadline: float) -> None:
+        """Go on at once when nobody waits for this name; else wait for the queue's turn."""
+        if self.ticket is None and not self.queues.busy(self.key):
+            self.queues.started(self.key)
+            self.admitted_at = time.monotonic()
+            return
+        ticket = self.ticket or self.hold()
+
+        def tell(position: int, wait: float) -> None:
+            self.say(f"queue position {position}, estimated wait {wait:.0f} s")
+
+        try:
+            await self.queues.turn(ticket, deadline - time.monotonic(), tell, PROGRESS_EVERY)
+        except TimeoutError:
+            raise Busy(
+                f"{self.key}: this request waited in the queue and was not let through in time.",
+                code="queue_timeout",
+                retry_after=QUEUE_RETRY_AFTER,
+            ) from None
+        self.admitted_at = time.monotonic()
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
+
+    def done(self) -> None:
+        """The request let through is over (or gives its room back): the next may go."""
+        if self.admitted_at is None:
+            return
+        seconds = time.monotonic() - self.admitted_at
+        self.admitted_at = None
+        self.queues.finished(self.key, seconds)
+
+    def abandon(self) -> None:
+        """The request ends before it was forwarded (an error, the client gone)."""
+        if self.ticket is not None and self.admitted_at is None:
+            self.queues.leave(self.ticket)
+        self.done()
+
+
+def wants_stream(body: bytes) -> bool:
+    """Whether a JSON body asks for a stream (`"stream": true`), cheaply."""
+    if b'"stream"' not in body:
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+@sync_to_async
+def load_progress(swap_id: int | None, model_key: str) -> tuple[str, float] | None:
+    """`loading model X on host Y: phase ..., ETA N s` from the swap row, if one runs,
+    and the ETA in seconds (0 when the swap has none yet)."""
+    swaps = Swap.objects.select_related("host")
+    if swap_id is not None:
+        swap = swaps.filter(pk=swap_id).first()
+    else:
+        swap = (
+            swaps.filter(model_key=model_key, state__in=Swap.ACTIVE_STATES).order_by("-pk").first()
+        )
+    if swap is None or not swap.is_active:
+        return None
+    launch = swap.launch_progress()
+    line = f"loading model {swap.model_key} on host {swap.host.name}: "
+    line += f"phase {launch.phase_label}" if launch.phase_label else f"state {swap.state}"
+    if launch.eta_seconds is not None:
+        line += f", ETA {launch.eta_seconds:.0f} s"
+    return line, float(launch.eta_seconds or 0.0)
 
 
 async def authenticate(request: HttpRequest, state: BrokerState) -> Caller:
@@ -128,6 +240,8 @@ async def serve(
     exchange: Exchange | None = None
     try:
         caller = await authenticate(request, state)
+        # Before anything is counted: an unknown class is the client's mistake (400).
+        priority = request_priority(caller.priority, request.headers.get(PRIORITY_HEADER))
         exchange = Exchange(route, caller, request.headers.get("X-Client-Id"))
         if request.method not in methods:
             raise MethodNotAllowed(request.method or "", ", ".join(methods))
@@ -139,14 +253,31 @@ async def serve(
             # Before routing: a request past its key's quota loads nothing (429).
             await quotas.check_async(caller)
         on_behalf = audit.for_key(caller.name, caller.role, request.META.get("REMOTE_ADDR"))
-        decision = await settle(state, key, decide, on_behalf)
-        if caller.allowed_models and not names_model:
-            permissions.check_forward(caller, decision, await state.table.get())
-        exchange.model = decision.limit_key
-        if decision.served_model and with_model is not None:
-            # The request named the catalog key; the backend only knows the served name.
-            body = with_model(decision.served_model)
-        return await forward(request, state, decision, body, exchange, caller)
+        waiting = Waiting(state.queue, key, exchange.client, priority)
+        exchange.on_finish = waiting.done
+        current = exchange
+
+        async def proceed() -> HttpResponse:
+            nonlocal body
+            try:
+                decision = await settle(state, key, decide, on_behalf, waiting)
+            except BaseException:
+                waiting.abandon()
+                raise
+            if caller.allowed_models and not names_model:
+                permissions.check_forward(caller, decision, await state.table.get())
+            current.model = decision.limit_key
+            if decision.served_model and with_model is not None:
+                # The request named the catalog key; the backend only knows the served name.
+                body = with_model(decision.served_model)
+            response = await forward(request, state, decision, body, current, caller)
+            if waiting.ticket is not None:
+                response[QUEUE_POSITION_HEADER] = str(waiting.ticket.position)
+            return response
+
+        if names_model and wants_stream(body):
+            return await serve_stream(proceed, waiting, exchange)
+        return await proceed()
     except BrokerError as error:
         if error.status >= 500:
             log.info("broker %s %s: %s %s", route, request.path, error.status, error.message)
@@ -156,20 +287,106 @@ async def serve(
         return response
 
 
+async def serve_stream(
+    proceed: Callable[[], Awaitable[HttpResponse]], waiting: Waiting, exchange: Exchange
+) -> HttpResponse:
+    """A streamed request: as any other unless it must wait; then the 200 SSE answer
+    starts at once with comment lines (position, ETA, the load's phase), and the
+    backend's stream follows. An error met after that ends the stream with an
+    OpenAI-style error event (`data: {"error": ...}`), as the status line is out."""
+    events: asyncio.Queue[str] = asyncio.Queue()
+    waiting.progress = events.put_nowait
+    task = asyncio.ensure_future(proceed())
+    first = asyncio.ensure_future(events.get())
+    await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        first.cancel()
+        waiting.progress = None
+        return task.result()  # a BrokerError is answered as usual by `serve`
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            yield comment(first.result())
+            while not task.done():
+                line = asyncio.ensure_future(events.get())
+                await asyncio.wait({task, line}, return_when=asyncio.FIRST_COMPLETED)
+                if line.done():
+                    yield comment(line.result())
+                else:
+                    line.cancel()
+            waiting.progress = None
+            try:
+                response = task.result()
+            except BrokerError as error:
+                body = json.dumps(error.as_body()).encode()
+                exchange.finish(error.status, len(body))
+                yield b"data: " + body + b"\n\n"
+                return
+            if isinstance(response, StreamingHttpResponse):
+                content = response.streaming_content
+                if response.status_code == 200:
+                    async for chunk in content:  # type: ignore[union-attr]
+                        yield chunk
+                    return
+                raw = b"".join([chunk async for chunk in content])  # type: ignore[union-attr]
+            else:
+                raw = response.content
+            yield b"data: " + backend_error_event(response.status_code, raw) + b"\n\n"
+        finally:
+            if not task.done():
+                task.cancel()  # the client left while waiting: give the ticket back
+
+    response = StreamingHttpResponse(relay(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    if waiting.ticket is not None:
+        response[QUEUE_POSITION_HEADER] = str(waiting.ticket.position)
+    return response
+
+
+def comment(line: str) -> bytes:
+    """An SSE comment line: clients (OpenAI's SDKs included) skip it."""
+    return f": {line}\n\n".encode()
+
+
+def backend_error_event(status: int, raw: bytes) -> bytes:
+    """A backend's non-200 answer after the stream began, as an OpenAI-style error."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        parsed["error"].setdefault("status", status)
+        return json.dumps(parsed).encode()
+    message = raw.decode("utf-8", "replace")[:500] or f"the backend answered {status}"
+    body = {"error": {"type": "upstream_error", "message": message, "status": status}}
+    return json.dumps(body).encode()
+
+
 async def settle(
     state: BrokerState,
     key: str,
     decide: Callable[[RouteTable], Decision],
     on_behalf: audit.Actor | None = None,
+    waiting: Waiting | None = None,
 ) -> Forward:
-    """Route; while routing says wait (a swap) or load, do so and route again, bounded."""
+    """Route; while routing says wait (a swap) or load, do so and route again, bounded;
+    then wait for the queue's turn (`Waiting.admit`) if others wait for the same name."""
+    if waiting is None:
+        waiting = Waiting(state.queue, key, "-", "default")
     deadline = time.monotonic() + queue_timeout()
     newer_than: float | None = None
     loads = 0
     while True:
         decision = decide(await state.table.get(newer_than))
         if isinstance(decision, Forward):
-            return decision
+            if waiting.admitted_at is not None:
+                return decision
+            await waiting.admit(deadline)
+            if not waiting.waited:
+                return decision
+            newer_than = None  # it may have waited a while: route again before going on
+            continue
         if isinstance(decision, Load):
             loads += 1
             if loads > MAX_LOADS_PER_REQUEST:
@@ -178,7 +395,7 @@ async def settle(
                     code="load_contended",
                     retry_after=QUEUE_RETRY_AFTER,
                 )
-        end = await wait_in_queue(state, key, decision, deadline, on_behalf)
+        end = await wait_in_queue(state, key, decision, deadline, on_behalf, waiting)
         newer_than = end.seen_at
 
 
@@ -188,25 +405,67 @@ async def wait_in_queue(
     decision: WaitForSwap | Load,
     deadline: float,
     on_behalf: audit.Actor | None = None,
+    waiting: Waiting | None = None,
 ) -> SwapEnd:
-    with state.queue.slot(key):
-        metrics.WAITING.inc()
+    """Wait for the swap or the load with a ticket in the name's queue (503 when full)."""
+    if waiting is None:
+        waiting = Waiting(state.queue, key, "-", "default")
+    waiting_on: tuple[str, object] = (
+        ("load", decision.entry.key) if isinstance(decision, Load) else ("swap", decision.swap_id)
+    )
+    ticket = waiting.hold(waiting_on)
+    metrics.WAITING.inc()
+    try:
+        remaining = deadline - time.monotonic()
+        if isinstance(decision, Load):
+            # The engine loads on behalf of this request's key (the audit trail).
+            wait = state.loads.load(decision.entry.key, remaining, on_behalf)
+            swap_id, model_key = None, decision.entry.key
+        else:
+            wait = state.watcher.wait(decision.swap_id, remaining)
+            swap_id, model_key = decision.swap_id, ""
+        if waiting.progress is None:
+            ending = wait
+        else:
+            ending = tell_progress(wait, waiting, ticket, swap_id, model_key)
         try:
-            remaining = deadline - time.monotonic()
+            end = await ending
+        except TimeoutError:
             if isinstance(decision, Load):
-                # The engine loads on behalf of this request's key (the audit trail).
-                return await state.loads.load(decision.entry.key, remaining, on_behalf)
-            try:
-                return await state.watcher.wait(decision.swap_id, remaining)
-            except TimeoutError:
-                raise Busy(
-                    f"{key} waits for swap {decision.swap_id}, which has not finished in time.",
-                    code="swap_timeout",
-                    retry_after=QUEUE_RETRY_AFTER,
-                    swap_id=decision.swap_id,
-                ) from None
-        finally:
-            metrics.WAITING.dec()
+                raise
+            raise Busy(
+                f"{key} waits for swap {decision.swap_id}, which has not finished in time.",
+                code="swap_timeout",
+                retry_after=QUEUE_RETRY_AFTER,
+                swap_id=decision.swap_id,
+            ) from None
+        # Everyone who waited on it is ready now, so the queue's order decides who goes.
+        waiting.queues.wait_ended(key, waiting_on)
+        return end
+    finally:
+        metrics.WAITING.dec()
+
+
+async def tell_progress(
+    wait: Awaitable[SwapEnd], waiting: Waiting, ticket: Ticket, swap_id: int | None, model_key: str
+) -> SwapEnd:
+    """Await `wait`, telling the client its position and the load's phase and ETA."""
+    task = asyncio.ensure_future(wait)
+    try:
+        while True:
+            queue = waiting.queues.get(ticket.key)
+            position = queue.position(ticket)
+            load = await load_progress(swap_id, model_key)
+            wait_s = (load[1] if load else 0.0) + queue.estimated_wait(position)
+            waiting.say(f"queue position {position}, estimated wait {wait_s:.0f} s")
+            if load is not None:
+                waiting.say(load[0])
+            done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY)
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 async def forward(

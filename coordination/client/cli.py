@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="lock lease; extended every TTL/3 while the swap runs, so it bounds how long "
         "a crashed client keeps the lock",
     )
+    parser.add_argument(
+        "--lease",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="once the swap completed, lease the model on its host for SECONDS (nobody "
+        "else swaps it out, evicts or unloads it); prints ARBITER_LEASE_ID=... and "
+        "ARBITER_LEASE_TOKEN=... on stdout, for the job to extend and release it",
+    )
     parser.add_argument("--host", metavar="H", help="host to swap on (default: the model's)")
     parser.add_argument("--purpose", default=None, metavar="TEXT", help="shown with the lock")
     parser.add_argument(
@@ -142,6 +150,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         api_key=key,
         quiet=args.quiet,
         dry_run=args.dry_run,
+        lease=args.lease,
     )
 
 

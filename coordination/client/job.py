@@ -46,6 +46,17 @@ class SwapState(TypedDict):
     detail: str
 
 
+def progress_text(progress: dict) -> str:
+    """A launch phase and its ETA as the client prints it (the stream's `progress`)."""
+    text = f"phase: {progress.get('phase_label') or progress.get('phase')}"
+    elapsed = progress.get("phase_elapsed_seconds")
+    if isinstance(elapsed, int | float):
+        text += f" for {elapsed:.0f} s"
+    eta = progress.get("eta_seconds")
+    text += f", ETA {eta:.0f} s" if isinstance(eta, int | float) else ", no ETA yet"
+    return text
+
+
 @dataclass(frozen=True)
 class Options:
     model: str
@@ -58,6 +69,8 @@ class Options:
     api_key: str
     quiet: bool
     dry_run: bool
+    # --lease SECONDS: once the swap completed, lease the model on its host for the job.
+    lease: int | None = None
 
 
 class LockKeeper(threading.Thread):
@@ -152,9 +165,33 @@ class SwapJob:
         final = self._follow(swap_id, deadline)
         if final["state"] == "complete":
             self.say.info(f"{kind} {swap_id} complete: {final['detail'] or 'done'}")
+            if o.lease and not o.dry_run:
+                self._lease(str(created.get("host") or o.host or ""))
             return EXIT_OK
         reason = final["error"] or final["detail"] or "no error recorded"
         raise SwapFailed(f"{kind} {swap_id} {final['state']}: {reason}")
+
+    def _lease(self, host: str) -> None:
+        """Lease the model just swapped in on its host, while the lock is still ours (so
+        nobody swaps in between), and print the lease's id and token on stdout - shown
+        once, like the lock's token: the job extends (PATCH) and releases (DELETE)
+        /api/leases/ID with the token in X-Arbiter-Lease-Token."""
+        o = self.options
+        body: dict[str, Any] = {
+            "model": o.model,
+            "holder": o.holder,
+            "ttl_seconds": o.lease,
+            "purpose": o.purpose,
+        }
+        if host:
+            body["host"] = host
+        grant = self.api.json("POST", "/api/leases", body=body)
+        self.say.info(
+            f"lease {grant.get('id')} acquired as {o.holder!r}: {grant.get('model')} on "
+            f"{grant.get('host')} until {grant.get('expires_at')}"
+        )
+        self.say.result(f"ARBITER_LEASE_ID={grant.get('id')}")
+        self.say.result(f"ARBITER_LEASE_TOKEN={grant.get('token')}")
 
     def _follow(self, swap_id: int, deadline: float | None) -> SwapState:
         """Print the log until the final state; reconnect (Last-Event-ID) if it drops."""
@@ -199,6 +236,8 @@ class SwapJob:
                     line = event_data(event)
                     self.last_seq = max(self.last_seq, int(line["seq"]))
                     self.say.line(str(line["text"]))
+                elif event.name == "progress":
+                    self.say.info(progress_text(event_data(event)))
                 elif event.name == "state":
                     state = event_data(event)
                     if state.get("final"):

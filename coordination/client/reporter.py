@@ -28,6 +28,10 @@ class Reporter:
         if not self.quiet:
             self._write(sys.stdout, text)
 
+    def result(self, text: str) -> None:
+        """What the caller must read, on stdout even with --quiet (a lease's token)."""
+        self._write(sys.stdout, text)
+
     def info(self, message: str) -> None:
         if not self.quiet:
             self._write(sys.stderr, f"arbiter-swap: {message}")

@@ -13,7 +13,8 @@ from arbiter import audit, events
 from arbiter.errors import NotFound
 from coordination.models import ScheduledJob
 from coordination.schedules import next_runs, register_job
-from coordination.schedules.schemas import ScheduledJobIn, ScheduledJobOut
+from coordination.schedules.schemas import ScheduledJobIn, ScheduledJobOut, TimelineOut
+from coordination.schedules.timeline import timeline
 
 router = Router(tags=["coordination"])
 
@@ -23,7 +24,11 @@ def _announce() -> None:
 
 
 def get_job(job_id: str) -> ScheduledJob:
-    job = ScheduledJob.objects.select_related("target_model").filter(job_id=job_id).first()
+    job = (
+        ScheduledJob.objects.select_related("target_model", "warm_up_host")
+        .filter(job_id=job_id)
+        .first()
+    )
     if job is None:
         raise NotFound(f"no scheduled job with id {job_id!r}", field="id")
     return job
@@ -37,6 +42,17 @@ def _audited(job: ScheduledJob) -> dict[str, Any]:
         "cron": job.cron,
         "timezone": job.timezone,
         "target_model": job.target_model.key,
+        "warm_up": warm_up_out(job),
+    }
+
+
+def warm_up_out(job: ScheduledJob) -> dict[str, Any] | None:
+    if job.warm_up_host is None:
+        return None
+    return {
+        "host": job.warm_up_host.name,
+        "lead_seconds": job.warm_up_lead_seconds,
+        "hold_seconds": job.warm_up_hold_seconds,
     }
 
 
@@ -49,6 +65,7 @@ def job_out(job: ScheduledJob, now: datetime) -> dict[str, Any]:
         "timezone": job.timezone,
         "target_model": job.target_model.key,
         "description": job.description,
+        "warm_up": warm_up_out(job),
         "next_runs": next_runs(job, after=now),
         "created_at": job.created_at,
         "updated_at": job.updated_at,
@@ -58,7 +75,8 @@ def job_out(job: ScheduledJob, now: datetime) -> dict[str, Any]:
 @router.get("/schedule", response=list[ScheduledJobOut], summary="List scheduled jobs")
 def list_jobs(request: HttpRequest):
     now = timezone.now()
-    return [job_out(job, now) for job in ScheduledJob.objects.select_related("target_model")]
+    jobs = ScheduledJob.objects.select_related("target_model", "warm_up_host")
+    return [job_out(job, now) for job in jobs]
 
 
 @router.get("/schedule/{job_id}", response=ScheduledJobOut, summary="One scheduled job")
@@ -73,7 +91,7 @@ def get_scheduled_job(request: HttpRequest, job_id: str):
 )
 def register_scheduled_job(request: HttpRequest, payload: ScheduledJobIn):
     with transaction.atomic():  # the job and its audit row commit together
-        jobs = ScheduledJob.objects.select_related("target_model")
+        jobs = ScheduledJob.objects.select_related("target_model", "warm_up_host")
         before = jobs.filter(job_id=payload.id).first()
         job, created = register_job(payload.model_dump())
         audit.record(
@@ -98,3 +116,12 @@ def delete_scheduled_job(request: HttpRequest, job_id: str):
         job.delete()
     _announce()
     return Status(204, None)
+
+
+@router.get(
+    "/timeline",
+    response=TimelineOut,
+    summary="The next hours per host: runs, warm-ups, leases, the lock and conflicts",
+)
+def get_timeline(request: HttpRequest, hours: int = 24):
+    return timeline(hours)

@@ -11,15 +11,18 @@ from zoneinfo import available_timezones
 
 from django.db import transaction
 
-from arbiter.errors import InvalidInput
+from arbiter.errors import InvalidInput, NotFound
+from arbiter.models import Host
 from catalog.models import CatalogModel
 from coordination.models import ScheduledJob
 from coordination.schedules.cron import shown, validate_cron
+from coordination.schedules.periods import shortest_gap_seconds
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_NAME = 200
 MAX_OWNER = 200
 MAX_DESCRIPTION = 2000
+MAX_HOLD_SECONDS = 86400  # a warm-up's system lease: at most a day after the run
 # Found by available_timezones() on most systems, but not IANA zone names: `localtime`
 # is whatever the server is set to, the other two are tzdata build artefacts.
 NOT_IANA = {"localtime", "posixrules", "Factory"}
@@ -85,6 +88,7 @@ def clean_job(data: Mapping[str, Any]) -> dict[str, Any]:
             field="target_model",
         )
     description = _text(data, "description", MAX_DESCRIPTION, allowed="\n\r\t")
+    warm_up = clean_warm_up(data.get("warm_up"), cron, tz_name)
     return {
         "job_id": job_id,
         "name": name,
@@ -93,6 +97,46 @@ def clean_job(data: Mapping[str, Any]) -> dict[str, Any]:
         "timezone": tz_name,
         "target_model": target_model,
         "description": description,
+        **warm_up,
+    }
+
+
+def clean_warm_up(data: Mapping[str, Any] | None, cron: str, tz_name: str) -> dict[str, Any]:
+    """The warm-up's model fields (all cleared when there is none), or an error naming
+    `warm_up.<field>`: an unknown host is NotFound (404); a lead longer than the
+    shortest gap between two runs would warm up for the next run before this one."""
+    if data is None:
+        return {"warm_up_host": None, "warm_up_lead_seconds": 0, "warm_up_hold_seconds": 0}
+    host_name = str(data.get("host") or "")
+    host = Host.objects.filter(name=host_name).first() if host_name else None
+    if host is None:
+        raise NotFound(
+            f"warm_up.host: no host named {shown(host_name, 63)} in the inventory",
+            field="warm_up.host",
+        )
+    lead = data.get("lead_seconds")
+    if not isinstance(lead, int) or isinstance(lead, bool) or lead < 0:
+        raise InvalidInput(
+            "warm_up.lead_seconds: must be a whole number of seconds, 0 or more",
+            field="warm_up.lead_seconds",
+        )
+    period = shortest_gap_seconds(cron, tz_name)
+    if period is not None and lead > period:
+        raise InvalidInput(
+            f"warm_up.lead_seconds: {lead} is longer than the cron period ({period:g} s "
+            "between the closest two runs)",
+            field="warm_up.lead_seconds",
+        )
+    hold = data.get("hold_seconds")
+    if not isinstance(hold, int) or isinstance(hold, bool) or not 1 <= hold <= MAX_HOLD_SECONDS:
+        raise InvalidInput(
+            f"warm_up.hold_seconds: must be 1 to {MAX_HOLD_SECONDS} seconds",
+            field="warm_up.hold_seconds",
+        )
+    return {
+        "warm_up_host": host,
+        "warm_up_lead_seconds": lead,
+        "warm_up_hold_seconds": hold,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from arbiter.roles import ADMIN, may
+from dashboard.panels.leases import lease_context, lease_panel
 from dashboard.panels.lock_banner import force_release_slot, lock_banner, lock_banner_view
 from dashboard.panels.schedules import schedule_context, schedule_panel
 from dashboard.panels.webhooks import webhook_context, webhook_panel
@@ -26,6 +27,7 @@ from dashboard.panels.webhooks import webhook_context, webhook_panel
 __all__ = [
     "coordination_panels",
     "force_release_slot",
+    "lease_panel",
     "lock_banner",
     "page_context",
     "schedule_panel",
@@ -39,6 +41,7 @@ def page_context(user: Any) -> dict[str, Any]:
         "lock": lock_banner_view(),
         "can_force_release": may(user, ADMIN),
         "personal": True,
+        **lease_context(),
         **schedule_context(),
         **webhook_context(),
     }
@@ -46,4 +49,9 @@ def page_context(user: Any) -> dict[str, Any]:
 
 def coordination_panels(*, oob: bool = False) -> str:
     """All three, for the socket's full state on (re)connect (never personal)."""
-    return lock_banner(oob=oob) + schedule_panel(oob=oob) + webhook_panel(oob=oob)
+    return (
+        lock_banner(oob=oob)
+        + lease_panel(oob=oob)
+        + schedule_panel(oob=oob)
+        + webhook_panel(oob=oob)
+    )

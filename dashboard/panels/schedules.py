@@ -11,12 +11,13 @@ from django.utils import timezone
 
 from arbiter.errors import InvalidInput
 from coordination import locks
-from coordination.models import ScheduledJob
+from coordination.models import ScheduledJob, WarmUp
 from coordination.schedules import next_runs, schedule_warnings
 
 NEXT_RUNS = 3
 COLLISION_WINDOW = timedelta(minutes=10)
 WARNING_HORIZON = timedelta(hours=24)
+WARM_UPS_SHOWN = 10
 
 
 class RunView(TypedDict):
@@ -38,6 +39,47 @@ class JobView(TypedDict):
     next_runs: list[RunView]
     error: str
     warned: bool
+    warm_up: str  # "on sim-b, ready 10 min before, held 30 min after"; "" without one
+
+
+class WarmUpView(TypedDict):
+    """A warm-up of one run (coordination.schedules.warm_ups), as the panel lists it."""
+
+    job_id: str
+    model: str
+    host: str
+    run_label: str
+    state: str
+    reason: str
+
+
+def _warm_up_label(job: ScheduledJob) -> str:
+    if job.warm_up_host is None:
+        return ""
+    return (
+        f"on {job.warm_up_host.name}, ready {job.warm_up_lead_seconds} s before, "
+        f"held {job.warm_up_hold_seconds} s after"
+    )
+
+
+def _warm_up_views(now: datetime) -> list[WarmUpView]:
+    """Open warm-ups and those of runs in the last day (the missed ones with the reason)."""
+    rows = (
+        WarmUp.objects.select_related("job")
+        .filter(run_at__gte=now - timedelta(days=1))
+        .order_by("-run_at", "-pk")[:WARM_UPS_SHOWN]
+    )
+    return [
+        WarmUpView(
+            job_id=row.job.job_id,
+            model=row.model_key,
+            host=row.host_name,
+            run_label=f"{row.run_at.astimezone(UTC):%a %Y-%m-%d %H:%M} UTC",
+            state=row.state,
+            reason=row.reason,
+        )
+        for row in rows
+    ]
 
 
 class WarningView(TypedDict):
@@ -57,7 +99,7 @@ def _run_view(run: datetime, zone: ZoneInfo) -> RunView:
 
 def schedule_context(now: datetime | None = None) -> dict[str, Any]:
     now = now or timezone.now()
-    jobs = list(ScheduledJob.objects.select_related("target_model"))
+    jobs = list(ScheduledJob.objects.select_related("target_model", "warm_up_host"))
     lock = locks.current_lock()
     held_until = lock.expires_at if lock.held else None
     warnings = [
@@ -87,11 +129,17 @@ def schedule_context(now: datetime | None = None) -> dict[str, Any]:
                 next_runs=runs,
                 error=error,
                 warned=job.job_id in warned,
+                warm_up=_warm_up_label(job),
             )
         )
     first = min((view["next_runs"][0]["utc"] for view in views if view["next_runs"]), default=None)
     next_run = {"at": first, "seconds_left": (first - now).total_seconds()} if first else None
-    return {"jobs": views, "schedule_warnings": warnings, "next_run": next_run}
+    return {
+        "jobs": views,
+        "schedule_warnings": warnings,
+        "next_run": next_run,
+        "warm_ups": _warm_up_views(now),
+    }
 
 
 def schedule_panel(*, oob: bool = False) -> str:

@@ -147,6 +147,8 @@ def test_it_swaps_streams_the_log_and_releases_the_lock(cron):
     assert run.stdout == stored  # every line once, in order
     assert any(SERVED_NAME in line for line in run.stdout)
     assert f"swap {swap['id']} complete" in run.err
+    # While it loaded the client said so, from the stream's `progress` events.
+    assert "arbiter-swap: phase: loading" in run.err, run.err
     cron.assert_released_by("nightly-eval", run)
     # The model is really served by the container the swap started.
     services = cron.api.get("/api/status").json()["services"]
@@ -530,3 +532,15 @@ def test_it_sends_a_release_that_meets_server_errors_again_until_it_lands(capsys
     assert releases == [500, 503, 204]
     err = capsys.readouterr().err
     assert "release attempt 1 failed" in err and "lock released" in err
+
+
+def test_it_prints_a_launch_phase_with_its_eta_or_says_there_is_none():
+    from coordination.client.job import progress_text
+
+    pulling = {"phase": "pull", "phase_label": "pulling the image", "eta_seconds": 41.6}
+    assert progress_text({**pulling, "phase_elapsed_seconds": 3.2}) == (
+        "phase: pulling the image for 3 s, ETA 42 s"
+    )
+    assert progress_text({"phase": "load", "phase_label": "loading", "eta_seconds": None}) == (
+        "phase: loading, no ETA yet"
+    )

@@ -61,6 +61,12 @@ NOT_GPU_CHANGES = {
     ("POST", "/models"): "a new model runs nowhere",
     ("POST", "/swap/lock"): "the lock itself",
     ("DELETE", "/swap/lock"): "the lock itself (force release by staff stays)",
+    # A lease only refuses others' GPU changes (coordination.leases); it starts, stops
+    # and loads nothing, and the lock does not gate it: the two compose.
+    ("POST", "/leases"): "a lease itself: it changes nothing on a GPU",
+    ("PATCH", "/leases/{lease_id}"): "a lease itself: it changes nothing on a GPU",
+    ("DELETE", "/leases/{lease_id}"): "a lease itself: it changes nothing on a GPU",
+    ("POST", "/leases/{lease_id}/force-release"): "a lease itself (staff, audited)",
     ("POST", "/swap/{key}/validate"): "read-only pre-flight",
     ("POST", "/webhooks"): "notifications",
     ("PATCH", "/webhooks/{webhook_id}"): "notifications",

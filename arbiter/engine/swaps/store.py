@@ -23,6 +23,8 @@ from arbiter.engine.swaps.wakeup import announce_swap_created
 from arbiter.errors import Conflict, InvalidInput
 from arbiter.models import Host, Service, Swap, SwapHost, SwapLogLine, SwapTransition
 from catalog.models import CatalogModel
+from coordination.leases.gate import assert_none_leased
+from coordination.leases.serving import served_keys
 from coordination.locks.gate import assert_may_swap, current_lock
 
 RUNNING_STATES = tuple(s for s in Swap.ACTIVE_STATES if s != Swap.PENDING)
@@ -60,6 +62,7 @@ def create_swap(
     dry_run: bool,
     requested_by: str,
     lock_token: str | None = None,
+    lease_token: str | None = None,
 ) -> Swap:
     """Create a pending swap, or raise Locked (423) / NotFound / InvalidInput / Conflict.
 
@@ -69,6 +72,11 @@ def create_swap(
     A swap holds every host it works on (the head, and a multi-node model's workers)
     through one active `SwapHost` row per host, which the database keeps unique: no
     two swaps touch one host at once, whichever host each names.
+
+    Leases compose with the lock: a swap that would replace a model someone else leases
+    on one of its hosts is refused (423 with `blocked_by`), even for the lock's holder;
+    only the lease's holder passes, with `lease_token`. Loading the leased model itself
+    replaces nothing and passes.
     """
     with transaction.atomic():
         lock_generation = None if dry_run else assert_may_swap(lock_token)
@@ -80,6 +88,13 @@ def create_swap(
             raise InvalidInput(
                 f"host: {head.name} has no enabled vLLM service to serve models", field="host"
             )
+        if not dry_run:
+            # The hosts' rows, locked until commit (in one order): a lease being granted
+            # on one of them waits, so it either sees this swap or is seen here.
+            list(
+                Host.objects.select_for_update().filter(pk__in=[h.pk for h in hosts]).order_by("pk")
+            )
+            _assert_replaces_no_lease(model, hosts, service, lease_token)
         conflict = _busy(hosts) or pair_conflict(model, hosts)
         if conflict is not None:
             raise conflict
@@ -107,6 +122,20 @@ def create_swap(
                 raise
             raise conflict from error
     return swap
+
+
+def _assert_replaces_no_lease(
+    model: CatalogModel, hosts: list[Host], head_service: Service, token: str | None
+) -> None:
+    """Locked (423, blocked_by) when the swap would take a leased model off a host."""
+    for host in hosts:
+        service = head_service if host.pk == head_service.host_id else Service.objects.vllm_on(host)
+        if service is None:
+            continue
+        replaced = served_keys(service) - {model.key}
+        assert_none_leased(
+            replaced, host.name, token, action=f"a swap to {model.key!r} would replace it"
+        )
 
 
 def fencing_problem(swap_id: int) -> str:

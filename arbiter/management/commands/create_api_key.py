@@ -1,5 +1,5 @@
 """`manage.py create_api_key NAME [--role R] [--models a,b] [--expires-in-days N]
-[--requests-per-minute N] [--tokens-per-day N]`.
+[--requests-per-minute N] [--tokens-per-day N] [--priority interactive|default|batch]`.
 
 Prints only the new key, once, on stdout. The same fields as `POST /api/keys`.
 """
@@ -60,6 +60,13 @@ class Command(BaseCommand):
             help="Broker quota: once the key's tokens in a UTC day reach this, it gets 429 "
             "(default: no limit)",
         )
+        parser.add_argument(
+            "--priority",
+            choices=list(ApiKey.PRIORITIES),
+            default=ApiKey.PRIORITY_DEFAULT,
+            help="The broker's priority class for the key's requests while they wait for a "
+            "model (default: default)",
+        )
 
     def handle(
         self,
@@ -70,6 +77,7 @@ class Command(BaseCommand):
         expires_in_days,
         requests_per_minute,
         tokens_per_day,
+        priority=ApiKey.PRIORITY_DEFAULT,
         **options,
     ):
         allowed = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
@@ -94,6 +102,7 @@ class Command(BaseCommand):
                 expires_at=expires_at,
                 requests_per_minute=requests_per_minute,
                 tokens_per_day=tokens_per_day,
+                priority=priority,
             )
             audit.record(
                 audit.command("create_api_key"),
@@ -113,6 +122,7 @@ class Command(BaseCommand):
             limits += f", {requests_per_minute} requests per minute"
         if tokens_per_day is not None:
             limits += f", {tokens_per_day} tokens per day"
+        limits += f", priority {priority}"
         self.stderr.write(
             f"Created API key {key.visible_prefix}… ({name}; {limits}). It is shown only now; "
             "send it as `Authorization: Bearer <key>`."
