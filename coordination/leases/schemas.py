@@ -8,20 +8,17 @@ from ninja import Field, Schema
 from pydantic import ConfigDict, field_validator
 
 from coordination import locks
+from coordination.locks.schemas import LockIn
 
 
-class LeaseIn(Schema):
-    """Acquire a lease: the model (catalog key), optionally the host, who and how long."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
+class LeaseIn(LockIn):
+    """Acquire a lease: the model (catalog key), optionally the host, and as for the lock:
+    who, for how long, why (the same fields, checked the same way)."""
 
     model: str = Field(..., description="The catalog key of the model to lease")
     host: str | None = Field(
         None, description="The host; omitted: the one host serving the model now"
     )
-    holder: str = Field(..., description="Who holds it, 1-200 characters (shown to others)")
-    ttl_seconds: int = Field(..., description="Seconds from now until it expires")
-    purpose: str = Field("", description="Why, up to 500 characters")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -38,22 +35,6 @@ class LeaseIn(Schema):
         if not isinstance(value, str):
             raise ValueError("must be a host name")
         return value.strip() or None
-
-    @field_validator("holder", mode="before")
-    @classmethod
-    def holder_is_a_name(cls, value: Any) -> str:
-        return locks.clean_holder(value)
-
-    @field_validator("ttl_seconds", mode="before")
-    @classmethod
-    def ttl_is_in_range(cls, value: Any) -> int:
-        # The lock's range, read at request time (ARBITER_LOCK_MAX_TTL).
-        return locks.clean_ttl(value)
-
-    @field_validator("purpose", mode="before")
-    @classmethod
-    def purpose_is_short_text(cls, value: Any) -> str:
-        return locks.clean_text(value, locks.PURPOSE_MAX)
 
 
 class LeaseExtendIn(Schema):

@@ -68,6 +68,8 @@ def test_it_refuses_key_management_to_non_staff(bob):
         ({"name": "   "}, "name"),
         ({"name": "x" * 101}, "name"),
         ({"name": 5}, "name"),
+        ({"name": "ci", "priority": "urgent"}, "priority"),
+        ({"name": "ci", "priority": 1}, "priority"),
     ],
 )
 def test_it_names_the_bad_field(alice, body, field):
@@ -76,6 +78,22 @@ def test_it_names_the_bad_field(alice, body, field):
     response = client.post("/api/keys", body, content_type="application/json")
     assert response.status_code == 422
     assert response.json()["error"]["field"] == field
+    assert not ApiKey.objects.exists()
+
+
+def test_it_gives_a_key_the_priority_asked_for_by_the_command_and_the_api(alice):
+    call_command("create_api_key", "batch job", "--priority", "batch", stdout=io.StringIO())
+    assert ApiKey.objects.get(name="batch job").priority == "batch"
+    client = Client()
+    client.force_login(alice)
+    created = client.post(
+        "/api/keys", {"name": "desk", "priority": "interactive"}, content_type="application/json"
+    )
+    assert created.status_code == 201, created.content
+    assert ApiKey.objects.get(name="desk").priority == "interactive"
+    assert ApiKey.objects.get(name="desk").priority in [
+        k["priority"] for k in client.get("/api/keys").json()
+    ]
 
 
 def test_it_rejects_malformed_json(alice):
