@@ -109,7 +109,13 @@ class Lease(models.Model):
 class WebhookEndpoint(models.Model):
     """A receiver of signed events. Secrets are stored encrypted, never logged."""
 
-    EVENT_TYPES = ("swap_complete", "swap_failed", "lock.force_released", "warm_up_missed")
+    EVENT_TYPES = (
+        "swap_complete",
+        "swap_failed",
+        "lock.force_released",
+        "lease.force_released",
+        "warm_up_missed",
+    )
 
     url = models.URLField(max_length=1000)
     description = models.CharField(max_length=200, blank=True)

@@ -21,8 +21,15 @@ from arbiter import events
 from arbiter.errors import Conflict, NotFound, PreconditionFailed, PreconditionRequired
 from arbiter.models import Host, Swap, SwapHost
 from catalog.models import CatalogModel
+from coordination import webhooks
 from coordination.leases.serving import hosts_serving
-from coordination.leases.values import TOKEN_HEADER, LeaseGrant, LeaseState, lease_state
+from coordination.leases.values import (
+    FORCE_RELEASED_EVENT,
+    TOKEN_HEADER,
+    LeaseGrant,
+    LeaseState,
+    lease_state,
+)
 from coordination.locks.values import (
     PURPOSE_MAX,
     REASON_MAX,
@@ -31,6 +38,7 @@ from coordination.locks.values import (
     clean_text,
     clean_ttl,
     hash_token,
+    iso,
 )
 from coordination.models import Lease
 
@@ -225,6 +233,21 @@ def force_release(lease_id: int, *, reason: str = "", actor: Any = None) -> Leas
             raise Conflict(
                 f"lease {lease_id} is not held: there is nothing to force-release", field="lease_id"
             )
+        # The holder's job may rely on the model staying: tell its receivers, in this
+        # transaction, as the lock's force release does.
+        webhooks.emit_event(
+            FORCE_RELEASED_EVENT,
+            {
+                "lease_id": lease_id,
+                "model": lease.model_key,
+                "host": lease.host.name,
+                "old_holder": lease.holder,
+                "purpose": lease.purpose,
+                "actor": actor_name,
+                "reason": reason,
+                "at": iso(now) or "",
+            },
+        )
         _announce(forced=True)
     logger.warning("lease %d force-released by %s from %r", lease_id, actor_name, lease.holder)
     return lease_state(_lease(lease_id), now)

@@ -18,7 +18,7 @@ from arbiter.models import AuditEvent, Host, Service, Swap
 from catalog.models import CatalogModel
 from coordination import leases
 from coordination.locks import hash_token, iso
-from coordination.models import Lease
+from coordination.models import Lease, WebhookEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -350,6 +350,19 @@ def test_it_lets_an_admin_person_force_release_a_lease_audited(gpu, admin_person
     assert leases.blocking_lease("llama", "gpu-a") is None
     audit = AuditEvent.objects.get(action="lease.force_release")
     assert audit.before["holder"] == "eval" and audit.after["reason"] == "stuck job"
+    # The holder's webhook receivers hear of it, as for the lock's force release.
+    event = WebhookEvent.objects.get(event_type="lease.force_released")
+    assert event.payload == {
+        "lease_id": grant.id,
+        "model": "llama",
+        "host": "gpu-a",
+        "old_holder": "eval",
+        "purpose": "nightly",
+        "actor": event.payload["actor"],
+        "reason": "stuck job",
+        "at": event.payload["at"],
+    }
+    assert event.payload["actor"] and event.payload["at"]
     again = admin_person.post(
         f"/api/leases/{grant.id}/force-release", {}, content_type="application/json"
     )
