@@ -76,6 +76,14 @@ class Host(models.Model):
     # cannot take part in a multi-node model.
     cluster_address = models.CharField(max_length=255, blank=True)
     cluster_interface = models.CharField(max_length=64, blank=True)
+    # GPU memory a container Arbiter stopped still holds after the memory wait's timeout:
+    # {"since", "container", "detail", "processes": [{"pid", "process_name", "used_mib",
+    # "gpu_uuid"}]} from `nvidia-smi --query-compute-apps`; null once it came back.
+    memory_not_returned = models.JSONField(null=True, blank=True)
+    # Containers labelled as Arbiter's that no service or swap accounts for (left by a
+    # crash or started by hand), as the last orphan scan found them, and when it ran.
+    orphan_containers = models.JSONField(default=list, blank=True)
+    orphans_checked_at = models.DateTimeField(null=True, blank=True)
 
     objects = HostQuerySet.as_manager()
 
@@ -156,6 +164,10 @@ class Service(models.Model):
     loaded_model = models.CharField(max_length=255, blank=True)
     # Set while the broker has unloaded the service (its unload_route) and not reloaded it.
     unloaded_at = models.DateTimeField(null=True, blank=True)
+    # Set when the restart policy gave up on the model the service ran (why, and when);
+    # cleared by the next swap that completes on the service.
+    failed_reason = models.TextField(blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
 
     objects = ServiceQuerySet.as_manager()
 
@@ -399,6 +411,11 @@ class Swap(models.Model):
     PHASES = (PENDING, PREFLIGHT, STOPPING, LAUNCHING, WAITING_HEALTHY, COMPLETE)
     ACTIVE_STATES = (PENDING, PREFLIGHT, STOPPING, LAUNCHING, WAITING_HEALTHY)
     FINAL_STATES = (COMPLETE, FAILED, CANCELLED)
+    # A swap asked for by someone, or a restart of a model that crashed after it was
+    # ready (the catalog model's restart policy; arbiter.engine.supervisor).
+    KIND_SWAP = "swap"
+    KIND_RESTART = "restart"
+    KIND_CHOICES = [(KIND_SWAP, "swap"), (KIND_RESTART, "restart")]
     STATE_CHOICES = [(s, s) for s in (*PHASES, FAILED, CANCELLED)]
     # The launch runs up to three phases, each with its own budget: the image pull (only
     # when the image is not on the host), the weights (only for a hub model not yet in
@@ -421,6 +438,9 @@ class Swap(models.Model):
         Service, null=True, blank=True, on_delete=models.SET_NULL, related_name="swaps"
     )
     state = models.CharField(max_length=16, choices=STATE_CHOICES, default=PENDING)
+    kind = models.CharField(max_length=8, choices=KIND_CHOICES, default=KIND_SWAP)
+    # A restart waits out its backoff: the dispatcher does not claim it before this time.
+    not_before = models.DateTimeField(null=True, blank=True)
     dry_run = models.BooleanField(default=False)
     cancel_requested = models.BooleanField(default=False)
     requested_by = models.CharField(max_length=150, blank=True)

@@ -55,6 +55,10 @@ class CatalogModel(models.Model):
     estimated_vram_mib = models.PositiveIntegerField(default=0)
     # The broker unloads the model after this long without requests (null: never).
     idle_unload_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Restart policy: a container that dies after it was ready is restarted at most
+    # `restart_max` times within `restart_window_seconds` (null: never restarted).
+    restart_max = models.PositiveSmallIntegerField(null=True, blank=True)
+    restart_window_seconds = models.PositiveIntegerField(null=True, blank=True)
     default_host = models.ForeignKey(
         "arbiter.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -92,3 +96,20 @@ class CatalogModel(models.Model):
     def source(self) -> str:
         """What vLLM is told to load: the local path, or the hub repo id."""
         return self.local_path or self.hub_repo
+
+
+class CatalogAlias(models.Model):
+    """A name clients may use instead of a model's: the broker routes it to the first
+    listed model that is loaded, else loads the first (`model_keys`: catalog keys, in order)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    model_keys = models.JSONField(default=list)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

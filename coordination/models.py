@@ -115,7 +115,17 @@ class WebhookEndpoint(models.Model):
         "lock.force_released",
         "lease.force_released",
         "warm_up_missed",
+        "service_down",
+        "service_recovered",
+        "host_offline",
+        "host_online",
+        "restart_gave_up",
     )
+    # "standard": Standard Webhooks JSON, signed; "chat": a plain message for a
+    # Slack-compatible incoming webhook ({"text": ...}; Slack, Mattermost, Discord's /slack).
+    FORMAT_STANDARD = "standard"
+    FORMAT_CHAT = "chat"
+    FORMAT_CHOICES = [(FORMAT_STANDARD, "Standard Webhooks"), (FORMAT_CHAT, "Chat message")]
 
     url = models.URLField(max_length=1000)
     description = models.CharField(max_length=200, blank=True)
@@ -125,6 +135,7 @@ class WebhookEndpoint(models.Model):
     secret_encrypted = models.TextField()
     previous_secret_encrypted = models.TextField(blank=True)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    format = models.CharField(max_length=8, choices=FORMAT_CHOICES, default=FORMAT_STANDARD)
     enabled = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

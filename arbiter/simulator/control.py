@@ -45,7 +45,15 @@ if TYPE_CHECKING:
     from arbiter.simulator.cluster import SimulatedCluster
 
 GPU_FIELDS = {"utilization", "temperature", "power", "memory_used_mib", "reset"}
-FAULT_FIELDS = {"slow_start", "fail_start", "crash_after_ready", "bad_model", "log_flood_mib"}
+FAULT_FIELDS = {
+    "slow_start",
+    "fail_start",
+    "crash_after_ready",
+    "bad_model",
+    "log_flood_mib",
+    "bad_completion",
+    "hold_memory_after_stop",
+}
 MAX_BODY = 64 * 1024
 
 

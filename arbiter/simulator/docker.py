@@ -70,6 +70,12 @@ class Faults:
     # MiB of log lines the container prints as it starts (and one line of 1 MiB without
     # a break): how Arbiter bears a container that floods its log.
     log_flood_mib: float | None = None
+    # The model is listed by /v1/models but every completion (or embedding) fails with
+    # vLLM's 500 error body: a broken model that looks ready (container.server).
+    bad_completion: bool = False
+    # When the container stops, its GPU process stays behind holding its memory until the
+    # control API frees it (`POST /hosts/{name}/free-memory`): memory that is not returned.
+    hold_memory_after_stop: bool = False
 
 
 def free_port() -> int:

@@ -380,7 +380,7 @@ class SimulatedHost:
         """Arm faults for the next `docker run`.
 
         slow_start=S, fail_start=True, crash_after_ready=S, bad_model=True,
-        log_flood_mib=M.
+        log_flood_mib=M, bad_completion=True, hold_memory_after_stop=True.
         """
         for name, value in faults.items():
             if not hasattr(self.faults, name):
