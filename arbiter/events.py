@@ -7,8 +7,10 @@ and publishes them to the sockets (paperless-ngx does the same with one receiver
 publish helper). The webhooks' outbox listens to `swap_finished`.
 
 How to send:
-- `swap_finished` inside the transaction of the swap's final state (its receivers write
-  rows that must commit or roll back with it, and may raise to roll it back);
+- `swap_finished`, `service_health_changed`, `host_online_changed` and
+  `restart_gave_up` inside the transaction of the change they report (their receivers
+  write webhook rows that must commit or roll back with it, and may raise to roll it
+  back);
 - every other signal once the change is visible: after the transaction committed
   (`send_on_commit`), or right away where nothing is open. Their receivers never raise
   into the sender and never wait on a socket.
@@ -27,6 +29,21 @@ from django.dispatch import Signal
 # A swap reached a final state (complete / failed / cancelled); kwargs: swap_id, state,
 # dry_run. Sent inside that state's transaction (coordination writes the webhook event).
 swap_finished = Signal()
+
+# A service's probed health flipped between up and down; kwargs: service_id, previous,
+# health, detail (why it is down). Sent inside the transaction that records the flip
+# (coordination writes service_down / service_recovered webhook events).
+service_health_changed = Signal()
+
+# A host went offline (missed samples reached ARBITER_OFFLINE_AFTER_MISSES) or came back
+# online (a sample after being offline); kwargs: host_id, online, error. Sent inside the
+# transaction that records it (coordination writes host_offline / host_online events).
+host_online_changed = Signal()
+
+# The restart policy gave up on a crashed model; kwargs: service_id, swap_id (the last
+# restart, or None), model_key, host_id, reason. Sent inside the transaction that marks
+# the service failed (coordination writes the restart_gave_up event).
+restart_gave_up = Signal()
 
 # A swap moved: a state change or log lines stored; kwargs: swap_id, ended (its final
 # state was just recorded).
