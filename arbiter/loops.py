@@ -15,6 +15,7 @@ from arbiter.broker.idle import IdleUnloader
 from arbiter.engine import ssh
 from arbiter.engine.probes import Prober
 from arbiter.engine.sampler import Sampler
+from arbiter.engine.supervisor import Supervisor
 from arbiter.engine.swaps import store as swap_store
 from arbiter.engine.swaps.dispatch import SwapDispatcher
 from coordination.schedules.warm_ups import WarmUpLoop
@@ -53,6 +54,8 @@ async def run_engine() -> None:
     sampler, prober, swaps, idle = Sampler(), Prober(), SwapDispatcher(), IdleUnloader()
     # Swaps and holds models ahead of scheduled jobs' runs; never runs a job.
     warm_ups = WarmUpLoop()
+    # Restarts models that crashed after they were ready (the catalog's restart policy).
+    supervisor = Supervisor()
     try:
         await asyncio.gather(
             _supervised("sampler", sampler.run_forever),
@@ -60,6 +63,7 @@ async def run_engine() -> None:
             _supervised("swaps", swaps.run_forever),
             _supervised("idle-unload", idle.run_forever),
             _supervised("warm-ups", warm_ups.run_forever),
+            _supervised("restart-policy", supervisor.run_forever),
             _supervised("retention", prune_retained_forever),
         )
     finally:

@@ -379,6 +379,9 @@ class SwapDict(TypedDict):
     hosts: list[str]  # every host the swap works on, the head first
     service: str | None
     state: str
+    # "swap", or "restart" (the restart policy), and when a restart's backoff ends.
+    kind: str
+    not_before: datetime | None
     final: bool
     dry_run: bool
     requested_by: str
@@ -581,6 +584,8 @@ class Swap(models.Model):
             hosts=self.host_names(),
             service=self.service.name if self.service else None,
             state=self.state,
+            kind=self.kind,
+            not_before=self.not_before,
             final=self.is_final,
             dry_run=self.dry_run,
             requested_by=self.requested_by,

@@ -270,6 +270,12 @@ ARBITER_SWAP_PULL_TIMEOUT = env_float("ARBITER_SWAP_PULL_TIMEOUT", 3600.0)
 ARBITER_SWAP_DOWNLOAD_TIMEOUT = env_float("ARBITER_SWAP_DOWNLOAD_TIMEOUT", 7200.0)
 # Seconds to wait for GPU memory to be freed after stopping the previous container.
 ARBITER_SWAP_MEMORY_FREE_TIMEOUT = env_float("ARBITER_SWAP_MEMORY_FREE_TIMEOUT", 120.0)
+# The restart policy (arbiter.engine.supervisor): how often crashed models are looked
+# for, and the backoff before a restart (base × 2^k after the k-th restart in the
+# model's window, at most the cap).
+ARBITER_SUPERVISOR_INTERVAL = env_float("ARBITER_SUPERVISOR_INTERVAL", 2.0)
+ARBITER_RESTART_BACKOFF_SECONDS = env_float("ARBITER_RESTART_BACKOFF_SECONDS", 10.0)
+ARBITER_RESTART_BACKOFF_MAX_SECONDS = env_float("ARBITER_RESTART_BACKOFF_MAX_SECONDS", 300.0)
 # The TCP port a multi-node model's head listens on for its workers (vLLM's
 # --master-port; vLLM's own default is 29501, ParallelConfig.master_port).
 ARBITER_MULTI_NODE_MASTER_PORT = env_int("ARBITER_MULTI_NODE_MASTER_PORT", 29501)

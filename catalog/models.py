@@ -93,6 +93,13 @@ class CatalogModel(models.Model):
         return bool(self.local_path)
 
     @property
+    def restart_policy(self) -> dict[str, int] | None:
+        """`{"max", "window_seconds"}` as the API and the catalog file write it; None: off."""
+        if not self.restart_max or not self.restart_window_seconds:
+            return None
+        return {"max": self.restart_max, "window_seconds": self.restart_window_seconds}
+
+    @property
     def source(self) -> str:
         """What vLLM is told to load: the local path, or the hub repo id."""
         return self.local_path or self.hub_repo

@@ -1,6 +1,7 @@
 """Catalog API schemas. Types are checked here; the rules live in catalog.validation."""
 
 from datetime import datetime
+from typing import Any
 
 from ninja import Field, Schema
 from pydantic import ConfigDict
@@ -57,6 +58,11 @@ class CatalogModelIn(Schema):
     idle_unload_seconds: int | None = Field(
         None, description="The broker unloads it after this many idle seconds (>= 60)"
     )
+    restart: dict[str, Any] | None = Field(
+        None,
+        description='Restart policy {"max": N, "window_seconds": W}: a container that dies '
+        "after it was ready is restarted at most N times within W seconds; null: never",
+    )
     default_host: str | None = None
 
 
@@ -84,6 +90,7 @@ class CatalogModelOut(Schema):
     extra_container_args: list[str]
     estimated_vram_mib: int
     idle_unload_seconds: int | None
+    restart: dict[str, int] | None
     default_host: str | None
     created_at: datetime
     updated_at: datetime
@@ -114,6 +121,7 @@ class CatalogModelOut(Schema):
             extra_container_args=list(model.extra_container_args or []),
             estimated_vram_mib=model.estimated_vram_mib,
             idle_unload_seconds=model.idle_unload_seconds,
+            restart=model.restart_policy,
             default_host=model.default_host.name if model.default_host else None,
             created_at=model.created_at,
             updated_at=model.updated_at,

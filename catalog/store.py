@@ -45,6 +45,9 @@ def _row_values(cleaned: dict[str, Any]) -> dict[str, Any]:
         field, reason = problems[0]
         raise InvalidInput(f"{field}: {reason}", field=field)
     values = {name: value for name, value in cleaned.items() if name != "key"}
+    restart = values.pop("restart", None) or {}
+    values["restart_max"] = restart.get("max")
+    values["restart_window_seconds"] = restart.get("window_seconds")
     name = values.pop("default_host", None)
     values["default_host"] = Host.objects.get(name=name) if name else None
     return values
@@ -83,6 +86,8 @@ def _values_of(model: CatalogModel, names: Any) -> dict[str, Any]:
     for name in names:
         if name == "default_host":
             values[name] = model.default_host.name if model.default_host else None
+        elif name == "restart":
+            values[name] = model.restart_policy
         else:
             values[name] = getattr(model, name)
     return values

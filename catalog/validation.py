@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "extra_container_args": [],
     "estimated_vram_mib": 0,
     "idle_unload_seconds": None,
+    "restart": None,  # {"max": N, "window_seconds": W}; stored as restart_max / _window_seconds
     "default_host": None,
 }
 FIELDS = ("key", *DEFAULTS)
@@ -80,6 +81,12 @@ HUB_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 # An idle unload sooner than this would unload a model between two turns of a chat.
 MIN_IDLE_UNLOAD_SECONDS = 60
+# The restart policy: at most this many restarts per window (arbiter.engine.supervisor).
+# A window shorter than a minute would never count two crashes together behind the
+# restart backoff, and restart a model that crashes at every start for ever.
+MAX_RESTARTS = 100
+MIN_RESTART_WINDOW_SECONDS = 60
+MAX_RESTART_WINDOW_SECONDS = 7 * 24 * 3600
 CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # Docker's own rule
 
 
@@ -300,6 +307,29 @@ def check_idle_unload_seconds(value: Any) -> int | None:
     return _integer(value, MIN_IDLE_UNLOAD_SECONDS, None, what)
 
 
+def check_restart(value: Any) -> dict[str, int] | None:
+    """The restart policy `{"max": N, "window_seconds": W}`, or null (off)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Bad(f'must be {{"max": N, "window_seconds": W}} or null, got {shown(value)}')
+    unknown = sorted(set(value) - {"max", "window_seconds"})
+    if unknown:
+        raise Bad("unknown field (known: max, window_seconds)", field=f"restart.{unknown[0]}")
+    policy = {}
+    for name, low, high in (
+        ("max", 1, MAX_RESTARTS),
+        ("window_seconds", MIN_RESTART_WINDOW_SECONDS, MAX_RESTART_WINDOW_SECONDS),
+    ):
+        if name not in value:
+            raise Bad("is required", field=f"restart.{name}")
+        try:
+            policy[name] = _integer(value[name], low, high, f"an integer {low}-{high}")
+        except Bad as error:
+            raise Bad(error.reason, field=f"restart.{name}") from None
+    return policy
+
+
 def _string_list(value: Any, check_item: Callable[[str], str]) -> list[str]:
     if value is None:
         return []
@@ -419,6 +449,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "extra_container_args": lambda v: _string_list(v, _container_arg),
     "estimated_vram_mib": lambda v: _integer(v, 0, 2**31 - 1, "an integer >= 0"),
     "idle_unload_seconds": check_idle_unload_seconds,
+    "restart": check_restart,
     "default_host": check_default_host,
 }
 

@@ -74,6 +74,9 @@ class ServiceStatus(TypedDict):
     loaded_model: str
     unloaded_at: datetime | None
     disabled: bool
+    # The restart policy gave up on its model (why, and when); "" / None otherwise.
+    failed_reason: str
+    failed_at: datetime | None
     # Every host the served model runs on: [host], or a multi-node model's pair.
     hosts: list[str]
 
@@ -153,6 +156,8 @@ def service_status(service: Service) -> ServiceStatus:
         loaded_model=service.loaded_model,
         unloaded_at=service.unloaded_at,
         disabled=service.disabled,
+        failed_reason=service.failed_reason,
+        failed_at=service.failed_at,
         hosts=service_hosts(service),
     )
 

@@ -79,6 +79,10 @@ class ServiceOut(Schema):
         None, description="Set while the broker has unloaded the service to free memory"
     )
     disabled: bool
+    failed_reason: str = Field(
+        "", description="Why the restart policy gave up on the service's model ('' if it did not)"
+    )
+    failed_at: datetime | None = Field(None, description="When the restart policy gave up")
     hosts: list[str] = Field(
         ..., description="Every host the served model runs on (a multi-node pair: all of them)"
     )
@@ -90,6 +94,7 @@ class SwapSummaryOut(Schema):
     host: str
     hosts: list[str] = Field(..., description="Every host the swap works on, the head first")
     state: str
+    kind: str = Field(..., description="swap, or restart (the restart policy)")
     dry_run: bool
     created_at: datetime
     url: str

@@ -113,6 +113,12 @@ class SwapSummaryOut(Schema):
     hosts: list[str] = Field(..., description="Every host the swap works on, the head first")
     service: str | None
     state: str
+    kind: str = Field(
+        ..., description="swap (asked for), or restart (the catalog model's restart policy)"
+    )
+    not_before: datetime | None = Field(
+        ..., description="A restart waits until then (its backoff) before it starts"
+    )
     final: bool
     dry_run: bool
     requested_by: str

@@ -103,6 +103,15 @@ HUB = {"key": "qwen", "hub_repo": "Qwen/Qwen3-0.6B"}
         ({"idle_unload_seconds": 0}, "idle_unload_seconds"),
         ({"idle_unload_seconds": "600"}, "idle_unload_seconds"),
         ({"idle_unload_seconds": 1.5}, "idle_unload_seconds"),
+        ({"restart": 3}, "restart"),
+        ({"restart": {"max": 0, "window_seconds": 600}}, "restart.max"),
+        ({"restart": {"max": 101, "window_seconds": 600}}, "restart.max"),
+        ({"restart": {"max": "3", "window_seconds": 600}}, "restart.max"),
+        ({"restart": {"window_seconds": 600}}, "restart.max"),
+        ({"restart": {"max": 3}}, "restart.window_seconds"),
+        ({"restart": {"max": 3, "window_seconds": 59}}, "restart.window_seconds"),
+        ({"restart": {"max": 3, "window_seconds": True}}, "restart.window_seconds"),
+        ({"restart": {"max": 3, "window_seconds": 600, "backoff": 5}}, "restart.backoff"),
         ({"default_host": "no-such-host"}, "default_host"),
         ({"local_path": "/models/x"}, "hub_repo,local_path"),
         ({"hub_repo": None}, "hub_repo,local_path"),
@@ -154,6 +163,12 @@ def test_it_lists_every_problem_in_the_error_body(key_client):
         ({"max_model_len": None}, "max_model_len", None),
         ({"idle_unload_seconds": None}, "idle_unload_seconds", None),
         ({"idle_unload_seconds": 60}, "idle_unload_seconds", 60),
+        ({"restart": None}, "restart", None),
+        (
+            {"restart": {"max": 3, "window_seconds": 600}},
+            "restart",
+            {"max": 3, "window_seconds": 600},
+        ),
         ({"port": 65535}, "port", 65535),
         ({"container_name": "vllm.main_1-a"}, "container_name", "vllm.main_1-a"),
         (
@@ -197,3 +212,15 @@ def test_it_reports_both_source_fields_when_neither_is_given():
     _cleaned, problems = catalog_field_problems({"key": "x"})
     assert problems[0][0] == "hub_repo,local_path"
     assert "neither" in problems[0][1]
+
+
+def test_it_stores_and_shows_the_restart_policy(key_client):
+    policy = {"max": 3, "window_seconds": 900}
+    response = post(key_client, {**HUB, "restart": policy})
+    assert response.status_code == 201, response.content
+    assert response.json()["restart"] == policy
+    model = CatalogModel.objects.get(key="qwen")
+    assert (model.restart_max, model.restart_window_seconds) == (3, 900)
+    assert key_client.get("/api/models/qwen").json()["restart"] == policy
+    off = post(key_client, {**HUB, "key": "other", "served_name": "other"})
+    assert off.json()["restart"] is None

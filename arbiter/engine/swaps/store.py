@@ -63,6 +63,9 @@ def create_swap(
     requested_by: str,
     lock_token: str | None = None,
     lease_token: str | None = None,
+    *,
+    kind: str = Swap.KIND_SWAP,
+    not_before: datetime | None = None,
 ) -> Swap:
     """Create a pending swap, or raise Locked (423) / NotFound / InvalidInput / Conflict.
 
@@ -77,6 +80,9 @@ def create_swap(
     on one of its hosts is refused (423 with `blocked_by`), even for the lock's holder;
     only the lease's holder passes, with `lease_token`. Loading the leased model itself
     replaces nothing and passes.
+
+    A restart (`kind`, from the restart policy) obeys the same rules; it is not claimed
+    before `not_before` (its backoff), and holds its hosts meanwhile.
     """
     with transaction.atomic():
         lock_generation = None if dry_run else assert_may_swap(lock_token)
@@ -108,6 +114,8 @@ def create_swap(
                     dry_run=dry_run,
                     requested_by=requested_by[:150],
                     lock_generation=lock_generation,
+                    kind=kind,
+                    not_before=not_before,
                 )
                 SwapHost.objects.bulk_create(
                     SwapHost(swap=swap, host=host, node_rank=rank)
@@ -197,14 +205,21 @@ def record_transition(
         SwapTransition.objects.create(swap_id=swap_id, state=state, at=now, detail=detail)
         if state == Swap.COMPLETE:
             # The swap started the service's container afresh: whatever the broker had
-            # unloaded is loaded again.
-            Service.objects.filter(swaps__pk=swap_id).update(unloaded_at=None)
+            # unloaded is loaded again, and a restart policy that gave up is moot.
+            Service.objects.filter(swaps__pk=swap_id).update(
+                unloaded_at=None, failed_reason="", failed_at=None
+            )
         if final:
             # The hosts are free for the next swap the moment this one has ended.
             SwapHost.objects.filter(swap_id=swap_id, active=True).update(active=False)
             dry_run = Swap.objects.filter(pk=swap_id).values_list("dry_run", flat=True).get()
             events.swap_finished.send(Swap, swap_id=swap_id, state=state, dry_run=dry_run)
     return TransitionRecord(swap_id, state, now, detail, error)
+
+
+def note_pending(swap_id: int, detail: str) -> None:
+    """Say why a swap was queued (a restart's cause and backoff), on its pending row."""
+    SwapTransition.objects.filter(swap_id=swap_id, state=Swap.PENDING).update(detail=detail)
 
 
 def update_swap(swap_id: int, **fields: object) -> None:
@@ -295,7 +310,9 @@ def cancel_requested(swap_id: int) -> bool:
 def claim_pending(limit: int = 20) -> list[int]:
     """Move pending swaps to preflight, each with a conditional UPDATE; the ones we won."""
     claimed = []
-    pending = Swap.objects.filter(state=Swap.PENDING).order_by("created_at", "pk")
+    # A restart waiting out its backoff (`not_before`) is left for a later round.
+    due = Q(not_before__isnull=True) | Q(not_before__lte=timezone.now())
+    pending = Swap.objects.filter(due, state=Swap.PENDING).order_by("created_at", "pk")
     for swap_id in pending.values_list("pk", flat=True)[:limit]:
         if record_transition(
             swap_id, Swap.PREFLIGHT, from_states=(Swap.PENDING,), started_at=timezone.now()
