@@ -96,6 +96,7 @@ async def test_it_restarts_a_model_that_crashed_after_it_was_ready_and_it_serves
     assert "restart 1 of at most 2" in detail and "exit code 1" in detail, detail
     done = await wait_for_state(restart.pk, FINAL)
     assert done.state == "complete", done.error
+
     # The same launch: the argv of the swap it repeats, but for the label naming the swap.
     def launch(swap: Swap) -> list[str]:
         return [a for a in swap.launch_argv if not a.startswith("--label=arbiter.swap=")]
