@@ -12,6 +12,7 @@ def swap_payload(swap: Swap) -> dict:
         "model": swap.model_key,
         "host": swap.host.name,
         "state": swap.state,
+        "kind": swap.kind,  # "swap", or "restart" (the model's restart policy)
         "error": swap.error,
         "requested_by": swap.requested_by,
         "lock_generation": swap.lock_generation,
