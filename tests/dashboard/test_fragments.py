@@ -65,6 +65,32 @@ def test_it_says_on_its_tile_that_the_broker_unloaded_a_service(bob):
     assert "badge-unloaded" not in awake
 
 
+def test_it_says_on_its_tile_that_the_restart_policy_gave_up_and_why(bob):
+    from django.utils import timezone
+
+    from arbiter.models import Host, Service
+
+    host = Host.objects.create(name="gpu-1", address="127.0.0.1")
+    common = {"host": host, "base_url": "http://127.0.0.1:9", "health": "down"}
+    Service.objects.create(
+        name="crashed",
+        failed_reason="chat-a crashed after it was ready and 3 restart(s) within 600 s ...",
+        failed_at=timezone.now(),
+        **common,
+    )
+    Service.objects.create(name="fine", **common)
+    client = Client()
+    client.force_login(bob)
+    html = client.get("/fragments/services").content.decode()
+    crashed = html[html.index('id="service-crashed"') : html.index('id="service-fine"')]
+    fine = html[html.index('id="service-fine"') :]
+    assert "restart gave up" in crashed and "3 restart(s) within 600 s" in crashed
+    assert "restart gave up" not in fine
+    status = {s["name"]: s for s in client.get("/api/status").json()["services"]}
+    assert status["crashed"]["failed_reason"].startswith("chat-a crashed")
+    assert status["crashed"]["failed_at"] is not None and status["fine"]["failed_at"] is None
+
+
 @pytest.mark.parametrize("path", ["/", "/catalog/"])
 def test_it_prints_no_template_comment_as_text(bob, path):
     # Django's `{# #}` ends at the line's end: a multi-line one is printed verbatim.
