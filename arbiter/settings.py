@@ -264,6 +264,10 @@ ARBITER_HF_TOKEN = env("ARBITER_HF_TOKEN")
 # Seconds a launched container may take to serve its model before the swap fails
 # (the load phase: counted from the container start, after any pull or download).
 ARBITER_SWAP_HEALTH_TIMEOUT = env_float("ARBITER_SWAP_HEALTH_TIMEOUT", 900.0)
+# Seconds the first real request (ready_check: a 1-token completion, an embedding) may
+# take once the model is listed; vLLM compiles and captures CUDA graphs before it
+# listens, so this is seconds, not minutes, on a healthy model.
+ARBITER_SWAP_READY_TIMEOUT = env_float("ARBITER_SWAP_READY_TIMEOUT", 60.0)
 # Seconds a swap's image pull may take (first pulls of vLLM images are 10+ GB).
 ARBITER_SWAP_PULL_TIMEOUT = env_float("ARBITER_SWAP_PULL_TIMEOUT", 3600.0)
 # Seconds a swap's download of hub weights not yet on the host may take.

@@ -203,6 +203,8 @@ def launch_argv(
         args += ["--crash-after-ready", str(faults.crash_after_ready)]
     if faults.log_flood_mib is not None:
         args += ["--log-flood-mib", str(faults.log_flood_mib)]
+    if faults.bad_completion:
+        args.append("--bad-completion")
     return container_argv(args), vram
 
 

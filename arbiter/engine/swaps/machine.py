@@ -48,6 +48,7 @@ from arbiter.engine.swaps.docker_argv import (
 from arbiter.engine.swaps.journal import SwapJournal, split_lines
 from arbiter.engine.swaps.memory import MemoryNotFreed, MemoryWait
 from arbiter.engine.swaps.preflight import LaunchPlan, load_plans, preflight, read_slot, slot_check
+from arbiter.engine.swaps.ready_check import check_ready
 from arbiter.errors import SshError
 from arbiter.models import Swap
 
@@ -92,6 +93,7 @@ class SwapRunner:
         self.swap_id = swap_id
         self.resume = resume
         self.health_timeout = float(settings.ARBITER_SWAP_HEALTH_TIMEOUT)
+        self.ready_timeout = float(settings.ARBITER_SWAP_READY_TIMEOUT)
         self.pull_timeout = float(settings.ARBITER_SWAP_PULL_TIMEOUT)
         self.download_timeout = float(settings.ARBITER_SWAP_DOWNLOAD_TIMEOUT)
         self.api_key = ""  # the served model's --api-key (served_auth), for the health wait
@@ -418,15 +420,7 @@ class SwapRunner:
                     if time.monotonic() >= deadline:
                         await self.stop_followers(followers)
                         await self.sync_logs()
-                        for node in self.nodes:
-                            await self.docker(
-                                build_stop_argv(node.container_name), DOCKER_TIMEOUT + 30, node
-                            )
-                        stopped = (
-                            ", ".join(f"{n.container_name} on {n.host_name}" for n in self.nodes)
-                            if self.multi_node
-                            else plan.container_name
-                        )
+                        stopped = await self.stop_nodes()
                         raise SwapFailed(
                             f"load: {plan.served_name!r} was not served within "
                             f"{self.health_timeout:g} s of the container start "
@@ -434,11 +428,38 @@ class SwapRunner:
                             f"container {stopped} stopped"
                         )
                     await self.until_next_health_check(timezone.now() - started)
+                # Listed is not yet serving: one tiny real request decides (ready_check).
+                ready = await check_ready(
+                    client,
+                    plan.base_url,
+                    plan.kind,
+                    plan.served_name,
+                    auth_headers(self.api_key),
+                    self.ready_timeout,
+                )
+                await self.say(ready.summary)
+                if not ready.ok:
+                    await self.stop_followers(followers)
+                    await self.sync_logs()
+                    stopped = await self.stop_nodes()
+                    raise SwapFailed(
+                        f"load: {plan.served_name!r} is listed by /v1/models but does not "
+                        f"answer: {ready.summary.removeprefix('ready check: ')}; "
+                        f"container {stopped} stopped"
+                    )
         finally:
             await self.stop_followers(followers)
         await self.sync_logs()
         seconds = await sync_to_async(store.end_phase)(self.swap_id, Swap.LOAD, last=True)
         await self.say(f"phase load took {seconds:.1f} s")
+
+    async def stop_nodes(self) -> str:
+        """Stop the launched container on every host; what was stopped, for the error."""
+        for node in self.nodes:
+            await self.docker(build_stop_argv(node.container_name), DOCKER_TIMEOUT + 30, node)
+        if self.multi_node:
+            return ", ".join(f"{n.container_name} on {n.host_name}" for n in self.nodes)
+        return self.require_plan().container_name
 
     async def until_next_health_check(self, loading_for: timedelta) -> None:
         """Sleep one poll interval, or less if the container logs that it is ready."""

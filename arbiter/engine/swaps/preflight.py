@@ -105,6 +105,7 @@ class LaunchPlan:
     node_rank: int = 0
     nnodes: int = 1
     multi_node_mode: str = ""  # the catalog's multi_node, for a multi-node model
+    kind: str = "llm"  # the catalog's kind: which request proves the model answers
 
     @property
     def head(self) -> bool:
@@ -312,6 +313,7 @@ def load_plan(model_key: str, host_name: str, swap_id: int | None = None) -> Lau
         node_rank=role.rank if role else 0,
         nnodes=len(model.tensor_parallel_hosts) if multi_node.is_multi_node(model) else 1,
         multi_node_mode=model.multi_node if multi_node.is_multi_node(model) else "",
+        kind=model.kind,
     )
 
 

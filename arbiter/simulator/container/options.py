@@ -67,6 +67,9 @@ class Options:
     join_timeout: float = 120.0
     # The flood fault (simulator Faults.log_flood_mib): MiB of log printed at start-up.
     log_flood_mib: float | None = None
+    # The bad-completion fault (Faults.bad_completion): listed by /v1/models, /health
+    # 200, but every inference request fails with vLLM's 500 (container.server).
+    bad_completion: bool = False
 
     @property
     def multi_node(self) -> bool:
@@ -112,6 +115,7 @@ def parse_options(argv: list[str]) -> Options:
     parser.add_argument("--distributed-timeout-seconds", type=int, default=None)
     parser.add_argument("--join-timeout", type=float, default=120.0)
     parser.add_argument("--log-flood-mib", type=float, default=None)
+    parser.add_argument("--bad-completion", action="store_true")
     known, unknown = parser.parse_known_args(argv)
     options = vars(known)
     # api_server.py: `args.api_key or [envs.VLLM_API_KEY]`, empty keys dropped.

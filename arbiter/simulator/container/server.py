@@ -124,6 +124,14 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return self.send_bytes(HTTPStatus.INTERNAL_SERVER_ERROR, b"", "text/plain")
             if self.server.sleeping and counted:
                 return self.engine_died()
+            if self.server.options.bad_completion and counted:
+                # A model that loads and lists itself but cannot generate (a broken
+                # checkpoint, a kernel that fails on this GPU): vLLM turns a request that
+                # ends with finish_reason "error" into GenerationError, answered as
+                # {"error": {"message": "Internal server error", "type":
+                # "InternalServerError", "code": 500}} (vllm/entrypoints/openai/
+                # serving_engine.py, GenerationError and create_error_response).
+                raise ApiError(500, "Internal server error", "InternalServerError")
             getattr(self, route)()
         except ApiError as error:
             self.send_json(error.status, error.payload())
