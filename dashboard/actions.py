@@ -173,7 +173,7 @@ def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
 
 # -- webhooks (the webhooks page and the dashboard's webhook panel) -----------------------
 
-WEBHOOK_FIELDS = ("url", "description", "events", "secret", "enabled")
+WEBHOOK_FIELDS = ("url", "description", "events", "format", "secret", "enabled")
 
 
 def _webhook_panel(request: HttpRequest, *, oob: bool = False) -> str:
@@ -185,6 +185,7 @@ def _webhook_values(form: QueryDict) -> dict[str, Any]:
         "url": form.get("url", "").strip(),
         "description": form.get("description", ""),
         "events": form.getlist("events"),
+        "format": form.get("format", WebhookEndpoint.FORMAT_STANDARD),
     }
 
 

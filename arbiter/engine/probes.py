@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
@@ -74,22 +75,36 @@ def load_targets() -> list[tuple[ProbeTarget, str]]:
 
 
 @sync_to_async
-def record_result(service_id: int, result: ProbeResult) -> None:
+def record_result(service_id: int, result: ProbeResult, previous: str) -> None:
+    """Write one probe's result; a flip of health (`previous`, as this round read it) is
+    announced inside the same transaction (`service_health_changed`: the webhook events
+    are written with it or not at all)."""
     now = timezone.now()
-    # health_since moves only when health changes, decided inside the one UPDATE. It is
-    # listed before `health` because MySQL evaluates SET left to right (SQLite and
-    # PostgreSQL read the old row either way). The filter repeats the round's filter so
-    # a service disabled while its probe was in flight keeps its last state.
-    Service.objects.filter(pk=service_id, in_inventory=True, disabled=False).update(
-        health_since=Case(
-            When(health=result.health, health_since__isnull=False, then=F("health_since")),
-            default=Value(now),
-        ),
-        health=result.health,
-        last_probe_at=now,
-        last_latency_ms=result.latency_ms,
-        loaded_model=result.loaded_model,
-    )
+    with transaction.atomic():
+        # health_since moves only when health changes, decided inside the one UPDATE. It
+        # is listed before `health` because MySQL evaluates SET left to right (SQLite and
+        # PostgreSQL read the old row either way). The filter repeats the round's filter
+        # so a service disabled while its probe was in flight keeps its last state.
+        updated = Service.objects.filter(pk=service_id, in_inventory=True, disabled=False).update(
+            health_since=Case(
+                When(health=result.health, health_since__isnull=False, then=F("health_since")),
+                default=Value(now),
+            ),
+            health=result.health,
+            last_probe_at=now,
+            last_latency_ms=result.latency_ms,
+            loaded_model=result.loaded_model,
+        )
+        # One prober per cluster (the engine runs on the leader only), so the health read
+        # at the start of the round is the row's health until this write.
+        if updated and previous != result.health:
+            events.service_health_changed.send(
+                Service,
+                service_id=service_id,
+                previous=previous,
+                health=result.health,
+                detail=result.detail,
+            )
 
 
 def first_model_id(response: httpx.Response) -> str:
@@ -153,7 +168,7 @@ class Prober:
     async def _probe_and_record(self, target: ProbeTarget, previous: str) -> ProbeResult:
         try:
             result = await self.probe_once(target)
-            await record_result(target.id, result)
+            await record_result(target.id, result, previous)
         except Exception as exc:  # a bug or a database hiccup must not end the round
             log.exception("probe of %s failed unexpectedly", target.name)
             return ProbeResult(DOWN, detail=repr(exc))

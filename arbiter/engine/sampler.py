@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -122,16 +123,24 @@ def record_sample(
                 unified_memory=r.unified_memory,
             )
         )
-    GpuSample.objects.bulk_create(rows)
-    Host.objects.filter(pk=host_id).update(
-        last_sample_at=now,
-        last_attempt_at=now,
-        missed_samples=0,
-        last_error="",
-        driver_error=driver_error,
-        mem_total_mib=meminfo.total_mib if meminfo else None,
-        mem_available_mib=meminfo.available_mib if meminfo else None,
-    )
+    with transaction.atomic():
+        GpuSample.objects.bulk_create(rows)
+        # Back from offline: the first good tick after the misses reached the limit (an
+        # UPDATE that matches only then, so a live host pays one cheap statement).
+        came_back = Host.objects.filter(
+            pk=host_id, missed_samples__gte=settings.ARBITER_OFFLINE_AFTER_MISSES
+        ).update(missed_samples=0)
+        Host.objects.filter(pk=host_id).update(
+            last_sample_at=now,
+            last_attempt_at=now,
+            missed_samples=0,
+            last_error="",
+            driver_error=driver_error,
+            mem_total_mib=meminfo.total_mib if meminfo else None,
+            mem_available_mib=meminfo.available_mib if meminfo else None,
+        )
+        if came_back:
+            events.host_online_changed.send(Host, host_id=host_id, online=True, error="")
     return rows
 
 
@@ -152,7 +161,16 @@ def record_miss(host_id: int, error: str | None) -> None:
     fields = {"missed_samples": F("missed_samples") + 1}
     if error is not None:
         fields.update(last_attempt_at=timezone.now(), last_error=error)
-    Host.objects.filter(pk=host_id).update(**fields)
+    with transaction.atomic():
+        # This miss is the one that makes the host offline (Host.state): announced once,
+        # with the change, not on every later miss.
+        going_offline = Host.objects.filter(
+            pk=host_id, missed_samples=settings.ARBITER_OFFLINE_AFTER_MISSES - 1
+        ).exists()
+        Host.objects.filter(pk=host_id).update(**fields)
+        if going_offline:
+            last_error = Host.objects.filter(pk=host_id).values_list("last_error", flat=True).get()
+            events.host_online_changed.send(Host, host_id=host_id, online=False, error=last_error)
     events.host_sampled.send(sender=None, host_id=host_id, latest=None)
 
 

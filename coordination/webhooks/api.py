@@ -74,6 +74,7 @@ def _endpoint_out(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "url": endpoint.url,
         "description": endpoint.description,
         "events": endpoint.events,
+        "format": endpoint.format,
         "enabled": endpoint.enabled,
         "disabled_reason": endpoint.disabled_reason,
         "created_at": endpoint.created_at,
@@ -135,13 +136,14 @@ def add_endpoint(request: HttpRequest, payload: WebhookIn) -> tuple[WebhookEndpo
             secret=payload.secret,
             events=payload.events,
             description=payload.description,
+            format=payload.format,
         )
         audit.record(
             request,
             "webhook.create",
             "webhook",
             endpoint.pk,
-            after={"url": endpoint.url, "events": endpoint.events},
+            after={"url": endpoint.url, "events": endpoint.events, "format": endpoint.format},
         )
     return endpoint, secret
 
@@ -149,7 +151,7 @@ def add_endpoint(request: HttpRequest, payload: WebhookIn) -> tuple[WebhookEndpo
 @router.patch(
     "/webhooks/{webhook_id}",
     response=WebhookOut,
-    summary="Change an endpoint's url, description, events or enabled",
+    summary="Change an endpoint's url, description, events, format or enabled",
 )
 def update_webhook(request: HttpRequest, webhook_id: int, payload: WebhookPatchIn):
     return _endpoint_out(change_endpoint(request, webhook_id, payload))

@@ -19,6 +19,7 @@ from arbiter import events
 from arbiter.errors import Conflict, NotFound
 from coordination.models import DeliveryAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from coordination.webhooks.addresses import AddressRefused, PinnedTransport
+from coordination.webhooks.chat import chat_body
 from coordination.webhooks.outbox import new_event_id, wake_workers
 from coordination.webhooks.secrets_box import SecretUnreadable
 from coordination.webhooks.signing import event_body, signature_headers, signing_secrets
@@ -200,6 +201,13 @@ def _record(
         logger.info("webhook delivery %s vanished during its attempt", delivery.pk)
 
 
+def delivery_body(endpoint: WebhookEndpoint, event: WebhookEvent) -> bytes:
+    """What the endpoint receives: the Standard Webhooks document, or a chat message."""
+    if endpoint.format == WebhookEndpoint.FORMAT_CHAT:
+        return chat_body(event)
+    return event_body(event)
+
+
 def attempt_delivery(delivery_id: int, *, now: datetime | None = None) -> AttemptResult | None:
     """Claim a due delivery and make one attempt; None when it is not due or not ours.
 
@@ -221,7 +229,7 @@ def attempt_delivery(delivery_id: int, *, now: datetime | None = None) -> Attemp
         _record(delivery, claim, now, _Response(error=reason), WebhookDelivery.FAILED, None)
         return AttemptResult(delivery_id, WebhookDelivery.FAILED, None, None)
 
-    body = event_body(event)
+    body = delivery_body(endpoint, event)
     try:
         secrets_ = signing_secrets(endpoint, now)
     except SecretUnreadable as exc:
@@ -305,7 +313,7 @@ def send_test(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> Send
         },
         created_at=now,
     )
-    body = event_body(event)
+    body = delivery_body(endpoint, event)
     try:
         secrets_ = signing_secrets(endpoint, now)
     except SecretUnreadable as exc:

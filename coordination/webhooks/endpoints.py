@@ -62,8 +62,22 @@ def clean_secret(secret: str | None, field: str = "secret") -> str:
     return secret
 
 
+def clean_format(value: str) -> str:
+    formats = [choice for choice, _label in WebhookEndpoint.FORMAT_CHOICES]
+    if value not in formats:
+        raise InvalidInput(
+            f"format: must be one of {', '.join(formats)}, got {value!r}", field="format"
+        )
+    return value
+
+
 def create_endpoint(
-    url: str, *, secret: str | None = None, events: list[str] | None = None, description: str = ""
+    url: str,
+    *,
+    secret: str | None = None,
+    events: list[str] | None = None,
+    description: str = "",
+    format: str = WebhookEndpoint.FORMAT_STANDARD,  # noqa: A002 (the field's name)
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint and its plaintext secret (the only time it is returned)."""
     plaintext = clean_secret(secret)
@@ -71,6 +85,7 @@ def create_endpoint(
         url=clean_url(url),
         events=clean_events(events),
         description=clean_description(description),
+        format=clean_format(format),
         secret_encrypted=encrypt_secret(plaintext),
     )
     logger.info("webhook endpoint %s created for host %s", endpoint.pk, urlsplit(url).hostname)
@@ -84,13 +99,13 @@ def clean_description(description: str) -> str:
 
 
 # What `update_endpoint` may change, in the order its audit entries list them.
-EDITABLE_FIELDS = ("url", "description", "events", "enabled")
+EDITABLE_FIELDS = ("url", "description", "events", "format", "enabled")
 
 
 def update_endpoint(
     endpoint: WebhookEndpoint, changes: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply `changes` (url, description, events, enabled) with the checks of
+    """Apply `changes` (url, description, events, format, enabled) with the checks of
     `create_endpoint`; returns (before, after) of the fields that really changed.
 
     Every field is validated before anything is written, so a bad one leaves the row as
@@ -109,6 +124,8 @@ def update_endpoint(
         cleaned["description"] = clean_description(changes["description"])
     if "events" in changes:
         cleaned["events"] = clean_events(changes["events"])
+    if "format" in changes:
+        cleaned["format"] = clean_format(changes["format"])
     if "enabled" in changes:
         if not isinstance(changes["enabled"], bool):
             raise InvalidInput("enabled: must be true or false", field="enabled")

@@ -15,9 +15,14 @@ class WebhookIn(Schema):
     )
     events: list[str] = Field(
         default_factory=list,
-        description="swap_complete, swap_failed, lock.force_released; empty = all",
+        description="Event types (GET /api/webhooks/event-types has them all); empty = all",
     )
     description: str = Field("", max_length=200)
+    format: str = Field(
+        "standard",
+        description='"standard" (Standard Webhooks JSON) or "chat" ({"text": ...} for '
+        "Slack, Mattermost or Discord's /slack incoming webhooks)",
+    )
 
 
 class WebhookPatchIn(Schema):
@@ -28,6 +33,7 @@ class WebhookPatchIn(Schema):
     url: str | None = Field(None, max_length=1000, description="http(s) URL of the receiver")
     description: str | None = Field(None, max_length=200)
     events: list[str] | None = Field(None, description="empty = all")
+    format: str | None = Field(None, description='"standard" or "chat"')
     enabled: bool | None = Field(None, description="true also clears `disabled_reason`")
 
 
@@ -57,6 +63,7 @@ class WebhookOut(Schema):
     url: str
     description: str
     events: list[str]
+    format: str
     enabled: bool
     disabled_reason: str
     created_at: datetime

@@ -54,6 +54,7 @@ class EndpointView(TypedDict):
     url: str
     description: str
     events: list[str]
+    format: str
     enabled: bool
     disabled_reason: str
     deliveries: list[DeliveryView]
@@ -133,6 +134,7 @@ def webhook_context() -> dict[str, Any]:
                 url=endpoint.url,
                 description=endpoint.description,
                 events=list(endpoint.events),
+                format=endpoint.format,
                 enabled=endpoint.enabled,
                 disabled_reason=endpoint.disabled_reason,
                 deliveries=shown,

@@ -160,8 +160,24 @@ def test_it_adds_a_webhook_and_shows_its_secret_once(admin):
     )
     assert 'id="webhook-panel"' in html and 'hx-swap-oob="true"' in html
     assert f'id="webhook-{endpoint.pk}"' in html
-    assert last_audit("webhook.create").after == {"url": endpoint.url, "events": ["swap_failed"]}
+    assert last_audit("webhook.create").after == {
+        "url": endpoint.url,
+        "events": ["swap_failed"],
+        "format": "standard",
+    }
     assert secret.group(1) not in admin.get("/webhooks/").content.decode()
+
+
+def test_it_adds_a_chat_webhook_from_the_form(admin):
+    form = {"url": "https://hooks.example.com/slack", "format": "chat"}
+    response = admin.post("/actions/webhooks", form)
+    assert response.status_code == 200
+    endpoint = WebhookEndpoint.objects.get()
+    assert endpoint.format == "chat"
+    assert 'class="badge webhook-format"' in response.content.decode()
+    refused = admin.post("/actions/webhooks", {"url": "https://h.example.com/x", "format": "irc"})
+    assert refused.status_code == 422 and "format" in refused.content.decode()
+    assert WebhookEndpoint.objects.count() == 1
 
 
 @pytest.mark.parametrize(
