@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from arbiter import audit
 from arbiter.broker.idle import IdleUnloader
 from arbiter.engine import ssh
+from arbiter.engine.orphans import OrphanScanner
 from arbiter.engine.probes import Prober
 from arbiter.engine.sampler import Sampler
 from arbiter.engine.supervisor import Supervisor
@@ -56,6 +57,8 @@ async def run_engine() -> None:
     warm_ups = WarmUpLoop()
     # Restarts models that crashed after they were ready (the catalog's restart policy).
     supervisor = Supervisor()
+    # Lists containers labelled as Arbiter's that nothing accounts for (never removes).
+    orphans = OrphanScanner()
     try:
         await asyncio.gather(
             _supervised("sampler", sampler.run_forever),
@@ -64,6 +67,7 @@ async def run_engine() -> None:
             _supervised("idle-unload", idle.run_forever),
             _supervised("warm-ups", warm_ups.run_forever),
             _supervised("restart-policy", supervisor.run_forever),
+            _supervised("orphan-scan", orphans.run_forever),
             _supervised("retention", prune_retained_forever),
         )
     finally:

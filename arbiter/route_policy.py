@@ -51,6 +51,8 @@ API_POLICY: dict[tuple[str, str], Decision] = {
     ("PATCH", "api/hosts/<name>"): ADMIN,
     ("DELETE", "api/hosts/<name>/edits"): ADMIN,
     ("GET", "api/hosts/<name>/checks"): READ,
+    ("GET", "api/hosts/<name>/orphans"): READ,
+    ("DELETE", "api/hosts/<name>/orphans/<container>"): ADMIN,
     ("PATCH", "api/services/<name>"): ADMIN,
     ("DELETE", "api/services/<name>/edits"): ADMIN,
     ("GET", "api/models"): READ,
@@ -158,6 +160,7 @@ VIEW_POLICY: dict[tuple[str, str], Decision] = {
     (ANY, "actions/webhooks/<int:webhook_id>/test"): ADMIN,
     (ANY, "actions/webhooks/deliveries/<int:delivery_id>/redeliver"): ADMIN,
     (ANY, "actions/services/<str:name>"): ADMIN,
+    (ANY, "actions/hosts/<slug:name>/orphans/<str:container>/remove"): ADMIN,
     (ANY, "actions/swaps/<int:swap_id>/cancel"): OPERATOR,
     # DELETE /api/swap/lock?force=true: an admin person (coordination.locks.api).
     (ANY, "actions/lock/force-release"): PERSON_ADMIN,

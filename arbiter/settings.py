@@ -278,6 +278,9 @@ ARBITER_SWAP_MEMORY_FREE_TIMEOUT = env_float("ARBITER_SWAP_MEMORY_FREE_TIMEOUT",
 # for, and the backoff before a restart (base × 2^k after the k-th restart in the
 # model's window, at most the cap).
 ARBITER_SUPERVISOR_INTERVAL = env_float("ARBITER_SUPERVISOR_INTERVAL", 2.0)
+# How often every host is asked for containers labelled as Arbiter's that nothing
+# accounts for (arbiter.engine.orphans).
+ARBITER_ORPHAN_SCAN_INTERVAL = env_float("ARBITER_ORPHAN_SCAN_INTERVAL", 30.0)
 ARBITER_RESTART_BACKOFF_SECONDS = env_float("ARBITER_RESTART_BACKOFF_SECONDS", 10.0)
 ARBITER_RESTART_BACKOFF_MAX_SECONDS = env_float("ARBITER_RESTART_BACKOFF_MAX_SECONDS", 300.0)
 # The TCP port a multi-node model's head listens on for its workers (vLLM's

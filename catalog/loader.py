@@ -14,9 +14,10 @@ from typing import Any
 
 from django.db import transaction
 
-from arbiter.errors import ArbiterError
+from arbiter.errors import ArbiterError, Conflict, InvalidInput
 from arbiter.inventory.loader import _read_yaml  # the strict YAML reader (duplicate keys)
 from arbiter.inventory.problems import Problems, show, unknown_key_reason
+from catalog.aliases import ALIAS_FIELDS, check_alias_fields, seed_aliases
 from catalog.models import CatalogModel
 from catalog.store import create_model, host_problems, served_name_conflict, served_name_owner
 from catalog.validation import FIELDS, catalog_field_problems
@@ -39,30 +40,49 @@ class SeedResult:
 
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    aliases_created: list[str] = field(default_factory=list)
+    aliases_kept: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"{len(self.created)} models created, {len(self.kept)} already in the catalog (kept)"
+        text = f"{len(self.created)} models created, {len(self.kept)} already in the catalog (kept)"
+        if self.aliases_created or self.aliases_kept:
+            text += (
+                f"; {len(self.aliases_created)} aliases created, "
+                f"{len(self.aliases_kept)} kept"
+            )
+        return text
 
 
-def load_catalog_file(path: str | Path) -> list[dict]:
-    """The `models:` entries of a catalog file (raw); CatalogError when unreadable."""
+@dataclass
+class CatalogFile:
+    """A catalog file's entries as written: `models:` and the optional `aliases:`."""
+
+    models: list[Any]
+    aliases: list[Any]
+
+
+def load_catalog_file(path: str | Path) -> CatalogFile:
+    """The `models:` and `aliases:` entries of a catalog file (raw); CatalogError when
+    unreadable."""
     problems = Problems(str(path))
     data = _read_yaml(Path(path), problems)
     if len(problems):
         raise CatalogError(problems.messages)
     if not isinstance(data, dict) or "models" not in data:
         raise CatalogError([f"{path}: top level must be a mapping with a `models:` list"])
-    unknown = [key for key in data if key != "models"]
+    sections = ["models", "aliases"]
+    unknown = [key for key in data if key not in sections]
     if unknown:
         raise CatalogError(
-            [f"{path}: {key}: {unknown_key_reason(key, ['models'])}" for key in unknown]
+            [f"{path}: {key}: {unknown_key_reason(key, sections)}" for key in unknown]
         )
-    entries = data["models"]
-    if entries is None:
-        return []
-    if not isinstance(entries, list):
-        raise CatalogError([f"{path}: models: must be a list, got {show(entries)}"])
-    return entries
+    lists = []
+    for section in sections:
+        entries = data.get(section)
+        if entries is not None and not isinstance(entries, list):
+            raise CatalogError([f"{path}: {section}: must be a list, got {show(entries)}"])
+        lists.append(entries or [])
+    return CatalogFile(*lists)
 
 
 def entry_problems(entries: list[Any], source: str) -> tuple[list[dict], list[str]]:
@@ -106,9 +126,56 @@ def entry_problems(entries: list[Any], source: str) -> tuple[list[dict], list[st
     return cleaned_entries, problems.messages
 
 
-def seed_catalog(entries: list[Any], *, source: str = "catalog") -> SeedResult:
-    """Create the models of `entries` that the database lacks; never overwrite one."""
+def alias_problems(
+    entries: list[Any], models: list[dict], source: str
+) -> tuple[list[dict], list[str]]:
+    """Validate every alias entry (its models may be the file's own); return (cleaned
+    entries, every problem as a message)."""
+    problems = Problems(source)
+    file_keys = frozenset(model["key"] for model in models)
+    model_names = {model["served_name"]: model["key"] for model in models}
+    model_names.update({model["key"]: model["key"] for model in models})
+    cleaned_entries: list[dict] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"aliases[{index}]"
+        if not isinstance(entry, dict):
+            problems.add(where, f"must be a mapping, got {show(entry)}")
+            continue
+        for key in entry:
+            if key not in ALIAS_FIELDS:
+                problems.add(f"{where}.{key}", unknown_key_reason(key, ALIAS_FIELDS))
+        try:
+            cleaned = check_alias_fields(entry, also_known=file_keys)
+        except InvalidInput as error:
+            name = error.field or "name"
+            problems.add(f"{where}.{name}", error.message.removeprefix(f"{name}: "))
+            continue
+        name = cleaned["name"]
+        if name in first_index:
+            problems.add(
+                f"{where}.name", f"duplicate alias {show(name)} (also aliases[{first_index[name]}])"
+            )
+        elif name in model_names:
+            problems.add(
+                f"{where}.name",
+                f"{show(name)} is the served name or key of models entry "
+                f"{show(model_names[name])}: an alias may not take it",
+            )
+        else:
+            first_index[name] = index
+            cleaned_entries.append(cleaned)
+    return cleaned_entries, problems.messages
+
+
+def seed_catalog(
+    entries: list[Any], *, source: str = "catalog", aliases: list[Any] | None = None
+) -> SeedResult:
+    """Create the models of `entries`, then the `aliases`, that the database lacks;
+    never overwrite one."""
     cleaned_entries, messages = entry_problems(entries, source)
+    cleaned_aliases, alias_messages = alias_problems(aliases or [], cleaned_entries, source)
+    messages += alias_messages
     if messages:
         raise CatalogError(messages)
     result = SeedResult()
@@ -131,9 +198,14 @@ def seed_catalog(entries: list[Any], *, source: str = "catalog") -> SeedResult:
             else:
                 create_model(cleaned)
                 result.created.append(cleaned["key"])
+        try:
+            result.aliases_created, result.aliases_kept = seed_aliases(cleaned_aliases)
+        except Conflict as error:  # a new alias takes the name of a model already there
+            raise CatalogError([f"{source}: aliases: {error.message}"]) from error
     return result
 
 
 def seed_catalog_file(path: str | Path) -> SeedResult:
     """`load_catalog_file` then `seed_catalog`, problems named after the file."""
-    return seed_catalog(load_catalog_file(path), source=str(path))
+    sections = load_catalog_file(path)
+    return seed_catalog(sections.models, source=str(path), aliases=sections.aliases)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+from asgiref.sync import async_to_sync
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.template.loader import render_to_string
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 
 from arbiter.api import inventory as inventory_api
 from arbiter.api import keys as keys_api
+from arbiter.api import orphans as orphans_api
 from arbiter.api import swaps as swaps_api
 from arbiter.errors import ArbiterError, InvalidInput
 from arbiter.models import ApiKey
@@ -41,7 +43,7 @@ from coordination.models import WebhookEndpoint
 from coordination.webhooks import api as webhooks_api
 from coordination.webhooks.schemas import WebhookIn, WebhookPatchIn
 from dashboard.panels import coordination
-from dashboard.panels.cluster import services_panel
+from dashboard.panels.cluster import host_card_by_name, services_panel
 from dashboard.panels.keys import keys_table
 from dashboard.panels.leases import lease_panel
 from dashboard.panels.lock_banner import lock_banner, lock_banner_view
@@ -272,6 +274,17 @@ def service_toggle(request: HttpRequest, name: str) -> HttpResponse:
         return message_for("services-error", problem)
     cleared = '<output id="services-error" class="action-error" role="alert" hx-swap-oob="true">'
     return HttpResponse(personal(request, services_panel()) + cleared + "</output>")
+
+
+@action
+def orphan_remove(request: HttpRequest, name: str, container: str) -> HttpResponse:
+    """Remove an orphaned container (the API's operation: admin, lock, audit); the host's
+    card without it, or the refusal under the card's orphan list."""
+    try:
+        async_to_sync(orphans_api.remove_and_audit)(request, name, container)
+    except ArbiterError as problem:
+        return message_for(f"orphans-error-{name}", problem)
+    return HttpResponse(personal(request, host_card_by_name(name)))
 
 
 @action

@@ -47,6 +47,11 @@ urlpatterns = [
         name="redeliver",
     ),
     path("actions/services/<str:name>", actions.service_toggle, name="service_toggle"),
+    path(
+        "actions/hosts/<slug:name>/orphans/<str:container>/remove",
+        actions.orphan_remove,
+        name="orphan_remove",
+    ),
     path("actions/swaps/<int:swap_id>/cancel", actions.swap_cancel, name="swap_cancel"),
     path("actions/lock/force-release", actions.force_release, name="force_release"),
     path(

@@ -12,6 +12,7 @@ from arbiter.api.audit import router as audit_router
 from arbiter.api.host_checks import router as host_checks_router
 from arbiter.api.inventory import router as inventory_router
 from arbiter.api.keys import router as keys_router
+from arbiter.api.orphans import router as orphans_router
 from arbiter.api.status import router as status_router
 from arbiter.api.swaps import router as swaps_router
 from arbiter.auth import api_auth
@@ -165,6 +166,7 @@ api.add_router("/", keys_router)
 api.add_router("/", audit_router)
 api.add_router("/", inventory_router)
 api.add_router("/", host_checks_router)
+api.add_router("/", orphans_router)
 api.add_router("/", catalog_router)
 # The lock router comes before the swap router: /swap/lock is not a swap id.
 api.add_router("/", lock_router)

@@ -5,7 +5,7 @@ all three always agree.
 """
 
 from datetime import datetime
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from django.db.models import Max
 
@@ -59,6 +59,11 @@ class HostStatus(TypedDict):
     gpus: list[GpuStatus]
     # The multi-node model whose ranks run on this host's GPUs (None: none).
     pair: PairStatus | None
+    # GPU memory a stop did not return, with the processes holding it (held_memory).
+    memory_not_returned: dict[str, Any] | None
+    # Containers labelled as Arbiter's that nothing accounts for (engine.orphans).
+    orphans: list[dict[str, Any]]
+    orphans_checked_at: datetime | None
 
 
 class ServiceStatus(TypedDict):
@@ -125,6 +130,9 @@ def host_status(host: Host, gpus: list[GpuStatus] | None = None) -> HostStatus:
         mem_available_mib=host.mem_available_mib,
         gpus=[] if host.driver_error else gpus if gpus is not None else latest_gpu_samples(host),
         pair=pair_status(host),
+        memory_not_returned=host.memory_not_returned,
+        orphans=list(host.orphan_containers or []),
+        orphans_checked_at=host.orphans_checked_at,
     )
 
 

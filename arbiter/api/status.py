@@ -35,6 +35,30 @@ class PairOut(Schema):
     swap_id: int
 
 
+class HeldProcessOut(Schema):
+    pid: int
+    process_name: str
+    used_mib: float | None = Field(..., description="null where the GPU does not say (GB10)")
+    gpu_uuid: str
+
+
+class HeldMemoryOut(Schema):
+    since: datetime
+    container: str = Field(..., description="What Arbiter had stopped")
+    detail: str
+    processes: list[HeldProcessOut]
+
+
+class OrphanOut(Schema):
+    name: str
+    id: str
+    image: str
+    state: str
+    status: str
+    created: str
+    model: str = Field("", description="The arbiter.model label, if any")
+
+
 class HostOut(Schema):
     name: str
     address: str
@@ -62,6 +86,16 @@ class HostOut(Schema):
     pair: PairOut | None = Field(
         None, description="The multi-node model whose ranks run on this host's GPUs"
     )
+    memory_not_returned: HeldMemoryOut | None = Field(
+        None,
+        description="GPU memory still held after Arbiter stopped a container (the memory "
+        "wait timed out), with the processes nvidia-smi lists; null once it came back",
+    )
+    orphans: list[OrphanOut] = Field(
+        default_factory=list,
+        description="Containers labelled arbiter.managed that no service or swap accounts for",
+    )
+    orphans_checked_at: datetime | None = None
 
 
 class ServiceOut(Schema):

@@ -27,6 +27,17 @@ NVIDIA_SMI_ARGV = [
     "--format=csv,noheader,nounits",
 ]
 MEMINFO_ARGV = ["cat", "/proc/meminfo"]
+# The processes holding GPU memory (nvidia-smi --help-query-compute-apps: pid,
+# gpu_uuid, used_memory "Amount memory used on the device by the context", and
+# process_name). `process_name` goes last: a path may hold a comma, and it is split off
+# whole. On a unified-memory GPU (GB10) used_memory is "[N/A]": the process is listed,
+# its share is not.
+COMPUTE_APPS_FIELDS = ("pid", "gpu_uuid", "used_memory", "process_name")
+COMPUTE_APPS_ARGV = [
+    "nvidia-smi",
+    "--query-compute-apps=" + ",".join(COMPUTE_APPS_FIELDS),
+    "--format=csv,noheader,nounits",
+]
 
 _MISSING = {"", "[n/a]", "n/a", "[not supported]", "[unknown error]", "[insufficient permissions]"}
 # What `--format=csv` (without `nounits`) appends to a number: "37 %", "11.17 W", "3 MiB".
@@ -151,6 +162,39 @@ def parse_nvidia_smi_csv(
             )
         )
     return readings
+
+
+@dataclass(frozen=True)
+class ComputeApp:
+    """One process holding GPU memory, as `nvidia-smi --query-compute-apps` lists it."""
+
+    pid: int
+    gpu_uuid: str
+    used_mib: float | None  # None where the GPU does not say (unified memory)
+    process_name: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "gpu_uuid": self.gpu_uuid,
+            "used_mib": self.used_mib,
+            "process_name": self.process_name,
+        }
+
+
+def parse_compute_apps(text: str) -> list[ComputeApp]:
+    """Parse COMPUTE_APPS_ARGV's output; no process at all is an empty output (the real
+    tool prints nothing, not a header, with `noheader`)."""
+    apps = []
+    for line in text.splitlines():
+        # The default table's "No running processes found" is not a row either.
+        if not line.strip() or line.strip().lower().startswith("no running processes"):
+            continue
+        cells = [cell.strip() for cell in line.split(",", len(COMPUTE_APPS_FIELDS) - 1)]
+        if len(cells) != len(COMPUTE_APPS_FIELDS) or not cells[0].isdigit():
+            raise GpuOutputError(f"not a compute-apps row: {line!r}")
+        apps.append(ComputeApp(int(cells[0]), cells[1], _number(cells[2]), cells[3]))
+    return apps
 
 
 def parse_meminfo(text: str) -> MemInfo:

@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from arbiter import events
-from arbiter.engine import ssh
+from arbiter.engine import held_memory, ssh
 from arbiter.engine.gpu import (
     MEMINFO_ARGV,
     NVIDIA_SMI_ARGV,
@@ -185,6 +185,7 @@ def prune_history() -> int:
 def load_hosts() -> list[tuple[int, str, ssh.SshTarget]]:
     """(id, sampling mode, target) of every host in the inventory, read once per refresh."""
     timeout = settings.ARBITER_SSH_CONNECT_TIMEOUT
+    held_memory.load_watched()
     return [
         (h.pk, h.sampling, ssh.SshTarget.from_host(h, connect_timeout=timeout))
         for h in Host.objects.filter(in_inventory=True)
@@ -218,6 +219,8 @@ class Sampler:
             await record_miss(host_id, str(exc))
             return False
         await record_and_announce(host_id, readings, meminfo, driver_error)
+        if host_id in held_memory.WATCHED and sampling == Host.SAMPLING_SSH:
+            await held_memory.recheck(host_id, target)  # memory a stop did not return
         return True
 
     async def _host_loop(

@@ -8,6 +8,8 @@ standard library in a thread; every action runs on the cluster's event loop.
     POST /hosts/{name}/gpus/{index}     {"utilization": 80, "memory_used_mib": 1000, "reset": false}
     POST /hosts/{name}/down             POST /hosts/{name}/up
     POST /hosts/{name}/faults           {"slow_start": 5, "fail_start": true, ...}
+    POST /hosts/{name}/free-memory      ends the GPU processes a stopped container left
+                                        behind (the hold_memory_after_stop fault)
     POST /hosts/{name}/driver           {"fault": "version_mismatch"} (or no_devices,
                                         driver_not_loaded; "none" mends it)
     POST /hosts/{name}/rotate-host-key
@@ -23,7 +25,9 @@ standard library in a thread; every action runs on the cluster's event loop.
     POST /hosts/{name}/containers       {"name": "vllm_node", "image": "nvcr.io/nvidia/vllm:
                                         25.09-py3", "network": "host", "port": 8888} starts
                                         a container the way a script would (scripted.py);
-                                        optional "env", "devices", "serve_args": lists
+                                        optional "env", "devices", "serve_args", "labels"
+                                        (KEY=VALUE: e.g. "arbiter.managed=true", a
+                                        container started behind Arbiter's back): lists
 """
 
 from __future__ import annotations
@@ -137,6 +141,8 @@ class ControlServer:
             scale = _fields(body, {"scale"}).get("scale")
             self.on_loop(lambda: host.set_time_scale(scale))  # ValueError: 400
             return {"time_scale": host.timing.scale}
+        if method == "POST" and rest == "/free-memory":
+            return {"freed": self.on_loop(host.free_held_memory)}
         if method == "POST" and rest == "/faults":
             values = _fields(body, FAULT_FIELDS)
             self.on_loop(lambda: host.inject(**values))

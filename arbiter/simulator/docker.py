@@ -204,9 +204,11 @@ class DockerCli:
             text = launch.distributed_timeout_text or ""
             timeout = int(text) if text.isdigit() else DEFAULT_DISTRIBUTED_TIMEOUT
             join = self.daemon.timing.join_seconds(timeout, self.join_timeout)
+            faults = self.take_faults()
             process, container.vram_mib = launch_argv(
-                launch, self.take_faults(), self.daemon.board, delay, join
+                launch, faults, self.daemon.board, delay, join
             )
+            container.hold_memory_after_stop = faults.hold_memory_after_stop
             if outcome.preamble:  # the entrypoint's banner, vLLM's warnings: logged first
                 stdout_log, _ = self.daemon.log_paths(container)
                 stdout_log.write_text("".join(line + "\n" for line in outcome.preamble))

@@ -89,6 +89,8 @@ class Container:
     bind_port: int = 0
     ready: bool = False
     error: str = ""
+    # The hold_memory_after_stop fault: once stopped, its GPU process stays behind.
+    hold_memory_after_stop: bool = False
 
     @property
     def short_id(self) -> str:
@@ -106,6 +108,10 @@ class Daemon:
         self.root = root
         self.board = board
         self.release_delay = release_delay
+        # GPU memory left held by a stopped container's process (hold_memory_after_stop):
+        # outlives the container (`docker rm` does not reach a process outside it) until
+        # `free_held_memory`. By container id.
+        self.held_after_stop: dict[str, GpuLoad] = {}
         self._ready_scanned: dict[str, int] = {}  # container id: stdout bytes looked at
         self.logs_dir = root / "containers"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +231,10 @@ class Daemon:
             container.status = "exited"
             container.exit_code = exit_code
             container.finished_at = time.time()
+            if container.hold_memory_after_stop and container.ready and container.vram_mib:
+                self.held_after_stop[container.id] = GpuLoad(
+                    tuple(container.gpu_indices), container.vram_mib, container.pid
+                )
             if container.options.get("auto_remove"):
                 self.containers.pop(container.id, None)
                 for path in self.log_paths(container):
@@ -296,11 +306,17 @@ class Daemon:
             if not (c.gpu_indices and c.vram_mib and c.ready):
                 continue
             freed_at = (c.finished_at or now) + self.release_delay
-            if c.running or now < freed_at:
+            if c.id not in self.held_after_stop and (c.running or now < freed_at):
                 # A sleeping vLLM holds less (or host RAM instead): sleep_state.
                 asleep = read_sleep(c.id, c.pid, self.log_paths(c)[0])
                 loads.append(held(tuple(c.gpu_indices), c.vram_mib, c.pid, asleep, self.board))
-        return loads
+        return loads + list(self.held_after_stop.values())
+
+    def free_held_memory(self) -> int:
+        """Let go of the memory stopped containers' processes kept; how many there were."""
+        count = len(self.held_after_stop)
+        self.held_after_stop.clear()
+        return count
 
     def new_id(self) -> str:
         return secrets.token_hex(32)

@@ -392,6 +392,11 @@ class SimulatedHost:
         self.sshd.update(**values)
         return self.sshd.as_dict()
 
+    def free_held_memory(self) -> int:
+        """End the processes that kept GPU memory after their container stopped
+        (hold_memory_after_stop); how many there were."""
+        return self.daemon.free_held_memory()
+
     def take_faults(self) -> Faults:
         faults, self.faults = self.faults, Faults()
         return faults

@@ -53,11 +53,12 @@ class ScriptedRun:
     env: tuple[str, ...] = ()  # NAME=VALUE, each a `--env`
     devices: tuple[str, ...] = ()  # each a `--device`
     serve_args: tuple[str, ...] = ()  # more `vllm serve` flags, after the usual ones
+    labels: tuple[str, ...] = ()  # KEY=VALUE, each a `--label` (e.g. arbiter.managed=true)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ScriptedRun:
         allowed = {"name", "image", "port", "network", "model", "gpu_memory_utilization"}
-        allowed |= {"env", "devices", "serve_args"}
+        allowed |= {"env", "devices", "serve_args", "labels"}
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise ScriptError(f"unknown fields: {', '.join(unknown)}; allowed: {sorted(allowed)}")
@@ -77,9 +78,11 @@ class ScriptedRun:
         utilization = body.get("gpu_memory_utilization", DEFAULT_UTILIZATION)
         if not isinstance(utilization, int | float) or isinstance(utilization, bool):
             raise ScriptError("gpu_memory_utilization must be a number")
-        lists = {key: _strings(body, key) for key in ("env", "devices", "serve_args")}
+        lists = {key: _strings(body, key) for key in ("env", "devices", "serve_args", "labels")}
         if any("=" not in item or item.startswith("=") for item in lists["env"]):
             raise ScriptError("env items must be NAME=VALUE")
+        if any("=" not in item or item.startswith("=") for item in lists["labels"]):
+            raise ScriptError("labels items must be KEY=VALUE")
         return cls(name, image, port, network, model, float(utilization), **lists)
 
     def argv(self) -> list[str]:
@@ -90,6 +93,8 @@ class ScriptedRun:
             argv += ["--env", item]
         for device in self.devices:
             argv += ["--device", device]
+        for label in self.labels:
+            argv += ["--label", label]
         if self.network == "host":
             argv += ["--network", "host"]
         else:

@@ -111,6 +111,12 @@ def host_card(host_id: int, latest: list[GpuSample] | None = None) -> str:
     )
 
 
+def host_card_by_name(name: str) -> str:
+    """One host's card as an htmx swap's answer (not out of band)."""
+    host = Host.objects.by_name(name)
+    return render_to_string("dashboard/partials/host_card.html", {"host": host_view(host)})
+
+
 def clients_panel(oob: bool = False) -> str:
     """Per-client broker traffic (every process with REDIS_URL, else this one since start)."""
     return render_to_string(

@@ -164,8 +164,14 @@ def pct(value: float | None) -> str:
 
 
 @register.filter
-def age(moment: datetime | None) -> str:
-    """'4 s ago', '3 min ago': sample ages matter to the second."""
+def age(moment: datetime | str | None) -> str:
+    """'4 s ago', '3 min ago': sample ages matter to the second. Takes an ISO string too
+    (times kept inside JSON fields, e.g. a host's memory_not_returned)."""
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return moment
     if moment is None:
         return "never"
     seconds = max(0, int((timezone.now() - moment).total_seconds()))

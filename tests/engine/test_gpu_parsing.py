@@ -118,3 +118,25 @@ def test_it_reports_no_local_gpu_without_a_driver():
         assert NvmlReader().read() == []  # no driver: "no local GPU", not an error
     else:
         assert NvmlReader().read(), "a machine with a driver reports its GPUs"
+
+
+def test_it_reads_the_processes_holding_gpu_memory():
+    from arbiter.engine.gpu import ComputeApp, parse_compute_apps
+
+    # --query-compute-apps=pid,gpu_uuid,used_memory,process_name --format=csv,noheader,nounits
+    # on a discrete GPU (MiB per process) and on a GB10 ("[N/A]": unified memory).
+    discrete = (
+        "48213, GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f, 20480, /usr/bin/python3\n"
+        "48391, GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f, 512, VLLM::Worker, rank 0\n"
+    )
+    assert parse_compute_apps(discrete) == [
+        ComputeApp(48213, "GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f", 20480.0, "/usr/bin/python3"),
+        ComputeApp(
+            48391, "GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f", 512.0, "VLLM::Worker, rank 0"
+        ),
+    ]
+    unified = "7311, GPU-a1b2c3d4-e5f6-7a8b-9c0d-e1f2a3b4c5d6, [N/A], python3\n"
+    assert parse_compute_apps(unified)[0].used_mib is None
+    assert parse_compute_apps("") == []
+    with pytest.raises(GpuOutputError):
+        parse_compute_apps("not, a, row\n")

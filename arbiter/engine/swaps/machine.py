@@ -32,7 +32,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from arbiter.engine import ssh
+from arbiter.engine import held_memory, ssh
 from arbiter.engine.host_paths import host_hub_cache
 from arbiter.engine.served_auth import auth_headers
 from arbiter.engine.swaps import launch_phases, store
@@ -299,7 +299,19 @@ class SwapRunner:
             await self.say(f"nothing to stop on {plan.host_name}")
         # The driver frees a stopped process's memory a little later; the container is
         # removed only afterwards (its name must be free before the launch).
-        await memory.wait(stopped_any=any(c.running for c in containers))
+        try:
+            await memory.wait(stopped_any=any(c.running for c in containers))
+        except MemoryNotFreed as not_freed:
+            if not any(c.running for c in containers):
+                raise  # nothing was stopped: the memory is someone else's, not leaked
+            # Shown on the host card until it comes back (held_memory), with who holds it.
+            holders = await held_memory.record_not_returned(
+                plan.host_id, plan.target, [c.name for c in containers], str(not_freed)
+            )
+            raise MemoryNotFreed(
+                f"{not_freed}; memory not returned after stopping "
+                f"{', '.join(c.name for c in containers)}: {held_memory.describe(holders)}"
+            ) from not_freed
         for container in containers:
             await self.say(f"removing {container.name}{on}")
             result = await ssh.run(
