@@ -63,6 +63,12 @@ API_POLICY: dict[tuple[str, str], Decision] = {
     ("GET", "api/models/<key>/disk"): READ,
     ("DELETE", "api/models/<key>/disk"): OPERATOR,
     ("POST", "api/models/<key>/download"): OPERATOR,
+    # Catalog aliases (catalog.api): the catalog's rules, reads for all, writes operator.
+    ("GET", "api/aliases"): READ,
+    ("POST", "api/aliases"): OPERATOR,
+    ("GET", "api/aliases/<name>"): READ,
+    ("PUT", "api/aliases/<name>"): OPERATOR,
+    ("DELETE", "api/aliases/<name>"): OPERATOR,
     ("GET", "api/swap/lock"): READ,
     ("POST", "api/swap/lock"): OPERATOR,
     # Release with the token; `?force=true` additionally needs an admin person

@@ -99,7 +99,8 @@ def aliases_listing(key: str) -> list[str]:
     """The names of the aliases that list the catalog model `key`, sorted."""
     # JSON containment lookups differ between SQLite and PostgreSQL; aliases are few.
     return sorted(
-        alias.name for alias in CatalogAlias.objects.only("name", "model_keys")
+        alias.name
+        for alias in CatalogAlias.objects.only("name", "model_keys")
         if key in (alias.model_keys or [])
     )
 

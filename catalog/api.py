@@ -1,4 +1,5 @@
-"""Catalog API: /api/models (CRUD), per-host disk status, hub download and delete.
+"""Catalog API: /api/models (CRUD), /api/aliases (CRUD), per-host disk status, hub
+download and delete.
 
 Authentication is the API's global one (key, or session + CSRF). While someone holds
 the swap lock, a download, a delete from disk, and a PUT or DELETE of a model that is on
@@ -22,10 +23,23 @@ from ninja import Router, Status
 from arbiter import audit
 from arbiter.engine.disk import delete_hub_model, disk_report, download_events
 from arbiter.engine.ssh import SshTarget
-from arbiter.errors import Conflict, InvalidInput
+from arbiter.errors import Conflict, InvalidInput, NotFound
 from arbiter.models import Host, Service, Swap
-from catalog.models import CatalogModel
-from catalog.schemas import CatalogModelIn, CatalogModelOut, DiskOut
+from catalog.aliases import (
+    check_alias_fields,
+    create_alias,
+    delete_alias,
+    refuse_delete_of_listed_model,
+    update_alias,
+)
+from catalog.models import CatalogAlias, CatalogModel
+from catalog.schemas import (
+    CatalogAliasIn,
+    CatalogAliasOut,
+    CatalogModelIn,
+    CatalogModelOut,
+    DiskOut,
+)
 from catalog.store import create_model, update_model
 from catalog.validation import validate_catalog_fields
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
@@ -146,6 +160,7 @@ def delete_catalog_model(request: HttpRequest, key: str):
         model = get_model(key)
         _gate_gpu_change(request, model)
         _refuse_while_swapping(model, "delete")
+        refuse_delete_of_listed_model(model.key)
         audit.record(
             request,
             "catalog.delete",
@@ -154,6 +169,52 @@ def delete_catalog_model(request: HttpRequest, key: str):
             before={"served_name": model.served_name, "hub_repo": model.hub_repo},
         )
         model.delete()  # past swaps keep their model_key; their FK becomes null
+    return Status(204, None)
+
+
+# -- aliases ---------------------------------------------------------------------------
+# No swap-lock gate: an alias changes which name reaches which model, never a GPU.
+
+
+def get_alias(name: str) -> CatalogAlias:
+    alias = CatalogAlias.objects.filter(name=name).first()
+    if alias is None:
+        raise NotFound(f"no catalog alias named {name!r}", field="name")
+    return alias
+
+
+@router.get("/aliases", response=list[CatalogAliasOut], summary="List catalog aliases")
+def list_aliases(request: HttpRequest):
+    return [CatalogAliasOut.from_alias(alias) for alias in CatalogAlias.objects.all()]
+
+
+@router.post("/aliases", response={201: CatalogAliasOut}, summary="Add a catalog alias")
+def create_catalog_alias(request: HttpRequest, payload: CatalogAliasIn):
+    alias = create_alias(check_alias_fields(payload.model_dump()), who=request)
+    return Status(201, CatalogAliasOut.from_alias(alias))
+
+
+@router.get("/aliases/{name}", response=CatalogAliasOut, summary="One catalog alias")
+def get_catalog_alias(request: HttpRequest, name: str):
+    return CatalogAliasOut.from_alias(get_alias(name))
+
+
+@router.put("/aliases/{name}", response=CatalogAliasOut, summary="Replace a catalog alias")
+def update_catalog_alias(request: HttpRequest, name: str, payload: CatalogAliasIn):
+    data = payload.model_dump()
+    if data.get("name") not in (None, name):
+        raise InvalidInput("name: cannot be changed (create a new alias instead)", field="name")
+    data["name"] = name
+    with transaction.atomic():
+        alias = get_alias(name)
+        update_alias(alias, check_alias_fields(data), who=request)
+    return CatalogAliasOut.from_alias(alias)
+
+
+@router.delete("/aliases/{name}", response={204: None}, summary="Remove a catalog alias")
+def delete_catalog_alias(request: HttpRequest, name: str):
+    with transaction.atomic():
+        delete_alias(get_alias(name), who=request)
     return Status(204, None)
 
 

@@ -19,7 +19,13 @@ from arbiter.inventory.loader import _read_yaml  # the strict YAML reader (dupli
 from arbiter.inventory.problems import Problems, show, unknown_key_reason
 from catalog.aliases import ALIAS_FIELDS, check_alias_fields, seed_aliases
 from catalog.models import CatalogModel
-from catalog.store import create_model, host_problems, served_name_conflict, served_name_owner
+from catalog.store import (
+    alias_taken_problem,
+    create_model,
+    host_problems,
+    served_name_conflict,
+    served_name_owner,
+)
 from catalog.validation import FIELDS, catalog_field_problems
 
 
@@ -46,10 +52,8 @@ class SeedResult:
     def __str__(self) -> str:
         text = f"{len(self.created)} models created, {len(self.kept)} already in the catalog (kept)"
         if self.aliases_created or self.aliases_kept:
-            text += (
-                f"; {len(self.aliases_created)} aliases created, "
-                f"{len(self.aliases_kept)} kept"
-            )
+            created, kept = len(self.aliases_created), len(self.aliases_kept)
+            text += f"; {created} aliases created, {kept} kept"
         return text
 
 
@@ -189,6 +193,11 @@ def seed_catalog(
             f"{served_name_conflict(cleaned['served_name'], owner).message}"
             for cleaned in new
             if (owner := served_name_owner(cleaned["served_name"])) is not None
+        ]
+        taken += [
+            f"{source}: model {cleaned['key']!r}: {conflict.message}"
+            for cleaned in new
+            if (conflict := alias_taken_problem(cleaned)) is not None
         ]
         if taken:
             raise CatalogError(taken)

@@ -6,7 +6,7 @@ from typing import Any
 from ninja import Field, Schema
 from pydantic import ConfigDict
 
-from catalog.models import CatalogModel
+from catalog.models import CatalogAlias, CatalogModel
 from catalog.validation import DEFAULT_IMAGE
 
 
@@ -137,3 +137,32 @@ class DiskOut(Schema):
     size_bytes: int | None
     detail: str
     error: str | None = None
+
+
+class CatalogAliasIn(Schema):
+    """An alias as sent by a client: a name clients may use for the first loaded (else
+    the first) of an ordered list of catalog models."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(None, description="Required on POST, fixed on PUT")
+    model_keys: list[str] = Field(description="Catalog keys in order of preference")
+    description: str = ""
+
+
+class CatalogAliasOut(Schema):
+    name: str
+    model_keys: list[str]
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+    @staticmethod
+    def from_alias(alias: CatalogAlias) -> "CatalogAliasOut":
+        return CatalogAliasOut(
+            name=alias.name,
+            model_keys=list(alias.model_keys or []),
+            description=alias.description,
+            created_at=alias.created_at,
+            updated_at=alias.updated_at,
+        )

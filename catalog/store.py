@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from arbiter import audit
 from arbiter.errors import Conflict, InvalidInput
 from arbiter.models import Host
+from catalog.aliases import alias_named
 from catalog.models import CatalogModel
 
 
@@ -74,10 +75,29 @@ def served_name_conflict(served_name: str, owner: str) -> Conflict:
     )
 
 
+def alias_conflict(field: str, name: str) -> Conflict:
+    return Conflict(
+        f"{field} {name!r} is the name of a catalog alias (clients name models and aliases "
+        "alike; rename the alias or choose another name)",
+        field=field,
+        alias=name,
+    )
+
+
+def alias_taken_problem(cleaned: dict[str, Any]) -> Conflict | None:
+    """The conflict when the model's served name or key is an alias's name, else None."""
+    for field in ("served_name", "key"):
+        if cleaned.get(field) and alias_named(cleaned[field]) is not None:
+            return alias_conflict(field, cleaned[field])
+    return None
+
+
 def _refuse_taken_served_name(served_name: str, exclude_pk: int | None = None) -> None:
     owner = served_name_owner(served_name, exclude_pk=exclude_pk)
     if owner is not None:
         raise served_name_conflict(served_name, owner)
+    if alias_named(served_name) is not None:
+        raise alias_conflict("served_name", served_name)
 
 
 def _values_of(model: CatalogModel, names: Any) -> dict[str, Any]:
@@ -106,6 +126,8 @@ def create_model(cleaned: dict[str, Any], who: Any = None) -> CatalogModel:
         # (catalog_model_unique_served_name) closes the race between two creates.
         with transaction.atomic():
             _refuse_taken_served_name(values["served_name"])
+            if alias_named(key) is not None:
+                raise alias_conflict("key", key)
             model = CatalogModel.objects.create(key=key, **values)
             if who is not None:
                 audit.record(who, "catalog.create", "catalog_model", key, after=dict(cleaned))

@@ -98,12 +98,17 @@ class ServiceActivity:
         self.in_flight[service] = self.in_flight.get(service, 0) + 1
 
     def finished(self, service: str) -> None:
+        self.withdraw(service)
+        self.last_finished[service] = time.time()
+
+    def withdraw(self, service: str) -> None:
+        """Uncount a request `started` that never reached the service (the limit refused
+        it): no finish is recorded, so it does not count as the service's activity."""
         left = self.in_flight.get(service, 0) - 1
         if left > 0:
             self.in_flight[service] = left
         else:
             self.in_flight.pop(service, None)
-        self.last_finished[service] = time.time()
 
     def snapshot(self) -> ActivitySnapshot:
         """This process's figures."""

@@ -49,6 +49,13 @@ IN_FLIGHT = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+FAILOVERS = Counter(
+    "arbiter_broker_failovers",
+    "Requests retried on another replica after the first failed before answering, by "
+    "model and the service that failed.",
+    ["model", "service"],
+    registry=REGISTRY,
+)
 WAITING = Gauge(
     "arbiter_broker_waiting_requests",
     "Requests waiting for a swap (a load, or their backend being swapped).",

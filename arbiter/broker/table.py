@@ -1,4 +1,4 @@
-"""The routing table: services, catalog and swaps in flight, read into plain values.
+"""The routing table: services, catalog, aliases and swaps in flight, read into plain values.
 
 Every request needs it, so it is cached per process for a short time
 (`ARBITER_BROKER_TABLE_TTL`, default 1 s, well inside the 5 s probe interval) and
@@ -25,7 +25,7 @@ from arbiter.broker.background import spawn
 from arbiter.engine.host_memory import unified_host_ids
 from arbiter.engine.served_auth import service_api_keys
 from arbiter.models import Service, Swap
-from catalog.models import CatalogModel
+from catalog.models import CatalogAlias, CatalogModel
 
 DEFAULT_TTL = 1.0
 RECENT_SWAPS = 50
@@ -90,6 +90,15 @@ class CatalogEntry:
 
 
 @dataclass(frozen=True)
+class AliasEntry:
+    """A catalog alias: a name for the first loaded, else the first, of its models."""
+
+    name: str
+    model_keys: tuple[str, ...]
+    created: int = 0
+
+
+@dataclass(frozen=True)
 class ActiveSwap:
     """A swap in flight: which service it reloads and with what."""
 
@@ -108,6 +117,7 @@ class RouteTable:
     catalog: tuple[CatalogEntry, ...] = ()
     swaps: tuple[ActiveSwap, ...] = ()
     read_at: float = field(default_factory=time.monotonic)
+    aliases: tuple[AliasEntry, ...] = ()
 
     def catalog_entry(self, model: str) -> CatalogEntry | None:
         """The catalog model a request names, by served name first, then by key."""
@@ -117,6 +127,19 @@ class RouteTable:
         for entry in self.catalog:
             if entry.key == model:
                 return entry
+        return None
+
+    def catalog_key(self, key: str) -> CatalogEntry | None:
+        """The catalog model with that key (an alias lists models by key)."""
+        for entry in self.catalog:
+            if entry.key == key:
+                return entry
+        return None
+
+    def alias(self, name: str) -> AliasEntry | None:
+        for alias in self.aliases:
+            if alias.name == name:
+                return alias
         return None
 
 
@@ -201,7 +224,11 @@ def read_route_table() -> RouteTable:
         )
         for m in CatalogModel.objects.select_related("default_host")
     )
-    return RouteTable(tuple(services), catalog, tuple(active))
+    aliases = tuple(
+        AliasEntry(a.name, tuple(a.model_keys or ()), int(a.created_at.timestamp()))
+        for a in CatalogAlias.objects.all()
+    )
+    return RouteTable(tuple(services), catalog, tuple(active), aliases=aliases)
 
 
 class RouteTableCache:

@@ -30,11 +30,12 @@ from arbiter.broker.errors import (
     Busy,
     MethodNotAllowed,
     RouteNotFound,
+    TooManyRequests,
     Unauthorized,
     UpstreamError,
 )
 from arbiter.broker.keys import Caller
-from arbiter.broker.limits import QUEUE_RETRY_AFTER, queue_timeout
+from arbiter.broker.limits import QUEUE_RETRY_AFTER, max_concurrency, queue_timeout
 from arbiter.broker.proxy import (
     Relay,
     RelayOutcome,
@@ -51,13 +52,15 @@ from arbiter.broker.routing import (
     Forward,
     Load,
     WaitForSwap,
+    least_busy,
     list_models,
     route_capability,
     route_model,
 )
+from arbiter.broker.shared_limits import LOCAL as LOCAL_SLOT
 from arbiter.broker.state import BrokerState, get_state
 from arbiter.broker.swapwait import SwapEnd
-from arbiter.broker.table import RouteTable
+from arbiter.broker.table import RouteTable, ServiceRoute
 from arbiter.models import Swap
 
 log = logging.getLogger(__name__)
@@ -249,6 +252,7 @@ async def serve(
         key, decide, with_model = prepare(body)
         if caller.allowed_models and names_model:
             permissions.check_model(caller, key, await state.table.get())
+            decide = narrowed_decide(caller, decide)
         if caller.requests_per_minute is not None or caller.tokens_per_day is not None:
             # Before routing: a request past its key's quota loads nothing (429).
             await quotas.check_async(caller)
@@ -285,6 +289,13 @@ async def serve(
         if exchange is not None:
             exchange.finish(error.status, len(response.content))
         return response
+
+
+def narrowed_decide(
+    caller: Caller, decide: Callable[[RouteTable], Decision]
+) -> Callable[[RouteTable], Decision]:
+    """Routing for a key limited to models: aliases list only the models it may use."""
+    return lambda table: decide(permissions.narrowed(caller, table))
 
 
 async def serve_stream(
@@ -468,6 +479,24 @@ async def tell_progress(
             task.cancel()
 
 
+async def in_flight_now(state: BrokerState) -> dict[str, int]:
+    """Requests in flight per service, every process's where they are shared: the other
+    processes' first (one Redis round trip), then this process's own, read last so that
+    no await falls between reading them and counting the request a pick sends."""
+    activity = state.activity
+    theirs = None if activity.others is None else await activity.others()
+    mine = activity.snapshot()
+    return (mine if theirs is None else mine.plus(theirs)).in_flight
+
+
+def may_fail_over(exc: BrokerError) -> bool:
+    """The backend failed before answering in a way another replica may not: it refused
+    the connection or did not accept it in time (`connect_failed`), or reset or closed
+    it before a response head (`upstream_error`). Not a read timeout: the request may
+    be running there; and never a 4xx, which another replica would answer alike."""
+    return exc.code in ("connect_failed", "upstream_error")
+
+
 async def forward(
     request: HttpRequest,
     state: BrokerState,
@@ -476,20 +505,29 @@ async def forward(
     exchange: Exchange,
     caller: Caller | None = None,
 ) -> HttpResponse:
-    service, model = decision.service, decision.limit_key
+    model = decision.limit_key
     # A key with a token quota: read the answer's tokens as it goes out (`quotas`).
     tokens = (
         quotas.TokenCounter() if caller is not None and caller.tokens_per_day is not None else None
     )
-    shared = state.shared_limits
-    if shared is None:
-        state.limits.acquire(model)  # 429 past the per-model limit of this process
-        slot = ""
-    else:
-        # 429 past the limit of all processes together; the request counts as in flight
-        # at its service and for its client in every process (eviction, /api/status).
-        slot = await shared.acquire(model, service=service.name, client=exchange.client)
+    if decision.replicas:
+        decision = least_busy(decision, await in_flight_now(state))
+    service = decision.service
+    # Counted before any await: concurrent requests of this process see it when they pick.
     state.activity.started(service.name)
+    shared = state.shared_limits
+    try:
+        if shared is None:
+            state.limits.acquire(model)  # 429 past the per-model limit of this process
+            slot = ""
+        else:
+            # 429 past the limit of all processes together; the request counts as in
+            # flight at its service and for its client in every process (eviction,
+            # /api/status, the replicas' balance).
+            slot = await shared.acquire(model, service=service.name, client=exchange.client)
+    except BaseException:
+        state.activity.withdraw(service.name)
+        raise
     metrics.IN_FLIGHT.labels(model).inc()
 
     def release(outcome: RelayOutcome | None, status: int) -> None:
@@ -503,30 +541,84 @@ async def forward(
         if tokens is not None and caller is not None and outcome is not None:
             spawn(quotas.add_tokens_async(caller.key_id, tokens.total()))
 
-    url = service.url(decision.path)
-    if request.META.get("QUERY_STRING"):
-        url += "?" + request.META["QUERY_STRING"]
+    async def move_to(replica: ServiceRoute) -> None:
+        """The request's counts go with it to the replica it is retried on."""
+        nonlocal service, slot
+        state.activity.finished(service.name)
+        state.activity.started(replica.name)
+        if shared is not None and slot != LOCAL_SLOT:
+            try:
+                # One over the limit: this request still holds its first slot.
+                moved = await shared.acquire(
+                    model, max_concurrency() + 1, service=replica.name, client=exchange.client
+                )
+            except TooManyRequests:
+                moved = ""  # others filled it meanwhile: keep the first slot
+            if moved:
+                shared.release(model, slot)
+                slot = moved
+        service = replica
+
+    query = request.META.get("QUERY_STRING")
     headers = forwarded_headers(request.headers.items(), request.META.get("REMOTE_ADDR", ""))
-    if service.backend_api_key:
-        headers.append(("Authorization", f"Bearer {service.backend_api_key}"))
     if tokens is not None:
         # A compressed answer could not be read for its tokens.
         headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
-    try:
-        await state.residency.ensure_loaded(service)  # the broker may have unloaded it
+
+    sent = 0.0
+
+    async def send(to: ServiceRoute) -> httpx.Response:
+        nonlocal sent
+        url = to.url(decision.path) + (f"?{query}" if query else "")
+        sent_headers = headers
+        if to.backend_api_key:
+            sent_headers = [*headers, ("Authorization", f"Bearer {to.backend_api_key}")]
+        await state.residency.ensure_loaded(to)  # the broker may have unloaded it
         sent = time.perf_counter()
-        upstream = await open_upstream(
+        return await open_upstream(
             state.transport,
             request.method or "POST",
             url,
-            headers,
-            body,
-            service=service.name,
+            sent_headers,
+            body,  # bytes in memory: the same body can be sent again to a replica
+            service=to.name,
             read_timeout_s=read_timeout(decision.path),
         )
+
+    upstream: httpx.Response | None
+    try:
+        try:
+            upstream = await send(service)
+            failed = f"answered {upstream.status_code}" if upstream.status_code >= 500 else ""
+        except BrokerError as exc:
+            if not (decision.replicas and may_fail_over(exc)):
+                raise
+            failed, upstream = f"failed ({exc.code}: {exc.message})", None
+        retry = decision.failover() if failed else None
+        if retry is not None:
+            # Nothing of this answer has reached the client: the status line is sent
+            # only when `forward` returns. So the request goes once to another replica.
+            # A 5xx here is what vLLM answers when its engine died or a generation failed
+            # (an empty 500: vllm/entrypoints/launcher.py `_add_shutdown_handlers`); once
+            # a stream has begun vLLM sends the error as a chunk instead, past retrying.
+            log.warning(
+                "broker failover: %s %s on %s %s before any byte reached the client; "
+                "retrying once on %s",
+                request.method,
+                decision.path,
+                service.name,
+                failed,
+                retry.service.name,
+            )
+            if upstream is not None:
+                await upstream.aclose()
+            metrics.FAILOVERS.labels(model or "-", service.name).inc()
+            await move_to(retry.service)
+            upstream = await send(service)
     except BaseException as exc:
         release(None, exc.status if isinstance(exc, BrokerError) else 499)
         raise
+    assert upstream is not None
     metrics.FIRST_BYTE.labels(exchange.route).observe(time.perf_counter() - sent)
     status = upstream.status_code
     relay = Relay(upstream, lambda outcome: release(outcome, status))
@@ -609,6 +701,8 @@ async def models(request: HttpRequest) -> HttpResponse:
     except BrokerError as error:
         return error_response(error)
     table = await state.table.get()
+    if caller.allowed_models:
+        table = permissions.narrowed(caller, table)  # an alias points where the key goes
     listed = list_models(table)
     if caller.allowed_models:
         # A key limited to models sees only those (matched as requests are: `permissions`).

@@ -79,7 +79,9 @@ class Backend:
             self.process.wait(timeout=10)
 
 
-def spawn_backend(name: str, token_delay: float = 0.0, kind: str = "llm") -> Backend:
+def spawn_backend(
+    name: str, token_delay: float = 0.0, kind: str = "llm", extra: tuple[str, ...] = ()
+) -> Backend:
     port = free_port()
     argv = container_argv(
         [
@@ -88,6 +90,7 @@ def spawn_backend(name: str, token_delay: float = 0.0, kind: str = "llm") -> Bac
             f"--kind={kind}",
             "--startup-delay=0",
             f"--token-delay={token_delay}",
+            *extra,
         ]
     )
     process = subprocess.Popen(
@@ -111,8 +114,14 @@ def spawn_backend(name: str, token_delay: float = 0.0, kind: str = "llm") -> Bac
 def start_backend() -> Iterator[Callable[..., Backend]]:
     started: list[Backend] = []
 
-    def start(name: str = "test-model", token_delay: float = 0.0, kind: str = "llm") -> Backend:
-        backend = spawn_backend(name, token_delay, kind)
+    def start(
+        name: str = "test-model",
+        token_delay: float = 0.0,
+        kind: str = "llm",
+        extra: tuple[str, ...] = (),
+    ) -> Backend:
+        """`extra`: more of the container's flags (a fault such as `--bad-completion`)."""
+        backend = spawn_backend(name, token_delay, kind, extra)
         started.append(backend)
         return backend
 
