@@ -4,7 +4,8 @@ A leaf: this module imports nothing of ours, so every layer may send these and n
 them learns who listens. The domain never renders HTML or touches a channel group; the
 dashboard's `dashboard/live.py` is the one set of receivers that renders the fragments
 and publishes them to the sockets (paperless-ngx does the same with one receiver and one
-publish helper). The webhooks' outbox listens to `swap_finished`.
+publish helper). The webhooks' outbox listens to `swap_finished`
+(`coordination/webhooks/swap_events.py`) and the three alert signals below (`alerts.py`).
 
 How to send:
 - `swap_finished`, `service_health_changed`, `host_online_changed` and

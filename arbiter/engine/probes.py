@@ -60,32 +60,46 @@ class ProbeResult:
 
 
 @sync_to_async
-def load_targets() -> list[tuple[ProbeTarget, str]]:
-    """Every probed service with its current health, re-read each round (inventory changes)."""
+def load_targets() -> list[ProbeTarget]:
+    """Every probed service, re-read each round (inventory changes)."""
     rows = list(
         Service.objects.filter(in_inventory=True, disabled=False).values_list(
-            "id", "name", "kind", "base_url", "health_path", "health"
+            "id", "name", "kind", "base_url", "health_path"
         )
     )
     keys = service_api_keys([row[0] for row in rows])
     return [
-        (ProbeTarget(id_, name, kind, url, path, api_key=keys.get(id_, "")), health)
-        for id_, name, kind, url, path, health in rows
+        ProbeTarget(id_, name, kind, url, path, api_key=keys.get(id_, ""))
+        for id_, name, kind, url, path in rows
     ]
 
 
 @sync_to_async
-def record_result(service_id: int, result: ProbeResult, previous: str) -> None:
-    """Write one probe's result; a flip of health (`previous`, as this round read it) is
-    announced inside the same transaction (`service_health_changed`: the webhook events
-    are written with it or not at all)."""
+def record_result(service_id: int, result: ProbeResult) -> str | None:
+    """Write one probe's result; returns the health the row had before, or None when
+    nothing was written (the service was disabled or left the inventory meanwhile).
+
+    A flip of health is announced inside the same transaction
+    (`service_health_changed`: its webhook events are written with it or not at all)."""
     now = timezone.now()
     with transaction.atomic():
-        # health_since moves only when health changes, decided inside the one UPDATE. It
-        # is listed before `health` because MySQL evaluates SET left to right (SQLite and
-        # PostgreSQL read the old row either way). The filter repeats the round's filter
-        # so a service disabled while its probe was in flight keeps its last state.
-        updated = Service.objects.filter(pk=service_id, in_inventory=True, disabled=False).update(
+        # The flip is decided on the row itself, read under its lock (SELECT ... FOR
+        # UPDATE on PostgreSQL; SQLite's IMMEDIATE transactions hold the write lock from
+        # BEGIN), not on the health the round read earlier: two probers overlapping in a
+        # leader handover still see each flip once. The filter repeats the round's, so a
+        # service disabled while its probe was in flight keeps its last state.
+        previous = (
+            Service.objects.select_for_update()
+            .filter(pk=service_id, in_inventory=True, disabled=False)
+            .values_list("health", flat=True)
+            .first()
+        )
+        if previous is None:
+            return None
+        # health_since moves only when health changes. It is listed before `health`
+        # because MySQL evaluates SET left to right (SQLite and PostgreSQL read the old
+        # row either way).
+        Service.objects.filter(pk=service_id).update(
             health_since=Case(
                 When(health=result.health, health_since__isnull=False, then=F("health_since")),
                 default=Value(now),
@@ -95,9 +109,7 @@ def record_result(service_id: int, result: ProbeResult, previous: str) -> None:
             last_latency_ms=result.latency_ms,
             loaded_model=result.loaded_model,
         )
-        # One prober per cluster (the engine runs on the leader only), so the health read
-        # at the start of the round is the row's health until this write.
-        if updated and previous != result.health:
+        if previous != result.health:
             events.service_health_changed.send(
                 Service,
                 service_id=service_id,
@@ -105,6 +117,7 @@ def record_result(service_id: int, result: ProbeResult, previous: str) -> None:
                 health=result.health,
                 detail=result.detail,
             )
+    return previous
 
 
 def first_model_id(response: httpx.Response) -> str:
@@ -165,24 +178,24 @@ class Prober:
             return ""
         return first_model_id(response) if response.is_success else ""
 
-    async def _probe_and_record(self, target: ProbeTarget, previous: str) -> ProbeResult:
+    async def _probe_and_record(self, target: ProbeTarget) -> ProbeResult:
         try:
             result = await self.probe_once(target)
-            await record_result(target.id, result, previous)
+            recorded = await record_result(target.id, result)
         except Exception as exc:  # a bug or a database hiccup must not end the round
             log.exception("probe of %s failed unexpectedly", target.name)
             return ProbeResult(DOWN, detail=repr(exc))
         # Flips are news; a service that stays down every 5 s is not.
-        level = logging.INFO if result.health != previous else logging.DEBUG
+        level = logging.INFO if recorded not in (None, result.health) else logging.DEBUG
         log.log(level, "service %s is %s %s", target.name, result.health, result.detail)
         return result
 
     async def probe_round(self) -> dict[str, ProbeResult]:
         """Probe every enabled service in the inventory concurrently; results by name."""
         targets = await load_targets()
-        results = await asyncio.gather(*(self._probe_and_record(t, h) for t, h in targets))
+        results = await asyncio.gather(*(self._probe_and_record(t) for t in targets))
         await events.services_changed.asend(sender=None)
-        return {target.name: result for (target, _), result in zip(targets, results, strict=True)}
+        return {target.name: result for target, result in zip(targets, results, strict=True)}
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()

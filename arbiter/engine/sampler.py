@@ -162,13 +162,14 @@ def record_miss(host_id: int, error: str | None) -> None:
     if error is not None:
         fields.update(last_attempt_at=timezone.now(), last_error=error)
     with transaction.atomic():
-        # This miss is the one that makes the host offline (Host.state): announced once,
-        # with the change, not on every later miss.
-        going_offline = Host.objects.filter(
+        # The miss that makes the host offline (Host.state) is announced once, with the
+        # change, not on every later miss: a conditional UPDATE that matches only it.
+        went_offline = Host.objects.filter(
             pk=host_id, missed_samples=settings.ARBITER_OFFLINE_AFTER_MISSES - 1
-        ).exists()
-        Host.objects.filter(pk=host_id).update(**fields)
-        if going_offline:
+        ).update(**fields)
+        if not went_offline:
+            Host.objects.filter(pk=host_id).update(**fields)
+        else:
             last_error = Host.objects.filter(pk=host_id).values_list("last_error", flat=True).get()
             events.host_online_changed.send(Host, host_id=host_id, online=False, error=last_error)
     events.host_sampled.send(sender=None, host_id=host_id, latest=None)

@@ -10,10 +10,15 @@ What is worth a person's attention:
   working on its host, or the broker unloaded it to free memory), and not for a service
   never seen up (unknown → down: a host with nothing loaded yet, or every service while
   a fresh install starts; its tile says so). Health is kept across Arbiter restarts, so
-  a restart does not re-announce anything.
+  a restart does not re-announce anything; a service that went down while Arbiter was
+  stopped is announced by the first probe after the restart (it was last seen up). A
+  disabled service is not probed, so it never alerts; re-enabled, its first probe is
+  compared with the health it had when it was disabled.
 - `service_recovered`: a service is up again after a `service_down` was sent for it
-  (the latest alert of the service in the outbox says which was last); coming back from
-  a swap or an unload is not news.
+  (the latest alert of the service in the outbox says which was last, so no new field
+  is needed; events are pruned after ARBITER_WEBHOOK_DELIVERY_RETENTION_DAYS, and a
+  service down for longer recovers silently); coming back from a swap or an unload is
+  not news.
 - `host_offline` / `host_online`: the host crossed ARBITER_OFFLINE_AFTER_MISSES missed
   samples, and its first good sample after that.
 - `restart_gave_up`: the restart policy stopped trying (arbiter.engine.supervisor).
@@ -73,9 +78,9 @@ def on_service_health_changed(
             emit_event("service_recovered", service_payload(service, ""))
 
 
-def on_host_online_changed(
-    sender: Any, *, host_id: int, online: bool, error: str, **kwargs: Any
-) -> None:
+def on_host_online_changed(sender: Any, *, host_id: int, online: bool, **kwargs: Any) -> None:
+    # The row, written in this transaction, is read rather than the signal's `error`:
+    # it also carries the miss count and the last good sample's time.
     host = Host.objects.get(pk=host_id)
     emit_event(
         "host_online" if online else "host_offline",
@@ -86,7 +91,7 @@ def on_host_online_changed(
             "missed_samples": host.missed_samples,
             "offline_after_misses": settings.ARBITER_OFFLINE_AFTER_MISSES,
             "last_sample_at": host.last_sample_at,
-            "error": error,
+            "last_error": host.last_error,  # why the samples failed ("" once back)
         },
     )
 

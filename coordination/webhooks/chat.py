@@ -3,11 +3,15 @@
 An incoming webhook takes a JSON POST with a `text` field and posts it to its channel
 (Slack: docs.slack.dev/messaging/sending-messages-using-incoming-webhooks, answering
 200 `ok`, or 400 `invalid_payload` / `no_text`, 403 `action_prohibited`, 404
-`channel_not_found` / `no_service`, 410 `channel_is_archived`). Mattermost's incoming
-webhooks take the same `{"text": ...}` (developers.mattermost.com/integrate/webhooks/
-incoming), and Discord accepts Slack's payload at `<webhook url>/slack`
+`channel_not_found` / `no_service`, 410 `channel_is_archived`, 500 `rollup_error`; the
+status codes: api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks).
+Mattermost's incoming webhooks take the same `{"text": ...}` with `Content-Type:
+application/json` (without it they expect Slack's form-encoded `payload=`) and answer
+200 `ok` (developers.mattermost.com/integrate/webhooks/incoming), and Discord accepts
+Slack's payload at `<webhook url>/slack`
 (discord.com/developers/docs/resources/webhook#execute-slackcompatible-webhook). The
-text uses no markup beyond plain words and one emoji, so it reads the same in all three.
+text uses no markup beyond plain words and one emoji, so it reads the same in all three
+(Mattermost renders Markdown, Slack its own mrkdwn: plain words mean the same in both).
 
 Delivery is the same as for Standard Webhooks (retries, Retry-After, the delivery log,
 410 disables the endpoint); the signature headers are sent too: chat services ignore
@@ -74,7 +78,7 @@ MESSAGES: dict[str, Callable[[Payload], str]] = {
     ),
     "host_offline": lambda p: (
         f"🔴 Host {p.get('host')} is offline: {p.get('missed_samples')} samples missed"
-        f"{_with(p.get('error'))} (last sample {_when(p.get('last_sample_at'))})"
+        f"{_with(p.get('last_error'))} (last sample {_when(p.get('last_sample_at'))})"
     ),
     "host_online": lambda p: f"🟢 Host {p.get('host')} is online again",
     "restart_gave_up": lambda p: (
@@ -85,11 +89,26 @@ MESSAGES: dict[str, Callable[[Payload], str]] = {
 }
 
 
+def escape_control_characters(text: str) -> str:
+    """Slack reads `&`, `<` and `>` as control characters (`<!channel>` notifies the
+    whole channel, `<url|label>` is a link) and asks for them as `&amp;`, `&lt;`, `&gt;`
+    (api.slack.com/reference/surfaces/formatting#escaping). The messages carry text from
+    outside (a backend's error answer, a force release's reason), so they are escaped.
+    Mattermost renders Markdown, which decodes these entities, and would otherwise turn
+    `<!channel>` into `@channel` (mattermost/mattermost server/channels/app/slack.go,
+    expandAnnouncement). Discord's /slack endpoint may show the entities as written
+    (github.com/ppy/osu-web/pull/10043): a rare, readable blemish, where a silent
+    channel-wide ping would not be."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def chat_text(event_type: str, payload: Payload) -> str:
     render = MESSAGES.get(event_type)
     if render is None:  # a future event type still reaches people, if plainly
-        return f"Arbiter event {event_type}: {json.dumps(payload, sort_keys=True)}"
-    return render(payload)
+        text = f"Arbiter event {event_type}: {json.dumps(payload, sort_keys=True)}"
+    else:
+        text = render(payload)
+    return escape_control_characters(text)
 
 
 def chat_body(event: WebhookEvent) -> bytes:

@@ -1,8 +1,8 @@
-"""Alerts: service, host and restart-policy events, and the chat delivery format.
+"""Alerts: service and restart-policy events, and the chat delivery format.
 
 The service events come from the real prober against a real HTTP backend that the
-test turns down and up; host events from the sampler's own record functions (what its
-loop calls each tick); chat messages are delivered to a real local receiver."""
+test turns down and up (host events: tests/engine/test_host_alerts.py, the real sampler
+against the simulated cluster); chat messages are delivered to a real local receiver."""
 
 import json
 import threading
@@ -15,7 +15,6 @@ from django.utils import timezone
 
 from arbiter import events
 from arbiter.engine.probes import probe_services_once
-from arbiter.engine.sampler import record_miss, record_sample
 from arbiter.models import Host, Service, Swap, SwapHost
 from coordination import webhooks
 from coordination.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -124,21 +123,13 @@ def test_it_does_not_alert_for_a_service_the_broker_unloaded(backend, service):
     assert alerts() == []
 
 
-def test_it_sends_host_offline_once_and_host_online_on_the_first_good_sample(settings):
-    settings.ARBITER_OFFLINE_AFTER_MISSES = 3
-    host = Host.objects.create(name="gpu-2", address="10.0.0.2")
-    record_sample(host.pk, [], None)
-    for _ in range(5):
-        async_to_sync(record_miss)(host.pk, "ssh: connection refused")
-    assert [kind for kind, _ in alerts()] == ["host_offline"]
-    offline = alerts()[0][1]
-    assert offline["host"] == "gpu-2" and offline["state"] == "offline"
-    assert offline["missed_samples"] == 3 and offline["error"] == "ssh: connection refused"
-
-    record_sample(host.pk, [], None)
-    record_sample(host.pk, [], None)
-    assert [kind for kind, _ in alerts()] == ["host_offline", "host_online"]
-    assert alerts()[1][1]["state"] != "offline"
+def test_it_does_not_alert_for_a_disabled_service(backend, service):
+    assert probe() == "up"
+    Service.objects.filter(pk=service.pk).update(disabled=True)
+    backend.status = 503
+    assert async_to_sync(probe_services_once)() == {}  # not contacted at all
+    assert Service.objects.get(pk=service.pk).health == "up"  # its last probed health
+    assert alerts() == []
 
 
 def test_it_sends_restart_gave_up_with_the_reason(service):
@@ -164,11 +155,31 @@ SAMPLE_PAYLOADS = {
     "swap_complete": {"swap_id": 7, "model": "qwen", "host": "spark-1", "kind": "swap"},
     "swap_failed": {"swap_id": 8, "model": "qwen", "host": "spark-1", "error": "load: boom"},
     "lock.force_released": {"old_holder": "nightly", "actor": "alice", "reason": "stuck"},
-    "lease.force_released": {"model": "qwen", "host": "spark-1", "old_holder": "eval"},
-    "warm_up_missed": {"job_id": "nightly", "model": "qwen", "host": "spark-1"},
-    "service_down": {"service": "chat", "host": "spark-1", "detail": "HTTP 503"},
-    "service_recovered": {"service": "chat", "host": "spark-1"},
-    "host_offline": {"host": "spark-2", "missed_samples": 5, "error": "timed out"},
+    "lease.force_released": {
+        "model": "qwen",
+        "host": "spark-1",
+        "old_holder": "eval",
+        "actor": "bob",
+    },
+    "warm_up_missed": {
+        "job_id": "nightly",
+        "model": "qwen",
+        "host": "spark-1",
+        "run_at": "2026-12-04T02:00:00Z",
+    },
+    "service_down": {
+        "service": "chat",
+        "host": "spark-1",
+        "detail": "HTTP 503",
+        "since": "2026-12-04T12:03:04.250Z",
+    },
+    "service_recovered": {"service": "chat", "host": "spark-1", "since": "2026-12-04T12:09:00Z"},
+    "host_offline": {
+        "host": "spark-2",
+        "missed_samples": 5,
+        "last_error": "timed out",
+        "last_sample_at": "2026-12-04T12:00:00+00:00",
+    },
     "host_online": {"host": "spark-2"},
     "restart_gave_up": {"service": "chat", "host": "spark-1", "model": "qwen", "reason": "x"},
 }
@@ -178,9 +189,19 @@ def test_it_has_a_readable_chat_message_for_every_event_type():
     assert set(MESSAGES) >= set(WebhookEndpoint.EVENT_TYPES)
     for event_type in WebhookEndpoint.EVENT_TYPES:
         text = chat_text(event_type, SAMPLE_PAYLOADS[event_type])
-        assert "None" not in text and "{" not in text, (event_type, text)
-    assert chat_text("service_down", SAMPLE_PAYLOADS["service_down"]).startswith(
-        "🔴 Service chat on spark-1 is down: HTTP 503"
+        assert "None" not in text and "{" not in text and "?" not in text, (event_type, text)
+    assert chat_text("service_down", SAMPLE_PAYLOADS["service_down"]) == (
+        "🔴 Service chat on spark-1 is down: HTTP 503 (since 2026-12-04 12:03:04 UTC)"
+    )
+
+
+def test_it_escapes_what_slack_reads_as_control_characters():
+    text = chat_text(
+        "swap_failed",
+        {"swap_id": 3, "model": "m", "host": "h", "error": "<!channel> HTTP 500 <b>a & b</b>"},
+    )
+    assert text == (
+        "❌ Swap 3 of m on h failed: &lt;!channel&gt; HTTP 500 &lt;b&gt;a &amp; b&lt;/b&gt;"
     )
 
 

@@ -51,6 +51,7 @@ GATED = {
     ("DELETE", "/models/{key}"): "when the model is on a GPU (catalog.api.on_a_gpu)",
     ("DELETE", "/models/{key}/disk"): "always",
     ("POST", "/models/{key}/download"): "always",
+    ("DELETE", "/hosts/{name}/orphans/{container}"): "always (docker rm --force on a host)",
 }
 # (method, ninja path) -> why it changes nothing on a GPU.
 NOT_GPU_CHANGES = {
@@ -74,6 +75,9 @@ NOT_GPU_CHANGES = {
     ("POST", "/webhooks/{webhook_id}/test"): "notifications (one test event)",
     ("POST", "/webhooks/{webhook_id}/rotate"): "notifications",
     ("POST", "/webhooks/deliveries/{delivery_id}/redeliver"): "notifications",
+    ("POST", "/aliases"): "a name for catalog models; it loads nothing",
+    ("PUT", "/aliases/{name}"): "a name for catalog models; it loads nothing",
+    ("DELETE", "/aliases/{name}"): "a name for catalog models; it loads nothing",
     ("POST", "/schedule"): "schedules are announcements, never executed",
     ("DELETE", "/schedule/{job_id}"): "schedules are announcements, never executed",
 }
@@ -175,6 +179,12 @@ def calls(scene: dict) -> list[tuple[tuple[str, str], str, str, dict | None]]:
         (("POST", "/models/{key}/download"), "post", "/api/models/other/download?host=sim-a", None),
         (("DELETE", "/models/{key}/disk"), "delete", "/api/models/other/disk?host=sim-a", None),
         (("DELETE", "/models/{key}"), "delete", "/api/models/served", None),
+        (
+            ("DELETE", "/hosts/{name}/orphans/{container}"),
+            "delete",
+            "/api/hosts/sim-a/orphans/arbiter-stray",
+            None,
+        ),
     ]
 
 
@@ -218,6 +228,8 @@ async def test_it_answers_423_to_every_gpu_change_by_a_non_holder_and_changes_no
         ("POST", "/models/{key}/download"): 200,
         ("DELETE", "/models/{key}/disk"): 204,
         ("DELETE", "/models/{key}"): 204,
+        # Past the lock's gate, the host is asked: nothing there is an orphan.
+        ("DELETE", "/hosts/{name}/orphans/{container}"): 404,
     }
     for route, method, url, body in calls(scene):
         response = await send(aclient, method, url, body, scene["token"])

@@ -210,6 +210,26 @@ def test_it_edits_a_webhook_and_answers_with_the_panel(admin):
     assert row.after["description"] == "after" and row.after["enabled"] is False
 
 
+def test_it_switches_a_webhook_to_the_chat_format_with_the_alert_events(admin):
+    endpoint, _ = make_endpoint("https://hooks.example.com/a")
+    page = admin.get("/webhooks/").content.decode()
+    for event in ("service_down", "service_recovered", "host_offline", "host_online"):
+        assert f'name="events" value="{event}"' in page
+    assert '<option value="chat"' in page
+    form = {
+        "url": endpoint.url,
+        "events": ["service_down", "restart_gave_up"],
+        "format": "chat",
+        "enabled": "on",
+    }
+    response = admin.post(f"/actions/webhooks/{endpoint.pk}/edit", form)
+    assert response.status_code == 200
+    assert 'class="badge webhook-format"' in response.content.decode()
+    endpoint.refresh_from_db()
+    assert (endpoint.format, endpoint.events) == ("chat", ["service_down", "restart_gave_up"])
+    assert last_audit("webhook.update").after["format"] == "chat"
+
+
 def test_it_sends_a_refused_edit_back_as_its_form_with_the_field_named(admin):
     endpoint, _ = make_endpoint("https://hooks.example.com/a")
     form = {"url": "http://10.0.0.5/hook", "description": "typed", "enabled": "on"}
