@@ -18,6 +18,7 @@ from arbiter.engine.swaps import store
 from arbiter.models import Service, Swap, SwapTransition
 from catalog.models import CatalogModel
 from coordination.locks.operations import acquire, release
+from coordination.models import WebhookEvent
 from tests.swaps.conftest import start_swap, wait_for_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -144,6 +145,11 @@ async def test_it_gives_up_after_max_restarts_in_the_window_and_says_why(
     assert "exit code 1" in service.failed_reason
     assert len(gave_up) == 1 and gave_up[0]["model_key"] == "qwen3-small"
     assert gave_up[0]["reason"] == service.failed_reason
+    # ...and the webhook event is in the outbox, written with the give-up.
+    [event] = await sync_to_async(
+        lambda: list(WebhookEvent.objects.filter(event_type="restart_gave_up"))
+    )()
+    assert event.payload["service"] == SERVICE and event.payload["model"] == "qwen3-small"
     assert len(await restarts()) == 1
     # Given up is final until someone swaps a model in.
     assert await Supervisor().round() == []
