@@ -19,8 +19,6 @@ from ninja import Router, Schema
 from arbiter import audit
 from arbiter.api.status import OrphanOut
 from arbiter.engine import orphans
-from arbiter.engine.ssh import SshTarget
-from arbiter.models import Host
 from coordination.locks import TOKEN_HEADER as LOCK_TOKEN_HEADER
 from coordination.locks import assert_may_change_gpu
 
@@ -33,24 +31,13 @@ class OrphansOut(Schema):
     orphans: list[OrphanOut]
 
 
-@sync_to_async
-def _target(name: str) -> tuple[int, SshTarget]:
-    host = Host.objects.by_name(name)
-    return host.pk, SshTarget.from_host(host)
-
-
 @router.get(
     "/hosts/{name}/orphans",
     response=OrphansOut,
     summary="Containers labelled as Arbiter's on a host that nothing accounts for",
 )
 async def list_orphans(request: HttpRequest, name: str):
-    host_id, target = await _target(name)
-    found = await orphans.scan_host(host_id, target)
-    if found is None:  # a swap works on the host: what was last seen
-        found = await sync_to_async(
-            lambda: list(Host.objects.get(pk=host_id).orphan_containers or [])
-        )()
+    found = await orphans.scan_by_name(name)
     return {"host": name, "checked_at": timezone.now(), "orphans": found}
 
 
@@ -66,8 +53,8 @@ async def remove_orphan(request: HttpRequest, name: str, container: str):
 async def remove_and_audit(request: HttpRequest, name: str, container: str) -> dict:
     """The one way to remove an orphan: the API route and the dashboard's button."""
     await sync_to_async(assert_may_change_gpu)(request.headers.get(LOCK_TOKEN_HEADER) or None)
-    left = await orphans.remove(name, container)
+    removed, left = await orphans.remove(name, container)
     await sync_to_async(audit.record)(
-        request, "orphan.remove", "host", name, before={"container": container}, after=None
+        request, "orphan.remove", "host", name, before={"container": removed}, after=None
     )
     return {"host": name, "checked_at": timezone.now(), "orphans": left}

@@ -51,11 +51,11 @@ class HeldMemoryOut(Schema):
 
 class OrphanOut(Schema):
     name: str
-    id: str
+    id: str = Field(..., description="docker's short id (12 hex digits)")
     image: str
-    state: str
-    status: str
-    created: str
+    state: str = Field(..., description="docker's state: running, exited, created, ...")
+    status: str = Field(..., description='docker\'s words, e.g. "Exited (137) 5 minutes ago"')
+    created: str = Field(..., description="When docker created it (ISO 8601)")
     model: str = Field("", description="The arbiter.model label, if any")
 
 

@@ -30,8 +30,12 @@ MEMINFO_ARGV = ["cat", "/proc/meminfo"]
 # The processes holding GPU memory (nvidia-smi --help-query-compute-apps: pid,
 # gpu_uuid, used_memory "Amount memory used on the device by the context", and
 # process_name). `process_name` goes last: a path may hold a comma, and it is split off
-# whole. On a unified-memory GPU (GB10) used_memory is "[N/A]": the process is listed,
-# its share is not.
+# whole. No process at all prints nothing with `noheader` (just the header without it).
+# used_memory may be "[N/A]" where the driver cannot attribute it (NVML's
+# nvmlProcessInfo_t.usedGpuMemory: "Under WDDM, NVML_VALUE_NOT_AVAILABLE is always
+# reported", docs.nvidia.com/deploy/nvml-api/api/structnvmlProcessInfo__t.html) or
+# "[Insufficient Permissions]": the process is listed, its share is None. A GB10 does
+# report it per process, though not per GPU (unslothai/unsloth#10283, Syllo/nvtop#449).
 COMPUTE_APPS_FIELDS = ("pid", "gpu_uuid", "used_memory", "process_name")
 COMPUTE_APPS_ARGV = [
     "nvidia-smi",

@@ -17,15 +17,17 @@ Accounted for, so never an orphan:
 - while a swap works on the host, everything: the scan leaves the host's list as it
   was (a container being started or stopped is not an orphan).
 
-The scan reads `docker ps --all --no-trunc --format '{{json .}}'`, the command the swap
-machine reads slots with (docker_argv.build_ps_argv, parse_ps: docker's own JSON per
-container, labels included).
+The scan reads `docker ps --all --no-trunc --filter=label=arbiter.managed=true --format
+'{{json .}}'` (docker_argv.build_ps_argv, parse_ps: docker's own JSON per container,
+labels included; docker's `label=KEY=VALUE` filter, docs.docker.com/reference/cli/docker/
+container/ls/#filter) and checks the label again on every row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -34,7 +36,14 @@ from django.utils import timezone
 
 from arbiter import events
 from arbiter.engine import ssh
-from arbiter.engine.swaps.docker_argv import LABEL_MODEL, build_ps_argv, build_rm_argv, parse_ps
+from arbiter.engine.swaps.docker_argv import (
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    ContainerInfo,
+    build_ps_argv,
+    build_rm_argv,
+    parse_ps,
+)
 from arbiter.errors import CommandFailed, NotFound
 from arbiter.models import Host, Service, Swap, SwapHost
 
@@ -68,24 +77,37 @@ def accounted_names(host_id: int) -> set[str] | None:
     return names
 
 
+def created_iso(created_at: str) -> str:
+    """docker ps' CreatedAt (Go's time.String(): "2025-11-02 09:14:07 +0000 UTC", in the
+    CLI's zone) as ISO 8601; as docker printed it when it does not read so."""
+    try:
+        return datetime.strptime(created_at.rsplit(" ", 1)[0], "%Y-%m-%d %H:%M:%S %z").isoformat()
+    except ValueError:
+        return created_at
+
+
+def orphan_record(container: ContainerInfo) -> dict[str, Any]:
+    """What the host row, /api/status and the card keep of one orphan."""
+    return {
+        "name": container.name,
+        "id": container.id[:12],
+        "image": container.image,
+        "state": container.state,
+        "status": container.status,
+        "created": created_iso(container.created_at),
+        "model": container.labels.get(LABEL_MODEL, ""),
+    }
+
+
 async def list_orphans(host_id: int, target: ssh.SshTarget) -> list[dict[str, Any]] | None:
     """The host's orphans as docker shows them now; None when a swap works on the host."""
     accounted = await sync_to_async(accounted_names)(host_id)
     if accounted is None:
         return None
-    result = await ssh.run(target, build_ps_argv(), timeout=PS_TIMEOUT)
+    argv = build_ps_argv(label=f"{LABEL_MANAGED}=true")
+    result = await ssh.run(target, argv, timeout=PS_TIMEOUT)
     return [
-        {
-            "name": c.name,
-            "id": c.id[:12],
-            "image": c.image,
-            "state": c.state,
-            "status": c.state,
-            "created": "",
-            "model": c.labels.get(LABEL_MODEL, ""),
-        }
-        for c in parse_ps(result.stdout)
-        if c.managed and c.name not in accounted
+        orphan_record(c) for c in parse_ps(result.stdout) if c.managed and c.name not in accounted
     ]
 
 
@@ -115,15 +137,30 @@ def _host(name: str) -> tuple[int, ssh.SshTarget]:
     )
 
 
-async def remove(host_name: str, container: str) -> list[dict[str, Any]]:
-    """`docker rm --force` one orphan, checked on the host first; the orphans left.
+@sync_to_async
+def _stored(host_id: int) -> list[dict[str, Any]]:
+    return list(Host.objects.values_list("orphan_containers", flat=True).get(pk=host_id) or [])
+
+
+async def scan_by_name(host_name: str) -> list[dict[str, Any]]:
+    """A fresh scan of one host (NotFound for an unknown host); while a swap works on
+    it, what the last scan found."""
+    host_id, target = await _host(host_name)
+    found = await scan_host(host_id, target)
+    return found if found is not None else await _stored(host_id)
+
+
+async def remove(host_name: str, container: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`docker rm --force` one orphan, checked on the host first; what it was, and the
+    orphans left.
 
     NotFound (404, field `container`) when it is not an orphan right now: unknown, not
     labelled as Arbiter's, or accounted for (also while a swap works on the host).
     """
     host_id, target = await _host(host_name)
     orphans = await list_orphans(host_id, target)
-    if orphans is None or container not in {o["name"] for o in orphans}:
+    removed = next((o for o in orphans or [] if o["name"] == container), None)
+    if removed is None:
         raise NotFound(
             f"{container!r} is not an orphan on {host_name}: Arbiter removes only containers "
             "labelled arbiter.managed that no service or swap accounts for",
@@ -138,7 +175,7 @@ async def remove(host_name: str, container: str) -> list[dict[str, Any]]:
             host_name, build_rm_argv(container), result.exit_status, result.stderr.strip()
         )
     log.warning("orphan %s removed from %s", container, host_name)
-    return await scan_host(host_id, target) or []
+    return removed, await scan_host(host_id, target) or []
 
 
 @sync_to_async

@@ -74,7 +74,10 @@ class GpuLoad:
     gpus: tuple[int, ...]
     mib: int
     pid: int = 0
-    process_name: str = "python3"
+    # What nvidia-smi --query-compute-apps names it: every simulated container runs
+    # `vllm serve`, whose engine-core process holds the GPU memory and retitles itself
+    # (a GB10's real listing: "3858903, VLLM::EngineCore, 6265 MiB").
+    process_name: str = "VLLM::EngineCore"
     # Host RAM it takes besides: a sleeping vLLM's weights offloaded from a discrete GPU.
     host_ram_mib: int = 0
 
@@ -360,7 +363,9 @@ def nvidia_smi(argv: list[str], board: GpuBoard, out: Writer, err: Writer) -> in
         headers = [_header(_FIELDS[f][0], _FIELDS[f][1]) for f in fields]
     else:
         rows = _app_rows(board, readings, fields, units)
-        headers = [_header(f, "MiB" if "memory" in f else "") for f in fields]
+        # Both memory fields print under one header: "pid, process_name,
+        # used_gpu_memory [MiB]" for --query-compute-apps=pid,process_name,used_memory.
+        headers = [_header("used_gpu_memory", "MiB") if "memory" in f else f for f in fields]
     if "noheader" not in flags:
         out(", ".join(headers) + "\n")
     for row in rows:
@@ -394,7 +399,11 @@ def _app_rows(
             reading = by_index.get(index)
             if reading is None:
                 continue
-            mib = NA if reading.spec.unified else f"{load.mib}{' MiB' if units else ''}"
+            # Per process, a unified GPU (GB10) does report its share, unlike memory.used
+            # (unslothai/unsloth#10283: "--query-compute-apps=used_memory returns real
+            # values" on a DGX Spark; Syllo/nvtop#449 sums nvmlDeviceGetComputeRunningProcesses
+            # there).
+            mib = f"{load.mib}{' MiB' if units else ''}"
             values = {
                 "pid": str(load.pid),
                 "process_name": load.process_name,

@@ -4,8 +4,10 @@ import pytest
 
 from arbiter.engine.gpu import (
     QUERY_FIELDS,
+    ComputeApp,
     GpuOutputError,
     NvmlReader,
+    parse_compute_apps,
     parse_meminfo,
     parse_nvidia_smi_csv,
 )
@@ -121,10 +123,9 @@ def test_it_reports_no_local_gpu_without_a_driver():
 
 
 def test_it_reads_the_processes_holding_gpu_memory():
-    from arbiter.engine.gpu import ComputeApp, parse_compute_apps
-
     # --query-compute-apps=pid,gpu_uuid,used_memory,process_name --format=csv,noheader,nounits
-    # on a discrete GPU (MiB per process) and on a GB10 ("[N/A]": unified memory).
+    # on a discrete GPU (MiB per process; a process name may hold a comma) and on a GB10,
+    # which reports the share per process though not per GPU.
     discrete = (
         "48213, GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f, 20480, /usr/bin/python3\n"
         "48391, GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f, 512, VLLM::Worker, rank 0\n"
@@ -135,8 +136,14 @@ def test_it_reads_the_processes_holding_gpu_memory():
             48391, "GPU-5d8c2f1e-5a4b-4c3d-9e2f-1a2b3c4d5e6f", 512.0, "VLLM::Worker, rank 0"
         ),
     ]
-    unified = "7311, GPU-a1b2c3d4-e5f6-7a8b-9c0d-e1f2a3b4c5d6, [N/A], python3\n"
-    assert parse_compute_apps(unified)[0].used_mib is None
-    assert parse_compute_apps("") == []
+    gb10 = "3858903, GPU-a1b2c3d4-e5f6-7a8b-9c0d-e1f2a3b4c5d6, 6265, VLLM::EngineCore\n"
+    assert parse_compute_apps(gb10)[0].used_mib == 6265.0
+    # Where the driver cannot attribute it (WDDM, no permission): listed, share unknown.
+    for missing in ("[N/A]", "[Not Supported]", "[Insufficient Permissions]"):
+        row = f"7311, GPU-a1b2c3d4-e5f6-7a8b-9c0d-e1f2a3b4c5d6, {missing}, python3\n"
+        assert parse_compute_apps(row) == [
+            ComputeApp(7311, "GPU-a1b2c3d4-e5f6-7a8b-9c0d-e1f2a3b4c5d6", None, "python3")
+        ]
+    assert parse_compute_apps("") == []  # no process: nothing at all with noheader
     with pytest.raises(GpuOutputError):
         parse_compute_apps("not, a, row\n")

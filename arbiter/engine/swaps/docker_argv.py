@@ -254,8 +254,11 @@ def build_logs_argv(name: str, follow: bool = True, tail: int | None = None) -> 
     return [*argv, f"--tail={'all' if tail is None else tail}", "--", name]
 
 
-def build_ps_argv() -> list[str]:
-    return ["docker", "ps", "--all", "--no-trunc", "--format={{json .}}"]
+def build_ps_argv(label: str | None = None) -> list[str]:
+    """Every container, or those with `label` (`KEY` or `KEY=VALUE`: docker's `label`
+    filter, docs.docker.com/reference/cli/docker/container/ls/#filter)."""
+    filters = [f"--filter=label={label}"] if label else []
+    return ["docker", "ps", "--all", "--no-trunc", *filters, "--format={{json .}}"]
 
 
 def build_state_argv(name: str) -> list[str]:
@@ -277,6 +280,8 @@ class ContainerInfo:
     labels: dict[str, str] = field(default_factory=dict)
     networks: tuple[str, ...] = ()
     command: str = ""
+    status: str = ""  # docker's words: "Up 2 hours", "Exited (137) 5 minutes ago"
+    created_at: str = ""  # Go's time.String(): "2025-11-02 09:14:07 +0000 UTC"
 
     @property
     def running(self) -> bool:
@@ -334,6 +339,8 @@ def parse_ps(stdout: str) -> list[ContainerInfo]:
                 networks=tuple(name for name in networks.split(",") if name),
                 # JSON-quoted by docker ("\"vllm serve …\""); kept as printed.
                 command=str(row.get("Command", "")),
+                status=str(row.get("Status", "")),
+                created_at=str(row.get("CreatedAt", "")),
             )
         )
     return containers
