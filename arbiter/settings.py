@@ -265,8 +265,11 @@ ARBITER_HF_TOKEN = env("ARBITER_HF_TOKEN")
 # (the load phase: counted from the container start, after any pull or download).
 ARBITER_SWAP_HEALTH_TIMEOUT = env_float("ARBITER_SWAP_HEALTH_TIMEOUT", 900.0)
 # Seconds the first real request (ready_check: a 1-token completion, an embedding) may
-# take once the model is listed; vLLM compiles and captures CUDA graphs before it
-# listens, so this is seconds, not minutes, on a healthy model.
+# take once the model is listed. vLLM's engine runs torch.compile, captures its CUDA
+# graphs and warms up the sampler during start-up (compile_or_warm_up_model in
+# vllm/v1/worker/gpu_worker.py), before the API server listens, so a healthy model
+# answers in well under a second; the margin is for a first request that still loads
+# something lazily (a tokenizer, a JIT kernel for a shape not warmed up) on a busy host.
 ARBITER_SWAP_READY_TIMEOUT = env_float("ARBITER_SWAP_READY_TIMEOUT", 60.0)
 # Seconds a swap's image pull may take (first pulls of vLLM images are 10+ GB).
 ARBITER_SWAP_PULL_TIMEOUT = env_float("ARBITER_SWAP_PULL_TIMEOUT", 3600.0)

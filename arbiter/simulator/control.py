@@ -8,6 +8,8 @@ standard library in a thread; every action runs on the cluster's event loop.
     POST /hosts/{name}/gpus/{index}     {"utilization": 80, "memory_used_mib": 1000, "reset": false}
     POST /hosts/{name}/down             POST /hosts/{name}/up
     POST /hosts/{name}/faults           {"slow_start": 5, "fail_start": true, ...}
+                                        ("bad_completion": true: listed and healthy, but
+                                        every inference request answers vLLM's 500)
     POST /hosts/{name}/free-memory      ends the GPU processes a stopped container left
                                         behind (the hold_memory_after_stop fault)
     POST /hosts/{name}/driver           {"fault": "version_mismatch"} (or no_devices,
@@ -25,9 +27,9 @@ standard library in a thread; every action runs on the cluster's event loop.
     POST /hosts/{name}/containers       {"name": "vllm_node", "image": "nvcr.io/nvidia/vllm:
                                         25.09-py3", "network": "host", "port": 8888} starts
                                         a container the way a script would (scripted.py);
-                                        optional "env", "devices", "serve_args", "labels"
-                                        (KEY=VALUE: e.g. "arbiter.managed=true", a
-                                        container started behind Arbiter's back): lists
+                                        optional lists "env", "devices", "serve_args" and
+                                        "labels" (KEY=VALUE; "arbiter.managed=true" makes
+                                        a container look like Arbiter's: an orphan)
 """
 
 from __future__ import annotations

@@ -127,10 +127,18 @@ class RequestHandler(BaseHTTPRequestHandler):
             if self.server.options.bad_completion and counted:
                 # A model that loads and lists itself but cannot generate (a broken
                 # checkpoint, a kernel that fails on this GPU): vLLM turns a request that
-                # ends with finish_reason "error" into GenerationError, answered as
+                # ends with finish_reason "error" into GenerationError, logs "Request %s
+                # failed with an internal error during generation" and answers
                 # {"error": {"message": "Internal server error", "type":
-                # "InternalServerError", "code": 500}} (vllm/entrypoints/openai/
-                # serving_engine.py, GenerationError and create_error_response).
+                # "InternalServerError", "param": null, "code": 500}}
+                # (vllm/entrypoints/openai/serving_engine.py, later engine/serving.py:
+                # _raise_if_error, _convert_generation_error_to_response).
+                log(
+                    "ERROR",
+                    "serving.py:401",
+                    f"Request cmpl-{uuid.uuid4().hex} failed with an internal error "
+                    "during generation",
+                )
                 raise ApiError(500, "Internal server error", "InternalServerError")
             getattr(self, route)()
         except ApiError as error:
