@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from arbiter import events
 from arbiter.engine import ssh
+from arbiter.engine.sampler import load_hosts
 from arbiter.engine.swaps.docker_argv import (
     LABEL_MANAGED,
     LABEL_MODEL,
@@ -178,15 +179,6 @@ async def remove(host_name: str, container: str) -> tuple[dict[str, Any], list[d
     return removed, await scan_host(host_id, target) or []
 
 
-@sync_to_async
-def _ssh_hosts() -> list[tuple[int, ssh.SshTarget]]:
-    timeout = settings.ARBITER_SSH_CONNECT_TIMEOUT
-    return [
-        (h.pk, ssh.SshTarget.from_host(h, connect_timeout=timeout))
-        for h in Host.objects.in_inventory().filter(sampling=Host.SAMPLING_SSH)
-    ]
-
-
 class OrphanScanner:
     """Scans every host every ARBITER_ORPHAN_SCAN_INTERVAL seconds (an engine loop)."""
 
@@ -200,7 +192,8 @@ class OrphanScanner:
             log.debug("orphan scan of %s failed: %r", target.name, error)
 
     async def round(self) -> None:
-        hosts = await _ssh_hosts()
+        # The sampler's host list; a host read through NVML is this machine, not SSH.
+        hosts = [(i, t) for i, mode, t in await load_hosts() if mode == Host.SAMPLING_SSH]
         await asyncio.gather(*(self._scan(host_id, target) for host_id, target in hosts))
 
     async def run_forever(self) -> None:

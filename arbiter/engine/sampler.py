@@ -186,7 +186,6 @@ def prune_history() -> int:
 def load_hosts() -> list[tuple[int, str, ssh.SshTarget]]:
     """(id, sampling mode, target) of every host in the inventory, read once per refresh."""
     timeout = settings.ARBITER_SSH_CONNECT_TIMEOUT
-    held_memory.load_watched()
     return [
         (h.pk, h.sampling, ssh.SshTarget.from_host(h, connect_timeout=timeout))
         for h in Host.objects.filter(in_inventory=True)
@@ -249,6 +248,8 @@ class Sampler:
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
     async def _sync_tasks(self) -> None:
+        # Hosts whose memory a stop did not return, as the rows say (after a restart too).
+        await sync_to_async(held_memory.load_watched)()
         wanted = {host_id: (target, sampling) for host_id, sampling, target in await load_hosts()}
         for host_id, (target, sampling, task) in list(self._tasks.items()):
             if wanted.get(host_id) != (target, sampling) or task.done():
