@@ -1,7 +1,12 @@
 """Fragment views for the polling fallback."""
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client
+from django.utils import timezone
+
+from arbiter.models import Host, Service
 
 pytestmark = pytest.mark.django_db
 
@@ -44,46 +49,48 @@ def test_it_shows_broker_clients(bob):
     accounting.reset()
 
 
-def test_it_says_on_its_tile_that_the_broker_unloaded_a_service(bob):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from arbiter.models import Host, Service
-
+def two_tiles(client: Client, health: str, first: dict, second: dict) -> tuple[str, str]:
+    """Two services on one host, `first` and `second` their own fields (a name each):
+    the HTML of each one's tile on the services fragment."""
     host = Host.objects.create(name="gpu-1", address="127.0.0.1")
-    common = {"host": host, "base_url": "http://127.0.0.1:9", "health": "up"}
-    Service.objects.create(name="asleep", loaded_model="chat-a", **common)
-    Service.objects.create(name="awake", loaded_model="chat-b", **common)
-    Service.objects.filter(name="asleep").update(unloaded_at=timezone.now() - timedelta(minutes=3))
+    common = {"host": host, "base_url": "http://127.0.0.1:9", "health": health}
+    Service.objects.create(**first, **common)
+    Service.objects.create(**second, **common)
+    html = client.get("/fragments/services").content.decode()
+    one, two = f'id="service-{first["name"]}"', f'id="service-{second["name"]}"'
+    return html[html.index(one) : html.index(two)], html[html.index(two) :]
+
+
+def test_it_says_on_its_tile_that_the_broker_unloaded_a_service(bob):
     client = Client()
     client.force_login(bob)
-    html = client.get("/fragments/services").content.decode()
-    asleep = html[html.index('id="service-asleep"') : html.index('id="service-awake"')]
-    awake = html[html.index('id="service-awake"') :]
+    asleep, awake = two_tiles(
+        client,
+        "up",
+        {
+            "name": "asleep",
+            "loaded_model": "chat-a",
+            "unloaded_at": timezone.now() - timedelta(minutes=3),
+        },
+        {"name": "awake", "loaded_model": "chat-b"},
+    )
     assert 'class="badge badge-unloaded"' in asleep and "unloaded 3 min" in asleep
     assert "badge-unloaded" not in awake
 
 
 def test_it_says_on_its_tile_that_the_restart_policy_gave_up_and_why(bob):
-    from django.utils import timezone
-
-    from arbiter.models import Host, Service
-
-    host = Host.objects.create(name="gpu-1", address="127.0.0.1")
-    common = {"host": host, "base_url": "http://127.0.0.1:9", "health": "down"}
-    Service.objects.create(
-        name="crashed",
-        failed_reason="chat-a crashed after it was ready and 3 restart(s) within 600 s ...",
-        failed_at=timezone.now(),
-        **common,
-    )
-    Service.objects.create(name="fine", **common)
     client = Client()
     client.force_login(bob)
-    html = client.get("/fragments/services").content.decode()
-    crashed = html[html.index('id="service-crashed"') : html.index('id="service-fine"')]
-    fine = html[html.index('id="service-fine"') :]
+    crashed, fine = two_tiles(
+        client,
+        "down",
+        {
+            "name": "crashed",
+            "failed_reason": "chat-a crashed after it was ready and 3 restart(s) within 600 s ...",
+            "failed_at": timezone.now(),
+        },
+        {"name": "fine"},
+    )
     assert "restart gave up" in crashed and "3 restart(s) within 600 s" in crashed
     assert "restart gave up" not in fine
     status = {s["name"]: s for s in client.get("/api/status").json()["services"]}
